@@ -1,0 +1,593 @@
+"""The asyncio side of a cluster: discovery, one connection per node, dispatch, results.
+
+Theory of operation
+-------------------
+Everything here runs on the cluster's own event loop thread. The user's thread hands over
+jobs through :meth:`ClusterCore.submit_threadsafe` (a deque plus one wake-up per burst, so
+submitting thousands of jobs costs one loop wake-up, not thousands). Nodes find the client
+through pings and connect to its port; after the handshake a node introduces itself, the
+cluster's :class:`NodeAllocate` objects decide how many CPUs to use, the computation is sent
+once, and when the node reports it ready its CPUs join the scheduling engine. ``_pump``
+asks the engine for assignments and sends them as one ``jobs.submit`` frame per node per
+loop turn; results come back batched the same way. A node whose connection breaks (or that
+stays silent for 5 x pulse_interval) is dropped: its jobs are resubmitted when the cluster
+is reentrant and cancelled otherwise.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from dispy_core import netinfo, serialize
+from dispy_core.aio.connection import (
+    Connection,
+    ConnectionClosed,
+    PeerRefused,
+    accept_connection,
+)
+from dispy_core.aio.discovery import send_ping, udp_socket
+from dispy_core.protocol.discovery import Ping, is_pattern
+from dispy_core.protocol.errors import ProtocolError
+from dispy_core.protocol.jobs import JobStatus, NodeStatus
+from dispy_core.protocol.messages import (
+    CloseComputation,
+    ComputationClosed,
+    ComputationFailed,
+    ComputationReady,
+    ComputationSetup,
+    JobCancel,
+    JobDone,
+    JobSubmit,
+    NodeInfo,
+    Notice,
+    Pulse,
+)
+from dispy_core.scheduling import Scheduler
+from dispy_core.security import TLSConfig
+from dispy.jobs import DispyJob
+from dispy.nodes import DispyNode, DispyNodeAvailInfo, NodeAllocate
+
+if TYPE_CHECKING:
+    from dispy._callbacks import CallbackRunner
+
+log = logging.getLogger("dispy")
+
+NodeKey = tuple[str, int]
+NO_NODE_WARNING_DELAY = 5.0
+NO_NODE_WARNING_REPEAT = 30.0
+MAX_JOBS_PER_FRAME = 1024
+MAX_BYTES_PER_FRAME = 8 << 20
+
+
+@dataclass
+class ClusterOptions:
+    name: str
+    kind: str
+    bundle: bytes
+    nodes: list[NodeAllocate]
+    ip_addrs: list[str]
+    ext_ip_addrs: list[str]
+    port: int
+    node_port: int
+    secret: str
+    tls: TLSConfig
+    dest_path: str | None
+    cleanup: bool
+    pulse_interval: float | None
+    ping_interval: float | None
+    reentrant: bool
+    msg_timeout: float
+    callback: Callable[[DispyJob], Any] | None
+    cluster_status: Callable[[int, DispyNode | None, DispyJob | None], Any] | None
+
+
+@dataclass(eq=False)
+class _NodeSession:
+    key: NodeKey
+    conn: Connection
+    node: DispyNode
+    ready: bool = False
+    closed: asyncio.Event = field(default_factory=asyncio.Event)
+    last_heard: float = field(default_factory=time.monotonic)
+    outbox: list[DispyJob] = field(default_factory=list)
+
+
+class ClusterCore:
+    """See the module docstring. Created and used on the cluster's loop thread only."""
+
+    def __init__(self, opts: ClusterOptions, callbacks: CallbackRunner, owner: Any) -> None:
+        self.opts = opts
+        self.owner = owner
+        self.callbacks = callbacks
+        self.comp_id = int.from_bytes(os.urandom(4), "big")
+        self.cluster_token = os.urandom(12).hex()
+        self.engine: Scheduler[int, NodeKey] = Scheduler()
+        self.jobs: dict[int, DispyJob] = {}
+        self.sessions: dict[NodeKey, _NodeSession] = {}
+        self.known_nodes: dict[NodeKey, DispyNode] = {}
+        self.refusals: dict[str, str] = {}
+        self.port = opts.port
+        self._incoming: deque[DispyJob] = deque()
+        self._incoming_scheduled = False
+        self._pump_scheduled = False
+        self._server: asyncio.AbstractServer | None = None
+        self._udp: socket.socket | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._pinged: list[str] = []
+        self._started = time.monotonic()
+        self._closing = False
+        self.loop: asyncio.AbstractEventLoop | None = None
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self.loop = asyncio.get_running_loop()
+        opts = self.opts
+        hosts = opts.ip_addrs or [""]
+        self._server = await asyncio.start_server(
+            self._accept,
+            host=[h for h in hosts if h] or None,
+            port=opts.port,
+            ssl=opts.tls.server,
+            reuse_address=True,
+        )
+        self.port = self._server.sockets[0].getsockname()[1]
+        self._udp = udp_socket(opts.ip_addrs[0] if opts.ip_addrs else "", 0)
+        self._ping_all()
+        self._spawn(self._watchdog())
+        if opts.ping_interval:
+            self._spawn(self._ping_loop(opts.ping_interval))
+        if opts.pulse_interval:
+            self._spawn(self._pulse_monitor(opts.pulse_interval))
+
+    def _spawn(self, coro: Any) -> asyncio.Task[Any]:
+        assert self.loop is not None
+        task = self.loop.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def close(self, terminate: bool) -> None:
+        """Close the computation on every node and stop serving."""
+        self._closing = True
+        if terminate:
+            for uid in list(self.jobs):
+                self.cancel(self.jobs[uid])
+        sessions = list(self.sessions.values())
+        for session in sessions:
+            with contextlib.suppress(Exception):
+                await session.conn.send(CloseComputation(comp_id=self.comp_id, terminate=terminate))
+        for session in sessions:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(session.closed.wait(), self.opts.msg_timeout * 2)
+            await session.conn.close()
+        if self._server is not None:
+            self._server.close()
+        if self._udp is not None:
+            self._udp.close()
+        for task in list(self._tasks):
+            task.cancel()
+        for uid, job in list(self.jobs.items()):
+            self._finish(job, JobStatus.Abandoned, exception="cluster closed")
+            self.jobs.pop(uid, None)
+
+    # -- discovery ----------------------------------------------------------------------
+
+    def _reply_addr(self, target: str | None) -> str:
+        opts = self.opts
+        if opts.ext_ip_addrs:
+            return opts.ext_ip_addrs[0]
+        if opts.ip_addrs:
+            return opts.ip_addrs[0]
+        if target:
+            probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            try:
+                probe.connect((target, 9))  # no packet is sent; this asks for a route
+                return str(probe.getsockname()[0])
+            except OSError:
+                pass
+            finally:
+                probe.close()
+        return netinfo.default_address()
+
+    def _ping_all(self) -> None:
+        assert self._udp is not None
+        opts = self.opts
+        pinged: list[str] = []
+        broadcast_needed = False
+        for alloc in opts.nodes:
+            target = alloc._target(opts.node_port)
+            if target is None:
+                broadcast_needed = True
+                continue
+            ping = Ping(cluster=self.cluster_token, reply_addr=self._reply_addr(target[0]),
+                        reply_port=self.port)
+            send_ping(self._udp, ping, target)
+            pinged.append(f"{target[0]}:{target[1]} (unicast)")
+        if broadcast_needed:
+            for iface in self._broadcast_interfaces():
+                assert iface.broadcast is not None
+                ping = Ping(cluster=self.cluster_token, reply_addr=self._reply_addr(iface.address),
+                            reply_port=self.port)
+                if opts.ip_addrs and not opts.ext_ip_addrs:
+                    ping = ping.model_copy(update={"reply_addr": iface.address})
+                send_ping(self._udp, ping, (iface.broadcast, opts.node_port))
+                pinged.append(
+                    f"{iface.broadcast}:{opts.node_port} (broadcast on {iface.name})"
+                )
+        self._pinged = pinged
+
+    def _broadcast_interfaces(self) -> list[netinfo.Interface]:
+        ifaces = [i for i in netinfo.ipv4_interfaces() if i.broadcast]
+        if self.opts.ip_addrs:
+            ifaces = [i for i in ifaces if i.address in self.opts.ip_addrs]
+        return ifaces
+
+    async def _ping_loop(self, interval: float) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            self._ping_all()
+
+    async def _watchdog(self) -> None:
+        await asyncio.sleep(NO_NODE_WARNING_DELAY)
+        while True:
+            if not any(s.ready for s in self.sessions.values()) and not self._closing:
+                log.warning(self.no_node_message())
+                self._ping_all()
+                await asyncio.sleep(NO_NODE_WARNING_REPEAT)
+            else:
+                await asyncio.sleep(1.0)
+
+    def no_node_message(self) -> str:
+        opts = self.opts
+        waited = time.monotonic() - self._started
+        listen = ", ".join(opts.ip_addrs) or "all interfaces"
+        lines = [
+            f"no dispy node has joined cluster {opts.name!r} after {waited:.0f} s "
+            f"({len(self.jobs)} job(s) waiting).",
+            f"  pinged: {', '.join(self._pinged) or 'nothing (no nodes listed)'}",
+            f"  listening for nodes on {listen} port {self.port}"
+            f"{' with TLS' if opts.tls.enabled else ''}",
+        ]
+        if self.refusals:
+            lines.append(
+                "  refused: " + "; ".join(f"{k}: {v}" for k, v in self.refusals.items())
+            )
+        lines.append(
+            "  usual causes: dispy-node is not running there; it uses another node_port "
+            f"(this cluster uses {opts.node_port}) or another secret; a firewall blocks "
+            f"UDP/TCP port {opts.node_port} or port {self.port}."
+        )
+        return "\n".join(lines)
+
+    # -- node sessions ------------------------------------------------------------------
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        peer = writer.get_extra_info("peername") or ("?", 0)
+        where = f"{peer[0]}"
+        try:
+            conn = await accept_connection(
+                reader, writer, secret=self.opts.secret, role="client",
+                name=self.opts.name, timeout=self.opts.msg_timeout,
+            )
+        except ProtocolError as exc:
+            log.warning("node at %s: %s", where, exc)
+            self.refusals[where] = str(exc)
+            writer.close()
+            return
+        except (OSError, TimeoutError, ConnectionClosed) as exc:
+            log.info("connection from %s dropped during the handshake: %r", where, exc)
+            writer.close()
+            return
+        try:
+            await self._serve_node(conn)
+        except Exception:
+            log.exception("node %s: unexpected error", conn.peer_name)
+            await conn.close()
+
+    def _find_allocation(self, info: NodeInfo) -> NodeAllocate | None:
+        for alloc in self.opts.nodes:
+            if alloc._matches(info.ip_addr, info.port, self.opts.node_port):
+                return alloc
+        return None
+
+    async def _serve_node(self, conn: Connection) -> None:
+        try:
+            async with asyncio.timeout(self.opts.msg_timeout):
+                msg, _ = await conn.recv()
+        except (TimeoutError, ConnectionClosed, ProtocolError) as exc:
+            log.warning("node %s did not introduce itself: %r", conn.peer_name, exc)
+            await conn.close()
+            return
+        if not isinstance(msg, NodeInfo):
+            await conn.refuse(f"expected node.info, got {msg.type}")
+            return
+        info = msg
+        key: NodeKey = (info.ip_addr, info.port)
+        if self._closing:
+            await conn.refuse("cluster is closing")
+            return
+        if key in self.sessions:
+            await conn.refuse("this cluster already has a connection to the node")
+            return
+        alloc = self._find_allocation(info)
+        avail = DispyNodeAvailInfo._from_wire(info.avail)
+        cpus = 0
+        if alloc is not None:
+            try:
+                cpus = int(alloc.allocate(self.owner, info.ip_addr, info.name, info.cpus,
+                                          avail, info.platform))
+            except Exception:
+                log.exception("allocate() of %r raised for node %s", alloc, info.name)
+                cpus = 0
+        if cpus <= 0:
+            log.info("node %s (%s:%d) not used by this cluster", info.name, *key)
+            await conn.refuse("node not used by this cluster")
+            return
+        cpus = min(cpus, info.cpus)
+        node = self.known_nodes.get(key)
+        if node is None:
+            node = DispyNode(info.ip_addr, info.port, info.name, cpus, info.platform)
+            self.known_nodes[key] = node
+        node.cpus = cpus
+        node.avail_info = avail
+        node.update_time = time.time()
+        session = _NodeSession(key, conn, node)
+        self.sessions[key] = session
+        opts = self.opts
+        try:
+            await conn.send(
+                ComputationSetup(
+                    comp_id=self.comp_id, name=opts.name, kind=opts.kind,  # type: ignore[arg-type]
+                    cpus=cpus, dest_path=opts.dest_path, cleanup=opts.cleanup,
+                    pulse_interval=opts.pulse_interval,
+                ),
+                opts.bundle,
+            )
+            await self._read_node(session)
+        except ConnectionClosed as exc:
+            self._node_lost(session, f"connection lost: {exc}")
+        except PeerRefused as exc:
+            self._node_lost(session, exc.reason)
+        except ProtocolError as exc:
+            await conn.refuse(str(exc))
+            self._node_lost(session, str(exc))
+        finally:
+            session.closed.set()
+            if self.sessions.get(key) is session:
+                self._node_lost(session, "connection closed")
+
+    async def _read_node(self, session: _NodeSession) -> None:
+        conn = session.conn
+        while True:
+            msg, payload = await conn.recv()
+            session.last_heard = time.monotonic()
+            if isinstance(msg, JobDone):
+                self._job_replies(session, msg, payload)
+            elif isinstance(msg, Pulse):
+                session.node.avail_info = DispyNodeAvailInfo._from_wire(msg.avail)
+                session.node.update_time = time.time()
+                self._status(NodeStatus.AvailInfo, session.node, None)
+            elif isinstance(msg, ComputationReady):
+                session.ready = True
+                session.node.cpus = msg.cpus
+                self.engine.add_node(session.key, msg.cpus, extra=msg.cpus)
+                log.info("node %s (%s:%d) ready with %d CPU(s)", session.node.name,
+                         *session.key, msg.cpus)
+                self._status(NodeStatus.Initialized, session.node, None)
+                self._pump()
+            elif isinstance(msg, ComputationFailed):
+                log.warning("node %s (%s:%d) cannot run %s: %s", session.node.name,
+                            *session.key, self.opts.name, msg.reason)
+                self.refusals[f"{session.key[0]}:{session.key[1]}"] = msg.reason
+                self._node_lost(session, msg.reason)
+                await conn.close()
+                return
+            elif isinstance(msg, ComputationClosed):
+                session.closed.set()
+                self._node_lost(session, "closed")
+                await conn.close()
+                return
+            elif isinstance(msg, Notice):
+                log.log(logging.ERROR if msg.level == "error" else logging.WARNING,
+                        "node %s: %s", session.node.name, msg.text)
+
+    def _node_lost(self, session: _NodeSession, reason: str) -> None:
+        if self.sessions.get(session.key) is not session:
+            return
+        del self.sessions[session.key]
+        lost = self.engine.remove_node(session.key)
+        session.node.busy = 0
+        if session.ready and reason != "closed":
+            log.warning("node %s (%s:%d) lost: %s", session.node.name, *session.key, reason)
+        for uid in lost:
+            job = self.jobs.get(uid)
+            if job is None:
+                continue
+            if self.opts.reentrant and job._pinned is None and not self._closing:
+                job.status = JobStatus.Created
+                job.ip_addr = None
+                self.engine.submit(uid, front=True)
+            else:
+                self._finish(job, JobStatus.Cancelled, exception=f"Cancelled: node "
+                             f"{session.key[0]}:{session.key[1]} {reason}")
+                self.jobs.pop(uid, None)
+        if session.ready:
+            self._status(NodeStatus.Closed, session.node, None)
+        self._pump()
+
+    async def _pulse_monitor(self, interval: float) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            now = time.monotonic()
+            for session in list(self.sessions.values()):
+                if session.ready and now - session.last_heard > 5 * interval:
+                    self._node_lost(session, f"no pulse for {now - session.last_heard:.0f} s")
+                    self._spawn(session.conn.close())
+
+    # -- jobs ---------------------------------------------------------------------------
+
+    def submit_threadsafe(self, job: DispyJob) -> None:
+        """Called from the user's thread."""
+        self._incoming.append(job)
+        if not self._incoming_scheduled:
+            self._incoming_scheduled = True
+            assert self.loop is not None
+            self.loop.call_soon_threadsafe(self._take_incoming)
+
+    def _take_incoming(self) -> None:
+        self._incoming_scheduled = False
+        incoming = self._incoming
+        while incoming:
+            job = incoming.popleft()
+            if job._done:
+                continue
+            self.jobs[job._uid] = job
+            pin = job._pinned
+            if pin is not None and not self.engine.has_node(pin):
+                self._finish(job, JobStatus.Cancelled,
+                             exception=f"node {pin[0]}:{pin[1]} is not in this cluster")
+                self.jobs.pop(job._uid, None)
+                continue
+            self.engine.submit(job._uid, pin)
+            if self.opts.cluster_status is not None:
+                self._status(JobStatus.Created, None, job)
+        self._pump()
+
+    def _pump(self) -> None:
+        if self._pump_scheduled:
+            return
+        self._pump_scheduled = True
+        assert self.loop is not None
+        self.loop.call_soon(self._do_pump)
+
+    def _do_pump(self) -> None:
+        self._pump_scheduled = False
+        assignments = self.engine.assign()
+        if not assignments:
+            return
+        now = time.time()
+        by_node: dict[NodeKey, list[DispyJob]] = {}
+        for uid, key in assignments:
+            job = self.jobs[uid]
+            job.status = JobStatus.Running
+            job.start_time = now
+            job.ip_addr = key[0]
+            by_node.setdefault(key, []).append(job)
+        notify = self.opts.cluster_status is not None
+        for key, jobs in by_node.items():
+            session = self.sessions[key]
+            session.node.busy += len(jobs)
+            self._send_jobs(session, jobs)
+            if notify:
+                for job in jobs:
+                    self._status(JobStatus.Running, session.node, job)
+
+    def _send_jobs(self, session: _NodeSession, jobs: list[DispyJob]) -> None:
+        start = 0
+        while start < len(jobs):
+            batch: list[tuple[int, int]] = []
+            parts: list[bytes] = []
+            size = 0
+            for job in jobs[start : start + MAX_JOBS_PER_FRAME]:
+                payload = job._payload or b""
+                batch.append((job._uid, len(payload)))
+                parts.append(payload)
+                size += len(payload)
+                if size >= MAX_BYTES_PER_FRAME:
+                    break
+            start += len(batch)
+            try:
+                session.conn.send_nowait(
+                    JobSubmit(comp_id=self.comp_id, jobs=batch), b"".join(parts)
+                )
+            except ConnectionClosed:
+                return
+
+    def _job_replies(self, session: _NodeSession, msg: JobDone, payload: bytes) -> None:
+        view = memoryview(payload)
+        offset = 0
+        node = session.node
+        for report in msg.jobs:
+            data = view[offset : offset + report.size]
+            offset += report.size
+            job = self.jobs.pop(report.job_id, None)
+            self.engine.finished(report.job_id)
+            if job is None:
+                continue
+            node.busy = max(0, node.busy - 1)
+            try:
+                result, stdout, stderr, exc_text = serialize.loads(data)
+            except serialize.SerializationError as exc:
+                result, stdout, stderr = None, "", ""
+                exc_text = f"the result could not be read here: {exc}"
+                report = report.model_copy(update={"outcome": "terminated"})
+            job.result = result
+            job.stdout = stdout
+            job.stderr = stderr
+            job.exception = exc_text
+            job.start_time = report.start
+            job.end_time = report.end
+            job.ip_addr = session.key[0]
+            node.jobs_done += 1
+            node.cpu_time += max(0.0, report.end - report.start)
+            status = {
+                "finished": JobStatus.Finished,
+                "terminated": JobStatus.Terminated,
+                "cancelled": JobStatus.Cancelled,
+                "abandoned": JobStatus.Abandoned,
+            }[report.outcome]
+            self._finish(job, status, node=node)
+        self._pump()
+
+    def _finish(
+        self,
+        job: DispyJob,
+        status: JobStatus,
+        *,
+        exception: str | None = None,
+        node: DispyNode | None = None,
+    ) -> None:
+        if job._done:
+            return
+        job.status = status
+        if exception is not None:
+            job.exception = exception
+        if job.end_time is None:
+            job.end_time = time.time()
+        job._payload = None
+        job._mark_done()
+        opts = self.opts
+        if opts.cluster_status is not None:
+            self.callbacks.post(opts.cluster_status, status, node, job)
+        if opts.callback is not None:
+            self.callbacks.post(opts.callback, job)
+        self.owner._job_ended()
+
+    def _status(self, status: int, node: DispyNode | None, job: DispyJob | None) -> None:
+        if self.opts.cluster_status is not None:
+            self.callbacks.post(self.opts.cluster_status, status, node, job)
+
+    def cancel(self, job: DispyJob) -> None:
+        where = self.engine.cancel(job._uid)
+        if where == "queued":
+            self.jobs.pop(job._uid, None)
+            self._finish(job, JobStatus.Cancelled, exception="Cancelled")
+        elif where == "placed":
+            key = self.engine.node_of(job._uid)
+            session = self.sessions.get(key) if key else None
+            if session is not None:
+                with contextlib.suppress(ConnectionClosed):
+                    session.conn.send_nowait(JobCancel(comp_id=self.comp_id, job_ids=[job._uid]))
+        elif job in self._incoming:
+            self._incoming.remove(job)
+            self._finish(job, JobStatus.Cancelled, exception="Cancelled")

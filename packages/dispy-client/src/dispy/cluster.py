@@ -1,0 +1,326 @@
+"""JobCluster: distribute a Python function (or a program) to dispy nodes."""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import itertools
+import logging
+import threading
+import time
+import weakref
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
+from typing import Any
+
+from dispy_core import netinfo, serialize
+from dispy_core.config import CLIENT_PORT, MSG_TIMEOUT, NODE_PORT
+from dispy_core.security import TLSConfig
+from dispy._callbacks import CallbackRunner
+from dispy._core import ClusterCore, ClusterOptions
+from dispy.jobs import DispyJob
+from dispy.nodes import DispyNode, NodeAllocate, to_allocate
+
+log = logging.getLogger("dispy")
+
+_live_clusters: weakref.WeakSet[JobCluster] = weakref.WeakSet()
+
+
+def _as_list(value: str | Sequence[str] | None) -> list[str]:
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [value]
+    return [str(v) for v in value]
+
+
+def _setup_logging(level: int) -> None:
+    if not log.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("dispy %(levelname)s: %(message)s"))
+        log.addHandler(handler)
+        log.propagate = False
+    log.setLevel(level)
+
+
+class JobCluster:
+    """A cluster that runs ``computation`` on dispy nodes, with its own scheduler.
+
+    Args:
+        computation: a Python function, or the path of a program to run on the nodes.
+        nodes: host names, IP addresses, wildcard patterns (``'*'``, ``'192.168.1.*'``),
+            ``(host, port)`` tuples or :class:`NodeAllocate` objects.
+        depends: functions, classes, objects, modules or files the computation needs.
+        callback: called with the job, in this process, when a job ends (and for each
+            provisional result).
+        cluster_status: called as ``cluster_status(status, node, job)`` on every change.
+        ip_addr: address(es) of this host to use; all interfaces when None.
+        ext_ip_addr: address(es) nodes should use to reach this client (NAT).
+        port: this client's port (0 picks a free one).
+        node_port: the nodes' port.
+        secret: shared secret; nodes must use the same one.
+        keyfile, certfile: enable TLS with this certificate (the key may be in certfile).
+
+    Example:
+        >>> def compute(n):
+        ...     return n * n
+        >>> cluster = dispy.JobCluster(compute, nodes=["192.168.1.*"])  # doctest: +SKIP
+        >>> jobs = [cluster.submit(i) for i in range(10)]                # doctest: +SKIP
+        >>> [job() for job in jobs]                                       # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        computation: Callable[..., Any] | str,
+        nodes: Sequence[Any] | None = None,
+        depends: Sequence[Any] | None = None,
+        callback: Callable[[DispyJob], Any] | None = None,
+        cluster_status: Callable[[int, DispyNode | None, DispyJob | None], Any] | None = None,
+        ip_addr: str | Sequence[str] | None = None,
+        ext_ip_addr: str | Sequence[str] | None = None,
+        port: int = CLIENT_PORT,
+        node_port: int = NODE_PORT,
+        recover_file: str | None = None,
+        dest_path: str | None = None,
+        loglevel: int = logging.WARNING,
+        setup: Callable[[], Any] | None = None,
+        cleanup: bool | Callable[[], Any] = True,
+        pulse_interval: float | None = None,
+        ping_interval: float | None = None,
+        reentrant: bool = False,
+        secret: str = "",
+        keyfile: str | None = None,
+        certfile: str | None = None,
+        msg_timeout: float = MSG_TIMEOUT,
+    ) -> None:
+        _setup_logging(loglevel)
+        if isinstance(computation, str):
+            raise NotImplementedError(
+                "program computations (a path) are not supported yet; pass a Python function"
+            )
+        if not callable(computation):
+            raise TypeError(f"computation must be a function or a program path, not {computation!r}")
+        if pulse_interval is not None and not 1 <= pulse_interval <= 600:
+            raise ValueError(f"pulse_interval must be between 1 and 600 seconds, not {pulse_interval}")
+        if ping_interval is not None and ping_interval <= 0:
+            raise ValueError(f"ping_interval must be positive, not {ping_interval}")
+        if not isinstance(secret, str):
+            raise TypeError("secret must be a string")
+        node_list = [to_allocate(n) for n in (nodes if nodes is not None else ["*"])]
+        for alloc in node_list:
+            if alloc.host != "*" and not any(c in alloc.host for c in "*?["):
+                try:
+                    alloc.ip_addr = netinfo.resolve(alloc.host)
+                except OSError as exc:
+                    raise ValueError(f"cannot resolve node {alloc.host!r}: {exc}") from None
+        ip_addrs = []
+        for addr in _as_list(ip_addr):
+            try:
+                ip_addrs.append(netinfo.resolve(addr))
+            except OSError as exc:
+                raise ValueError(f"cannot resolve ip_addr {addr!r}: {exc}") from None
+        name = getattr(computation, "__name__", "computation")
+        self.name = name
+        cleanup_func = cleanup if callable(cleanup) else None
+        bundle = serialize.dumps(
+            {
+                "computation": computation,
+                "setup": setup,
+                "cleanup": cleanup_func,
+                "depends": [d for d in (depends or []) if not isinstance(d, str)],
+            }
+        )
+        self._options = ClusterOptions(
+            name=name,
+            kind="function",
+            bundle=bundle,
+            nodes=node_list,
+            ip_addrs=ip_addrs,
+            ext_ip_addrs=_as_list(ext_ip_addr),
+            port=port,
+            node_port=node_port,
+            secret=secret,
+            tls=TLSConfig(certfile, keyfile),
+            dest_path=dest_path,
+            cleanup=cleanup is not False,
+            pulse_interval=pulse_interval,
+            ping_interval=ping_interval,
+            reentrant=reentrant,
+            msg_timeout=msg_timeout,
+            callback=callback,
+            cluster_status=cluster_status,
+        )
+        self._callbacks = CallbackRunner(name)
+        self._core = ClusterCore(self._options, self._callbacks, self)
+        self._ids = itertools.count(1)
+        self._lock = threading.Condition()
+        self._pending = 0
+        self._closed = False
+        self._start_time = time.time()
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(
+            target=self._loop.run_forever, name=f"dispy-{name}", daemon=True
+        )
+        self._thread.start()
+        try:
+            self._call(self._core.start())
+        except BaseException:
+            self._stop_loop()
+            raise
+        self.recover_file = recover_file
+        _live_clusters.add(self)
+
+    # -- plumbing -------------------------------------------------------------------------
+
+    def _call(self, coro: Any, timeout: float | None = None) -> Any:
+        fut: Future[Any] = asyncio.run_coroutine_threadsafe(coro, self._loop)
+        return fut.result(timeout)
+
+    def _call_soon(self, func: Callable[..., Any], *args: Any) -> None:
+        self._loop.call_soon_threadsafe(func, *args)
+
+    def _stop_loop(self) -> None:
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(5)
+        self._callbacks.stop()
+
+    def _job_ended(self) -> None:
+        with self._lock:
+            self._pending -= 1
+            if self._pending == 0:
+                self._lock.notify_all()
+
+    @property
+    def port(self) -> int:
+        """The port this cluster listens on (useful with ``port=0``)."""
+        return self._core.port
+
+    # -- jobs -----------------------------------------------------------------------------
+
+    def submit(self, *args: Any, **kwargs: Any) -> DispyJob | None:
+        """Schedule ``computation(*args, **kwargs)`` on some node; return its job.
+
+        Returns None (and logs why) if the arguments cannot be serialized.
+        """
+        return self._submit(None, args, kwargs)
+
+    def submit_node(self, node: DispyNode | str, *args: Any, **kwargs: Any) -> DispyJob | None:
+        """Like :meth:`submit`, but run the job only on ``node``."""
+        key = self._node_key(node)
+        if key is None:
+            log.error("submit_node: %r is not a node of this cluster", node)
+            return None
+        return self._submit(key, args, kwargs)
+
+    def _submit(
+        self, pin: tuple[str, int] | None, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> DispyJob | None:
+        if self._closed:
+            log.error("submit: cluster %s is closed", self.name)
+            return None
+        kwargs.pop("dispy_job_depends", None)
+        job = DispyJob(next(self._ids), args, kwargs)
+        try:
+            job._payload = serialize.dumps((args, kwargs))
+        except serialize.SerializationError as exc:
+            log.error("submit: job not created: the arguments %s", exc)
+            return None
+        job._pinned = pin
+        with self._lock:
+            self._pending += 1
+        self._core.submit_threadsafe(job)
+        return job
+
+    def cancel(self, job: DispyJob) -> int:
+        """Cancel a queued or running job. Returns 0, or -1 if the job already ended."""
+        if job._done:
+            return -1
+        self._call_soon(self._core.cancel, job)
+        return 0
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Wait until every submitted job has ended and its callbacks ran.
+
+        Returns False if ``timeout`` seconds passed first.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._lock:
+            if not self._lock.wait_for(lambda: self._pending <= 0, timeout):
+                return False
+        left = None if deadline is None else max(0.0, deadline - time.monotonic())
+        return self._callbacks.drain(left)
+
+    def __call__(self) -> bool:
+        return self.wait()
+
+    def close(self, timeout: float | None = None, terminate: bool = False) -> bool:
+        """Wait for the jobs (cancel them with ``terminate=True``), release the nodes.
+
+        Returns False if jobs were still running after ``timeout`` and were cancelled.
+        """
+        if self._closed:
+            return True
+        finished = True
+        if not terminate:
+            finished = self.wait(timeout)
+        self._closed = True
+        try:
+            self._call(self._core.close(terminate or not finished), timeout=60)
+        except Exception as exc:
+            log.warning("closing cluster %s: %r", self.name, exc)
+        self._callbacks.drain(10)
+        self._stop_loop()
+        _live_clusters.discard(self)
+        return finished
+
+    # -- nodes ----------------------------------------------------------------------------
+
+    def _node_key(self, node: DispyNode | str) -> tuple[str, int] | None:
+        if isinstance(node, DispyNode):
+            return (node.ip_addr, node.port)
+        try:
+            addr = netinfo.resolve(str(node))
+        except OSError:
+            return None
+        for key in list(self._core.sessions):
+            if key[0] == addr:
+                return key
+        return None
+
+    def nodes(self) -> list[DispyNode]:
+        """The nodes serving this cluster now."""
+        return [s.node for s in list(self._core.sessions.values()) if s.ready]
+
+    def print_status(self, wall_time: float | None = None) -> None:
+        """Print a table of nodes: CPUs, jobs done, seconds per job, node time."""
+        from dispy.progress import print_status
+
+        nodes = list(self._core.known_nodes.values())
+        print_status(self.name, nodes, wall_time or time.time() - self._start_time)
+
+    stats = print_status
+
+    def __enter__(self) -> JobCluster:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close(terminate=exc[0] is not None)
+
+    def __del__(self) -> None:
+        # A cluster dropped without close(): free the loop thread; nodes see the
+        # connection close and become free again.
+        if not getattr(self, "_closed", True) and getattr(self, "_loop", None) is not None:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+
+
+def _close_at_exit() -> None:
+    for cluster in list(_live_clusters):
+        if not cluster._closed:
+            try:
+                cluster.close(timeout=0, terminate=True)
+            except Exception:
+                pass
+
+
+atexit.register(_close_at_exit)
+

@@ -1,0 +1,92 @@
+"""DispyJob: one submitted execution of a computation, as the user sees it."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from dispy_core.protocol.jobs import JobStatus
+
+
+class DispyJob:
+    """A submitted job. ``id`` is yours to set; everything else is filled in by dispy.
+
+    Calling the job (``job()``) waits for it to end and returns its result. ``finish`` is an
+    event set when the result is in.
+    """
+
+    Created = JobStatus.Created
+    Running = JobStatus.Running
+    ProvisionalResult = JobStatus.ProvisionalResult
+    Cancelled = JobStatus.Cancelled
+    Terminated = JobStatus.Terminated
+    Abandoned = JobStatus.Abandoned
+    Finished = JobStatus.Finished
+
+    __slots__ = (
+        "_done",
+        "_event",
+        "_payload",
+        "_pinned",
+        "_uid",
+        "args",
+        "end_time",
+        "exception",
+        "id",
+        "ip_addr",
+        "kwargs",
+        "result",
+        "start_time",
+        "status",
+        "stderr",
+        "stdout",
+    )
+
+    _event_lock = threading.Lock()
+
+    def __init__(self, uid: int, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        self._uid = uid
+        self.id: Any = None
+        self.args = args
+        self.kwargs = kwargs
+        self.status: int = JobStatus.Created
+        self.ip_addr: str | None = None
+        self.result: Any = None
+        self.stdout: str | None = None
+        self.stderr: str | None = None
+        self.exception: str | None = None
+        self.start_time: float | None = None
+        self.end_time: float | None = None
+        self._payload: bytes | None = None
+        self._pinned: tuple[str, int] | None = None
+        self._done = False
+        self._event: threading.Event | None = None
+
+    def __repr__(self) -> str:
+        ident = self.id if self.id is not None else self._uid
+        return f"<DispyJob {ident} {JobStatus(self.status).name}>"
+
+    @property
+    def finish(self) -> threading.Event:
+        """Set once the job has ended (Finished, Terminated, Cancelled or Abandoned)."""
+        with DispyJob._event_lock:
+            if self._event is None:
+                self._event = threading.Event()
+                if self._done:
+                    self._event.set()
+            return self._event
+
+    def _mark_done(self) -> None:
+        with DispyJob._event_lock:
+            self._done = True
+            event = self._event
+        if event is not None:
+            event.set()
+
+    def __call__(self, clear: bool = False) -> Any:
+        """Wait for the job to end and return its result (None if it failed)."""
+        self.finish.wait()
+        result = self.result
+        if clear:
+            self.result = None
+        return result

@@ -1,0 +1,132 @@
+"""Nodes as the user sees them: DispyNode, DispyNodeAvailInfo and NodeAllocate."""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+from dispy_core.config import NODE_PORT
+from dispy_core.protocol.discovery import is_pattern, matches
+from dispy_core.protocol.jobs import NodeStatus
+
+if TYPE_CHECKING:
+    from dispy_core.protocol.messages import AvailInfo
+
+log = logging.getLogger("dispy")
+
+
+class DispyNodeAvailInfo:
+    """A node's availability: ``cpu`` (idle %), ``memory`` and ``disk`` (bytes free),
+    ``swap`` (% used)."""
+
+    __slots__ = ("cpu", "disk", "memory", "swap")
+
+    def __init__(self, cpu: float, memory: int, disk: int, swap: float) -> None:
+        self.cpu = cpu
+        self.memory = memory
+        self.disk = disk
+        self.swap = swap
+
+    @classmethod
+    def _from_wire(cls, info: AvailInfo | None) -> DispyNodeAvailInfo | None:
+        if info is None:
+            return None
+        return cls(info.cpu, info.memory, info.disk, info.swap)
+
+    def __repr__(self) -> str:
+        return (
+            f"DispyNodeAvailInfo(cpu={self.cpu:.1f}, memory={self.memory}, "
+            f"disk={self.disk}, swap={self.swap:.1f})"
+        )
+
+
+class DispyNode:
+    """A node that serves (or served) this cluster; passed to ``cluster_status``."""
+
+    Initialized = NodeStatus.Initialized
+    Closed = NodeStatus.Closed
+    AvailInfo = NodeStatus.AvailInfo
+
+    def __init__(self, ip_addr: str, port: int, name: str, cpus: int, platform: str) -> None:
+        self.ip_addr = ip_addr
+        self.port = port
+        self.name = name
+        self.cpus = cpus
+        self.platform = platform
+        self.avail_cpus = cpus
+        self.busy = 0
+        self.jobs_done = 0
+        self.cpu_time = 0.0
+        self.avail_info: DispyNodeAvailInfo | None = None
+        self.update_time = 0.0
+
+    def __repr__(self) -> str:
+        return f"<DispyNode {self.name} {self.ip_addr}:{self.port} cpus={self.cpus}>"
+
+
+class NodeAllocate:
+    """Which nodes a cluster uses, and how many of their CPUs.
+
+    Args:
+        host: an IP address, a host name, or a wildcard pattern such as ``'192.168.3.*'``.
+        port: the node's port; None means the cluster's ``node_port``.
+        cpus: at most this many CPUs per node (0 = all).
+
+    Subclass and override :meth:`allocate` to choose nodes by name, platform or
+    availability.
+    """
+
+    def __init__(self, host: str, port: int | None = None, cpus: int = 0) -> None:
+        if not isinstance(host, str) or not host:
+            raise ValueError(f"NodeAllocate host must be a non-empty string, not {host!r}")
+        if port is not None and not (0 < int(port) < 65536):
+            raise ValueError(f"NodeAllocate port must be 1..65535, not {port!r}")
+        self.host = host
+        self.port = port
+        self.cpus = cpus
+        self.ip_addr: str = host
+
+    def allocate(
+        self,
+        cluster: Any,
+        ip_addr: str,
+        name: str,
+        cpus: int,
+        avail_info: DispyNodeAvailInfo | None = None,
+        platform: str = "",
+    ) -> int:
+        """CPUs to use on the node at ``ip_addr`` (0 = do not use it)."""
+        if self.cpus > 0:
+            return min(self.cpus, cpus)
+        if self.cpus < 0:
+            return max(cpus + self.cpus, 0)
+        return cpus
+
+    def _matches(self, ip_addr: str, port: int, default_port: int) -> bool:
+        if not matches(self.ip_addr, ip_addr):
+            return False
+        if self.port is not None:
+            return self.port == port
+        return is_pattern(self.ip_addr) or port == default_port
+
+    def _target(self, default_port: int) -> tuple[str, int] | None:
+        if is_pattern(self.ip_addr):
+            return None
+        return (self.ip_addr, self.port or default_port)
+
+
+def to_allocate(item: Any) -> NodeAllocate:
+    """A NodeAllocate for each accepted form: string, ``(host, port)`` or NodeAllocate."""
+    if isinstance(item, NodeAllocate):
+        return item
+    if isinstance(item, str):
+        return NodeAllocate(item)
+    if isinstance(item, tuple | list) and len(item) == 2:
+        return NodeAllocate(str(item[0]), int(item[1]))
+    raise ValueError(
+        f"invalid node {item!r}: give a host name, an IP address, a pattern like '192.168.1.*', "
+        "a (host, port) tuple or a NodeAllocate"
+    )
+
+
+DEFAULT_NODE_PORT = NODE_PORT

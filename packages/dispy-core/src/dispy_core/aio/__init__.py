@@ -1,0 +1,1 @@
+"""asyncio adapters that carry the bytes of :mod:`dispy_core.protocol`."""

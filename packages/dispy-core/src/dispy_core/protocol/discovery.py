@@ -1,0 +1,86 @@
+"""Discovery datagrams and node-pattern matching.
+
+A client (or scheduler) announces itself with a :class:`Ping` datagram sent by UDP to each
+listed node and broadcast on its interface for wildcard patterns. A node that hears it and is
+free connects back over TCP to ``reply_addr``; the handshake on that connection, not the
+datagram, decides whether the two trust each other, so a ping carries no secret material.
+``cluster`` identifies one cluster instance so a node can remember which pings it declined.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import ipaddress
+import re
+from functools import lru_cache
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from dispy_core.protocol.errors import RemoteProtocolError
+from dispy_core.protocol.messages import PROTOCOL_VERSION
+
+MAX_DATAGRAM = 2048
+
+
+class Ping(BaseModel):
+    """'A cluster at reply_addr:reply_port wants nodes' (UDP, unauthenticated)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    type: Literal["ping"] = "ping"
+    protocol: int = PROTOCOL_VERSION
+    cluster: str = Field(min_length=8, max_length=64)
+    reply_addr: str = Field(max_length=255)
+    reply_port: int = Field(ge=1, le=65535)
+    role: Literal["client", "scheduler", "recover"] = "client"
+
+
+def encode_ping(ping: Ping) -> bytes:
+    return ping.model_dump_json().encode()
+
+
+def decode_ping(data: bytes) -> Ping:
+    """Validate a datagram.
+
+    Raises:
+        RemoteProtocolError: not a ping of this protocol version.
+    """
+    if len(data) > MAX_DATAGRAM:
+        raise RemoteProtocolError(f"datagram of {len(data)} bytes is too large")
+    try:
+        ping = Ping.model_validate_json(data)
+    except ValidationError:
+        raise RemoteProtocolError("datagram is not a dispy ping") from None
+    if ping.protocol != PROTOCOL_VERSION:
+        raise RemoteProtocolError(
+            f"ping speaks protocol version {ping.protocol}, this side {PROTOCOL_VERSION}"
+        )
+    return ping
+
+
+def is_pattern(host: str) -> bool:
+    """True for wildcard patterns such as ``'*'`` or ``'192.168.3.*'``."""
+    return "*" in host or "?" in host or "[" in host
+
+
+@lru_cache(maxsize=256)
+def _compiled(pattern: str) -> re.Pattern[str]:
+    # '192.168.3.*' must match '192.168.3.17' but '*' alone matches any address; a bare
+    # prefix pattern like '192.168.*' also covers deeper octets, as the reference says.
+    return re.compile(fnmatch.translate(pattern))
+
+
+def matches(pattern: str, address: str) -> bool:
+    """Whether node ``address`` matches ``pattern`` (an address, a name or a wildcard)."""
+    if not is_pattern(pattern):
+        return pattern == address
+    return _compiled(pattern).match(address) is not None
+
+
+def is_ip_address(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True

@@ -1,0 +1,253 @@
+"""Message headers exchanged between clients, schedulers and nodes.
+
+Every frame carries one JSON header validated by :data:`MESSAGE` (a discriminated union
+on ``type``) and, beside it, an optional binary payload (pickled computations, arguments,
+results, file contents). The payload is never inside the JSON and is never unpickled by the
+protocol layer. ``PROTOCOL_VERSION`` changes whenever a header changes incompatibly.
+
+See ``packages/dispy-core/PROTOCOL.md`` for the flow of these messages.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+
+from dispy_core.protocol.errors import RemoteProtocolError
+
+PROTOCOL_VERSION = 1
+
+Role = Literal["client", "node", "scheduler", "recover", "relay"]
+JobOutcome = Literal["finished", "terminated", "cancelled", "abandoned"]
+
+
+class _Message(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+# --- handshake (before authentication; never carries a payload) -------------------------
+
+
+class Hello(_Message):
+    """First frame of the connecting side: who it is and its fresh nonce."""
+
+    type: Literal["hello"] = "hello"
+    protocol: int
+    role: Role
+    name: str = Field(max_length=256)
+    nonce: str = Field(min_length=32, max_length=128)
+
+
+class Challenge(_Message):
+    """Answer of the accepting side: its own nonce and its proof of the secret."""
+
+    type: Literal["challenge"] = "challenge"
+    protocol: int
+    role: Role
+    name: str = Field(max_length=256)
+    nonce: str = Field(min_length=32, max_length=128)
+    proof: str = Field(max_length=128)
+
+
+class Proof(_Message):
+    """The connecting side's proof of the secret, bound to both nonces."""
+
+    type: Literal["proof"] = "proof"
+    proof: str = Field(max_length=128)
+
+
+class Welcome(_Message):
+    """The accepting side accepted the proof: authenticated frames follow."""
+
+    type: Literal["welcome"] = "welcome"
+
+
+class Refused(_Message):
+    """One side refuses the handshake or the session; the connection closes after it."""
+
+    type: Literal["refused"] = "refused"
+    reason: str = Field(max_length=1024)
+    protocol: int = PROTOCOL_VERSION
+
+
+# --- node <-> client session ---------------------------------------------------------------
+
+
+class AvailInfo(_Message):
+    """Availability of a node as psutil sees it (see DispyNodeAvailInfo)."""
+
+    cpu: float
+    memory: int
+    disk: int
+    swap: float
+
+
+class NodeInfo(_Message):
+    """A node introduces itself right after the handshake."""
+
+    type: Literal["node.info"] = "node.info"
+    name: str
+    ip_addr: str
+    port: int = Field(ge=0, le=65535)
+    cpus: int = Field(ge=1)
+    platform: str
+    avail: AvailInfo | None = None
+    version: str
+    busy: bool = False
+
+
+class ComputationSetup(_Message):
+    """The client hands a computation to a node; the pickled bundle is the payload."""
+
+    type: Literal["computation"] = "computation"
+    comp_id: int = Field(ge=0)
+    name: str
+    kind: Literal["function", "program"]
+    cpus: int = Field(ge=1)
+    dest_path: str | None = None
+    cleanup: bool = True
+    pulse_interval: float | None = Field(default=None, ge=0.05, le=600)
+
+
+class ComputationReady(_Message):
+    type: Literal["computation.ready"] = "computation.ready"
+    comp_id: int
+    cpus: int
+    dest_path: str
+
+
+class ComputationFailed(_Message):
+    type: Literal["computation.failed"] = "computation.failed"
+    comp_id: int
+    reason: str
+
+
+class JobSubmit(_Message):
+    """Jobs for a computation: ``jobs`` is ``[(job_id, payload_length), ...]``.
+
+    The payload is the jobs' pickled arguments, concatenated in that order. Batching many
+    jobs per frame keeps validation and syscalls off the per-job path.
+    """
+
+    type: Literal["jobs.submit"] = "jobs.submit"
+    comp_id: int
+    jobs: list[tuple[int, int]]
+
+
+class JobCancel(_Message):
+    type: Literal["jobs.cancel"] = "jobs.cancel"
+    comp_id: int
+    job_ids: list[int]
+
+
+class JobStarted(_Message):
+    """Jobs that a worker began running (sent only when asked for, see ``track_start``)."""
+
+    type: Literal["jobs.started"] = "jobs.started"
+    comp_id: int
+    job_ids: list[int]
+
+
+class JobReport(_Message):
+    """One job's end: ``size`` bytes of the payload hold its pickled reply."""
+
+    job_id: int
+    outcome: JobOutcome
+    start: float
+    end: float
+    size: int = Field(ge=0)
+
+
+class JobDone(_Message):
+    """Finished jobs; the payload is the replies of ``jobs`` concatenated in order."""
+
+    type: Literal["jobs.done"] = "jobs.done"
+    comp_id: int
+    jobs: list[JobReport]
+
+
+class Pulse(_Message):
+    type: Literal["pulse"] = "pulse"
+    avail: AvailInfo | None = None
+    running: int = 0
+
+
+class CloseComputation(_Message):
+    type: Literal["computation.close"] = "computation.close"
+    comp_id: int
+    terminate: bool = False
+
+
+class ComputationClosed(_Message):
+    type: Literal["computation.closed"] = "computation.closed"
+    comp_id: int
+
+
+class Notice(_Message):
+    """A human-readable problem report that does not end the session."""
+
+    type: Literal["notice"] = "notice"
+    level: Literal["info", "warning", "error"] = "warning"
+    text: str
+
+
+Message = Annotated[
+    Hello
+    | Challenge
+    | Proof
+    | Welcome
+    | Refused
+    | NodeInfo
+    | ComputationSetup
+    | ComputationReady
+    | ComputationFailed
+    | JobSubmit
+    | JobCancel
+    | JobStarted
+    | JobDone
+    | Pulse
+    | CloseComputation
+    | ComputationClosed
+    | Notice,
+    Field(discriminator="type"),
+]
+MESSAGE: TypeAdapter[Message] = TypeAdapter(Message)
+
+HandshakeMessage = Annotated[
+    Hello | Challenge | Proof | Welcome | Refused, Field(discriminator="type")
+]
+HANDSHAKE_MESSAGE: TypeAdapter[HandshakeMessage] = TypeAdapter(HandshakeMessage)
+
+
+def encode(message: _Message) -> bytes:
+    """The JSON header bytes of ``message``."""
+    return message.model_dump_json().encode()
+
+
+def decode(header: bytes) -> Message:
+    """Validate a header received after authentication.
+
+    Raises:
+        RemoteProtocolError: the header is not valid JSON or no known message.
+    """
+    try:
+        return MESSAGE.validate_json(header)
+    except ValidationError as exc:
+        raise RemoteProtocolError(f"malformed message header: {_first_error(exc)}") from None
+
+
+def decode_handshake(header: bytes) -> HandshakeMessage:
+    """Validate a header received during the handshake (only handshake messages allowed)."""
+    try:
+        return HANDSHAKE_MESSAGE.validate_json(header)
+    except ValidationError as exc:
+        raise RemoteProtocolError(f"malformed handshake message: {_first_error(exc)}") from None
+
+
+def _first_error(exc: ValidationError) -> str:
+    if exc.errors():
+        err = exc.errors()[0]
+        where = ".".join(str(p) for p in err.get("loc", ()))
+        return f"{err.get('msg', 'invalid')}{f' at {where}' if where else ''}"
+    return str(exc)

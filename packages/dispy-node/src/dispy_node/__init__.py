@@ -1,0 +1,3 @@
+"""Run a dispy compute node."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,3 @@
+from dispy_node.cli import main
+
+main()

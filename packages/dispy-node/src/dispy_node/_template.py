@@ -1,0 +1,255 @@
+"""The computation process: loads a computation once, runs setup, forks warm workers.
+
+Run as ``python -m dispy_node._template SOCKET TOKEN`` by the node daemon, with the
+computation's directory as working directory. Standard input/output carry the control
+channel (see :mod:`._wire`); user code that prints during setup writes to the node's stderr.
+
+Theory of operation
+-------------------
+1. Read ``init`` (the pickled bundle: computation, setup, cleanup, depends), unpickle it,
+   run ``setup`` once, answer ``ready`` or ``failed``.
+2. On each ``spawn`` fork a worker. The worker becomes a process-group leader (so a cancel
+   can kill whatever the job started), connects to the daemon's Unix socket, introduces
+   itself with the token and its worker number, then runs jobs one at a time. It inherits
+   setup's globals, so a job costs a message, not a process start.
+3. Report every worker's exit status (``exited``) so the daemon can explain a crash.
+4. On ``close`` run ``cleanup`` (if a function) and exit.
+
+This process stays single-threaded so that forking it is safe.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import select
+import signal
+import socket
+import sys
+import time
+import traceback
+from typing import Any
+
+from dispy_core import serialize
+from dispy_node import _wire
+
+
+class _Control:
+    def __init__(self, rfd: int, wfd: int) -> None:
+        self.rfd = rfd
+        self.wfd = wfd
+        self.buf = bytearray()
+
+    def send(self, obj: dict[str, Any], payload: bytes = b"") -> None:
+        data = memoryview(_wire.control_frame(obj, payload))
+        while data:
+            n = os.write(self.wfd, data)
+            data = data[n:]
+
+    def read_available(self) -> bool:
+        chunk = os.read(self.rfd, 1 << 20)
+        if not chunk:
+            return False
+        self.buf += chunk
+        return True
+
+    def next(self) -> tuple[dict[str, Any], bytes] | None:
+        if len(self.buf) < _wire.CONTROL.size:
+            return None
+        hlen, plen = _wire.CONTROL.unpack_from(self.buf)
+        end = _wire.CONTROL.size + hlen + plen
+        if len(self.buf) < end:
+            return None
+        head = json.loads(bytes(self.buf[_wire.CONTROL.size : _wire.CONTROL.size + hlen]))
+        payload = bytes(self.buf[_wire.CONTROL.size + hlen : end])
+        del self.buf[:end]
+        return head, payload
+
+    def blocking_next(self) -> tuple[dict[str, Any], bytes] | None:
+        while True:
+            item = self.next()
+            if item is not None:
+                return item
+            if not self.read_available():
+                return None
+
+
+def _install(bundle: dict[str, Any]) -> None:
+    """Make depends visible to the computation by name, as if defined in its module."""
+    import builtins
+
+    main = sys.modules["__main__"]
+    for obj in bundle.get("depends", ()):
+        name = getattr(obj, "__name__", None)
+        if isinstance(name, str):
+            setattr(main, name, obj)
+            setattr(builtins, name, obj)
+
+
+def _run_worker(
+    computation: Any, sock_path: str, token: bytes, wid: int
+) -> None:  # pragma: no cover - runs in a forked child
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.connect(sock_path)
+    sock.sendall(token + wid.to_bytes(4, "big"))
+    rfile = sock.makefile("rb", buffering=1 << 16)
+    import builtins
+
+    def send(op: int, outcome: int, job_id: int, start: float, end: float, data: bytes) -> None:
+        sock.sendall(_wire.FROM_WORKER.pack(op, outcome, job_id, start, end, len(data)) + data)
+
+    current = [0]
+
+    def dispy_provisional_result(result: Any, timeout: float | None = None) -> int:
+        del timeout
+        try:
+            data = serialize.dumps(result)
+        except serialize.SerializationError:
+            return -1
+        send(_wire.OP_PROVISIONAL, 0, current[0], time.time(), time.time(), data)
+        return 0
+
+    builtins.dispy_provisional_result = dispy_provisional_result  # type: ignore[attr-defined]
+    real_out, real_err = sys.stdout, sys.stderr
+    head_size = _wire.TO_WORKER.size
+    while True:
+        head = rfile.read(head_size)
+        if len(head) < head_size:
+            os._exit(0)
+        _op, job_id, length = _wire.TO_WORKER.unpack(head)
+        payload = rfile.read(length)
+        current[0] = job_id
+        out, err = io.StringIO(), io.StringIO()
+        sys.stdout, sys.stderr = out, err
+        start = time.time()
+        outcome = _wire.OUTCOME_FINISHED
+        result: Any = None
+        exc_text: str | None = None
+        try:
+            args, kwargs = serialize.loads(payload)
+            result = computation(*args, **kwargs)
+        except BaseException:
+            outcome = _wire.OUTCOME_TERMINATED
+            exc_text = traceback.format_exc()
+            result = None
+        finally:
+            sys.stdout, sys.stderr = real_out, real_err
+        end = time.time()
+        try:
+            data = serialize.dumps((result, out.getvalue(), err.getvalue(), exc_text))
+        except serialize.SerializationError as exc:
+            outcome = _wire.OUTCOME_TERMINATED
+            data = serialize.dumps_plain(
+                (None, out.getvalue(), err.getvalue(), f"the job's result {exc}")
+            )
+        send(_wire.OP_DONE, outcome, job_id, start, end, data)
+
+
+def main() -> None:
+    sock_path, token_hex = sys.argv[1], sys.argv[2]
+    token = bytes.fromhex(token_hex)
+    # The control channel moves off stdin/stdout so that user code printing during setup
+    # cannot corrupt it.
+    ctrl = _Control(os.dup(0), os.dup(1))
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull, 0)
+    os.dup2(2, 1)
+    os.close(devnull)
+    sys.stdout = sys.stderr
+
+    item = ctrl.blocking_next()
+    if item is None or item[0].get("op") != "init":
+        return
+    try:
+        bundle = serialize.loads(item[1])
+        _install(bundle)
+        computation = bundle["computation"]
+        setup = bundle.get("setup")
+        if setup is not None:
+            status = setup()
+            if status not in (None, 0):
+                ctrl.send({"op": "failed", "reason": f"setup returned {status!r} (not 0)"})
+                return
+    except BaseException:
+        ctrl.send({"op": "failed", "reason": "setup failed:\n" + traceback.format_exc()})
+        return
+    ctrl.send({"op": "ready", "pid": os.getpid()})
+
+    wake_r, wake_w = os.pipe()
+    os.set_blocking(wake_w, False)
+    signal.signal(signal.SIGCHLD, lambda *_: None)
+    signal.set_wakeup_fd(wake_w)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    children: set[int] = set()
+    while True:
+        readable, _, _ = select.select([ctrl.rfd, wake_r], [], [])
+        if wake_r in readable:
+            with contextlib.suppress(BlockingIOError):
+                os.read(wake_r, 512)
+        _reap(children, ctrl)
+        if ctrl.rfd not in readable:
+            continue
+        if not ctrl.read_available():
+            break
+        while (msg := ctrl.next()) is not None:
+            op = msg[0].get("op")
+            if op == "spawn":
+                wid = int(msg[0]["wid"])
+                pid = os.fork()
+                if pid == 0:  # pragma: no cover - child
+                    try:
+                        signal.set_wakeup_fd(-1)
+                        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+                        os.close(wake_r)
+                        os.close(wake_w)
+                        os.close(ctrl.rfd)
+                        os.close(ctrl.wfd)
+                        os.setpgid(0, 0)
+                        _run_worker(computation, sock_path, token, wid)
+                    finally:
+                        os._exit(0)
+                children.add(pid)
+                ctrl.send({"op": "spawned", "wid": wid, "pid": pid})
+            elif op == "close":
+                _close(bundle, children, ctrl)
+                return
+
+
+def _reap(children: set[int], ctrl: _Control) -> None:
+    while children:
+        try:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            children.clear()
+            return
+        if pid == 0:
+            return
+        children.discard(pid)
+        if os.WIFSIGNALED(status):
+            info = {"signal": os.WTERMSIG(status)}
+        else:
+            info = {"code": os.WEXITSTATUS(status)}
+        ctrl.send({"op": "exited", "pid": pid, **info})
+
+
+def _close(bundle: dict[str, Any], children: set[int], ctrl: _Control) -> None:
+    for pid in list(children):
+        with contextlib.suppress(OSError):
+            os.killpg(pid, signal.SIGKILL)
+    for pid in list(children):
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, 0)
+    cleanup = bundle.get("cleanup")
+    reason = None
+    if callable(cleanup):
+        try:
+            cleanup()
+        except BaseException:
+            reason = traceback.format_exc()
+    ctrl.send({"op": "closed", "error": reason})
+
+
+if __name__ == "__main__":
+    main()

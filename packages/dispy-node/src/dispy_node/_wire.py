@@ -1,0 +1,32 @@
+"""Local framing between the node daemon, a computation process and its workers.
+
+These pipes never leave the machine and connect processes the node started itself, so they
+use fixed binary headers, not the network protocol.
+
+* control (daemon <-> computation process): ``json_len:u32 | payload_len:u32 | json | payload``
+* daemon -> worker: ``op:u8 | job_id:u64 | payload_len:u32 | payload``
+* worker -> daemon: ``op:u8 | outcome:u8 | job_id:u64 | start:f64 | end:f64 | len:u32 | payload``
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from typing import Any
+
+CONTROL = struct.Struct("!II")
+TO_WORKER = struct.Struct("!BQI")
+FROM_WORKER = struct.Struct("!BBQddI")
+
+OP_RUN = 1
+OP_DONE = 2
+OP_PROVISIONAL = 3
+OP_HELLO = 4
+
+OUTCOME_FINISHED = 0
+OUTCOME_TERMINATED = 1
+
+
+def control_frame(obj: dict[str, Any], payload: bytes = b"") -> bytes:
+    head = json.dumps(obj).encode()
+    return CONTROL.pack(len(head), len(payload)) + head + payload

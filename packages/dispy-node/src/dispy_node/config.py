@@ -1,0 +1,63 @@
+"""The node's settings, validated once from the command line."""
+
+from __future__ import annotations
+
+import os
+import socket
+import tempfile
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from dispy_core.config import MAX_FILE_SIZE, MSG_TIMEOUT, NODE_PORT, SCHEDULER_PORT
+
+
+def default_dest_path_prefix() -> str:
+    return os.path.join(tempfile.gettempdir(), "dispy", "node")
+
+
+class NodeConfig(BaseModel):
+    """Everything ``dispy-node run`` was told."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    cpus: int = 0
+    ip_addr: str | None = None
+    ext_ip_addr: str | None = None
+    node_port: int = Field(default=NODE_PORT, ge=0, le=65535)
+    name: str = Field(default_factory=socket.gethostname)
+    secret: str = ""
+    dest_path_prefix: str = Field(default_factory=default_dest_path_prefix)
+    keyfile: str | None = None
+    certfile: str | None = None
+    clean: bool = False
+    msg_timeout: float = Field(default=MSG_TIMEOUT, gt=0)
+    max_file_size: int = Field(default=MAX_FILE_SIZE, ge=0)
+    zombie_interval: float = Field(default=60.0, gt=0)
+    scheduler_node: str | None = None
+    scheduler_port: int = Field(default=SCHEDULER_PORT, ge=1, le=65535)
+
+    @field_validator("dest_path_prefix")
+    @classmethod
+    def _absolute(cls, value: str) -> str:
+        return os.path.abspath(os.path.expanduser(value))
+
+
+def resolve_cpus(requested: int, available: int) -> int:
+    """CPUs to serve: all for 0, ``n`` for 1..available, ``available - |n|`` for negative n.
+
+    Raises:
+        ValueError: naming the valid range.
+    """
+    if requested == 0:
+        return available
+    if requested > 0:
+        if requested > available:
+            raise ValueError(
+                f"--cpus {requested} is more than the {available} CPUs of this machine"
+            )
+        return requested
+    if available + requested < 1:
+        raise ValueError(
+            f"--cpus {requested} would leave no CPU to use (this machine has {available})"
+        )
+    return available + requested

@@ -1,0 +1,395 @@
+"""The daemon's side of running computations: computation processes and warm workers.
+
+A :class:`Computation` starts ``python -m dispy_node._template`` in the computation's
+directory, hands it the pickled bundle, and asks it to fork one worker per allocated CPU.
+Workers connect back to the node's :class:`WorkerHub` (a Unix socket in a private
+directory, guarded by a random token), and the daemon then feeds each worker one job at a
+time directly, with no further hop. The daemon never unpickles user data: arguments and
+results pass through as bytes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import secrets
+import shutil
+import signal
+import sys
+import tempfile
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from dispy_core import serialize
+from dispy_core.protocol.messages import JobOutcome
+from dispy_node import _wire
+
+log = logging.getLogger(__name__)
+
+WORKER_CONNECT_TIMEOUT = 30.0
+EXIT_STATUS_WAIT = 2.0
+
+
+class ComputationStartError(Exception):
+    """The computation could not start on this node (setup failed, process died, ...)."""
+
+
+@dataclass(slots=True)
+class Reply:
+    """One job's end as it goes back to the client."""
+
+    job_id: int
+    outcome: JobOutcome
+    start: float
+    end: float
+    payload: bytes
+
+
+def local_reply(job_id: int, outcome: JobOutcome, text: str | None, start: float) -> Reply:
+    """A reply the daemon makes itself (crash, cancel): no result, ``text`` as exception."""
+    payload = serialize.dumps_plain((None, "", "", text))
+    return Reply(job_id, outcome, start, time.time(), payload)
+
+
+class WorkerHub:
+    """The Unix socket every worker of this node connects to."""
+
+    def __init__(self) -> None:
+        self._dir = tempfile.mkdtemp(prefix="dispy-node-")
+        self.path = os.path.join(self._dir, "workers.sock")
+        self.token = secrets.token_bytes(16)
+        self._waiting: dict[int, asyncio.Future[tuple[asyncio.StreamReader, asyncio.StreamWriter]]]
+        self._waiting = {}
+        self._server: asyncio.AbstractServer | None = None
+        self._next_wid = 0
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_unix_server(self._accept, path=self.path)
+        os.chmod(self.path, 0o600)
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._server.wait_closed(), 1.0)
+        shutil.rmtree(self._dir, ignore_errors=True)
+
+    def expect(self) -> tuple[int, asyncio.Future[tuple[asyncio.StreamReader, asyncio.StreamWriter]]]:
+        self._next_wid += 1
+        fut = asyncio.get_running_loop().create_future()
+        self._waiting[self._next_wid] = fut
+        return self._next_wid, fut
+
+    def forget(self, wid: int) -> None:
+        self._waiting.pop(wid, None)
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            hello = await asyncio.wait_for(reader.readexactly(len(self.token) + 4), 5.0)
+        except (asyncio.IncompleteReadError, TimeoutError, ConnectionError):
+            writer.close()
+            return
+        wid = int.from_bytes(hello[-4:], "big")
+        fut = self._waiting.pop(wid, None)
+        if hello[:-4] != self.token or fut is None or fut.done():
+            writer.close()
+            return
+        fut.set_result((reader, writer))
+
+
+@dataclass(eq=False)
+class _Worker:
+    wid: int
+    reader: asyncio.StreamReader
+    writer: asyncio.StreamWriter
+    pid: int = 0
+    job: int | None = None
+    job_start: float = 0.0
+    cancelling: bool = False
+    exit_info: asyncio.Future[dict[str, Any]] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future()
+    )
+
+
+def describe_exit(info: dict[str, Any] | None) -> str:
+    if not info:
+        return "the job's process ended unexpectedly"
+    if "signal" in info:
+        try:
+            name = signal.Signals(info["signal"]).name
+        except ValueError:
+            name = f"signal {info['signal']}"
+        return f"the job's process was killed by {name}"
+    return f"the job's process exited with status {info.get('code')} (os._exit or sys.exit in the job?)"
+
+
+class Computation:
+    """One computation on this node: its process, workers and queue of jobs."""
+
+    def __init__(
+        self,
+        *,
+        comp_id: int,
+        name: str,
+        cpus: int,
+        dest_path: str,
+        bundle: bytes,
+        hub: WorkerHub,
+        on_reply: Callable[[Reply], None],
+        on_provisional: Callable[[int, bytes], None],
+        cleanup_files: bool = True,
+    ) -> None:
+        self.comp_id = comp_id
+        self.name = name
+        self.cpus = cpus
+        self.dest_path = dest_path
+        self.cleanup_files = cleanup_files
+        self._bundle = bundle
+        self._hub = hub
+        self._on_reply = on_reply
+        self._on_provisional = on_provisional
+        self._proc: asyncio.subprocess.Process | None = None
+        self._queue: deque[tuple[int, bytes]] = deque()
+        self._queued_ids: set[int] = set()
+        self._idle: list[_Worker] = []
+        self._workers: dict[int, _Worker] = {}
+        self._by_pid: dict[int, _Worker] = {}
+        self._early_pids: dict[int, int] = {}
+        self._control_events: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.closing = False
+        self.jobs_done = 0
+
+    @property
+    def running(self) -> int:
+        return sum(1 for w in self._workers.values() if w.job is not None)
+
+    @property
+    def queued(self) -> int:
+        return len(self._queue)
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start the process, run setup, fork the workers.
+
+        Raises:
+            ComputationStartError: with the reason (setup's traceback, a crash, ...).
+        """
+        self._proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "dispy_node._template",
+            self._hub.path,
+            self._hub.token.hex(),
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            cwd=self.dest_path,
+            start_new_session=True,
+        )
+        assert self._proc.stdin is not None
+        self._proc.stdin.write(_wire.control_frame({"op": "init"}, self._bundle))
+        self._bundle = b""
+        await self._proc.stdin.drain()
+        self._spawn_task(self._read_control())
+        first = await self._control_events.get()
+        if first.get("op") != "ready":
+            await self._kill_process()
+            raise ComputationStartError(
+                first.get("reason") or "the computation process ended during setup"
+            )
+        await asyncio.gather(*(self._add_worker() for _ in range(self.cpus)))
+
+    async def close(self, *, terminate: bool = True) -> str | None:
+        """Stop workers (cancelling running jobs if ``terminate``), run cleanup, end process.
+
+        Returns the cleanup error, if any.
+        """
+        self.closing = True
+        if not terminate:
+            while self._queue or self.running:
+                await asyncio.sleep(0.05)
+        for job_id, _ in list(self._queue):
+            self._on_reply(local_reply(job_id, "cancelled", "Cancelled", time.time()))
+        self._queue.clear()
+        self._queued_ids.clear()
+        for worker in list(self._workers.values()):
+            if worker.job is not None:
+                self._on_reply(
+                    local_reply(worker.job, "cancelled", "Cancelled", worker.job_start)
+                )
+                worker.job = None
+            worker.writer.close()
+        error: str | None = None
+        if self._proc is not None and self._proc.returncode is None:
+            with contextlib.suppress(Exception):
+                assert self._proc.stdin is not None
+                self._proc.stdin.write(_wire.control_frame({"op": "close"}))
+                await self._proc.stdin.drain()
+                async with asyncio.timeout(10):
+                    while True:
+                        event = await self._control_events.get()
+                        if event.get("op") in ("closed", "eof"):
+                            error = event.get("error")
+                            break
+        await self._kill_process()
+        for task in list(self._tasks):
+            task.cancel()
+        return error
+
+    async def _kill_process(self) -> None:
+        for worker in list(self._workers.values()):
+            if worker.pid:
+                with contextlib.suppress(OSError):
+                    os.killpg(worker.pid, signal.SIGKILL)
+        proc = self._proc
+        if proc is not None and proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(proc.wait(), 5.0)
+
+    def _spawn_task(self, coro: Any) -> None:
+        task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # -- jobs ---------------------------------------------------------------------------
+
+    def submit(self, job_id: int, payload: bytes) -> None:
+        self._queue.append((job_id, payload))
+        self._queued_ids.add(job_id)
+        self._dispatch()
+
+    def cancel(self, job_id: int) -> bool:
+        """Cancel a queued or running job; False if this node does not have it."""
+        if job_id in self._queued_ids:
+            self._queued_ids.discard(job_id)
+            self._queue = deque(item for item in self._queue if item[0] != job_id)
+            self._on_reply(local_reply(job_id, "cancelled", None, time.time()))
+            return True
+        for worker in self._workers.values():
+            if worker.job == job_id and not worker.cancelling:
+                worker.cancelling = True
+                if worker.pid:
+                    with contextlib.suppress(OSError):
+                        os.killpg(worker.pid, signal.SIGKILL)
+                return True
+        return False
+
+    def _dispatch(self) -> None:
+        while self._idle and self._queue:
+            worker = self._idle.pop()
+            job_id, payload = self._queue.popleft()
+            self._queued_ids.discard(job_id)
+            worker.job = job_id
+            worker.job_start = time.time()
+            worker.writer.writelines(
+                (_wire.TO_WORKER.pack(_wire.OP_RUN, job_id, len(payload)), payload)
+            )
+
+    # -- workers ------------------------------------------------------------------------
+
+    async def _add_worker(self) -> None:
+        assert self._proc is not None and self._proc.stdin is not None
+        wid, fut = self._hub.expect()
+        self._proc.stdin.write(_wire.control_frame({"op": "spawn", "wid": wid}))
+        try:
+            async with asyncio.timeout(WORKER_CONNECT_TIMEOUT):
+                await self._proc.stdin.drain()
+                reader, writer = await fut
+        except (TimeoutError, ConnectionError) as exc:
+            self._hub.forget(wid)
+            raise ComputationStartError(f"worker {wid} did not start: {exc!r}") from None
+        worker = _Worker(wid, reader, writer)
+        self._workers[wid] = worker
+        early_pid = self._early_pids.pop(wid, None)
+        if early_pid is not None:
+            worker.pid = early_pid
+            self._by_pid[early_pid] = worker
+        self._idle.append(worker)
+        self._spawn_task(self._read_worker(worker))
+        self._dispatch()
+
+    async def _read_worker(self, worker: _Worker) -> None:
+        head_size = _wire.FROM_WORKER.size
+        reader = worker.reader
+        try:
+            while True:
+                head = await reader.readexactly(head_size)
+                op, outcome, job_id, start, end, length = _wire.FROM_WORKER.unpack(head)
+                payload = await reader.readexactly(length) if length else b""
+                if op == _wire.OP_DONE:
+                    if worker.job != job_id:
+                        continue
+                    worker.job = None
+                    self.jobs_done += 1
+                    kind: JobOutcome = (
+                        "finished" if outcome == _wire.OUTCOME_FINISHED else "terminated"
+                    )
+                    self._on_reply(Reply(job_id, kind, start, end, payload))
+                    if not self.closing:
+                        self._idle.append(worker)
+                        self._dispatch()
+                elif op == _wire.OP_PROVISIONAL:
+                    self._on_provisional(job_id, payload)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        await self._worker_lost(worker)
+
+    async def _worker_lost(self, worker: _Worker) -> None:
+        self._workers.pop(worker.wid, None)
+        with contextlib.suppress(ValueError):
+            self._idle.remove(worker)
+        if worker.job is not None:
+            job_id, start = worker.job, worker.job_start
+            worker.job = None
+            if worker.cancelling:
+                self._on_reply(local_reply(job_id, "cancelled", None, start))
+            else:
+                info: dict[str, Any] | None = None
+                with contextlib.suppress(TimeoutError):
+                    info = await asyncio.wait_for(
+                        asyncio.shield(worker.exit_info), EXIT_STATUS_WAIT
+                    )
+                self._on_reply(local_reply(job_id, "terminated", describe_exit(info), start))
+                log.warning("job %s of %s: %s", job_id, self.name, describe_exit(info))
+        worker.writer.close()
+        if not self.closing and self._proc is not None and self._proc.returncode is None:
+            try:
+                await self._add_worker()
+            except ComputationStartError as exc:
+                log.error("could not replace a worker of %s: %s", self.name, exc)
+
+    async def _read_control(self) -> None:
+        assert self._proc is not None and self._proc.stdout is not None
+        stdout = self._proc.stdout
+        try:
+            while True:
+                head = await stdout.readexactly(_wire.CONTROL.size)
+                hlen, plen = _wire.CONTROL.unpack(head)
+                event = json.loads(await stdout.readexactly(hlen))
+                if plen:
+                    await stdout.readexactly(plen)
+                op = event.get("op")
+                if op == "spawned":
+                    worker = self._workers.get(int(event["wid"]))
+                    if worker is None:
+                        self._early_pids[int(event["wid"])] = int(event["pid"])
+                    else:
+                        worker.pid = int(event["pid"])
+                        self._by_pid[worker.pid] = worker
+                elif op == "exited":
+                    worker = self._by_pid.pop(int(event["pid"]), None)
+                    if worker is not None and not worker.exit_info.done():
+                        worker.exit_info.set_result(event)
+                else:
+                    self._control_events.put_nowait(event)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            self._control_events.put_nowait({"op": "eof"})

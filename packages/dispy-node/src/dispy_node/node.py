@@ -1,0 +1,433 @@
+"""The node daemon: discovery listener, client sessions, computations.
+
+Theory of operation
+-------------------
+The node listens for discovery pings on UDP (its address and, for broadcasts, its
+interface's broadcast address) and for connections on TCP, both on ``node_port``. It serves
+one client at a time. A ping from a client while the node is free makes the node connect
+back and authenticate; a client may also connect to the node's TCP port directly. After the
+handshake the node sends :class:`NodeInfo`; the client answers with a computation (or
+closes if it does not want the node). Jobs, cancels, results and pulses then share that one
+connection until the client closes the computation or the connection breaks, and the node is
+free again. Pings heard while busy are remembered, and the node offers itself to those
+clients when it is free.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import platform
+import shutil
+import signal
+import time
+from dataclasses import dataclass
+
+from dispy_core import availability, netinfo
+from dispy_core.aio.connection import (
+    Connection,
+    ConnectionClosed,
+    PeerRefused,
+    accept_connection,
+    open_connection,
+)
+from dispy_core.aio.discovery import listen_pings, udp_socket
+from dispy_core.protocol.discovery import Ping
+from dispy_core.protocol.errors import ProtocolError
+from dispy_core.protocol.messages import (
+    CloseComputation,
+    ComputationClosed,
+    ComputationFailed,
+    ComputationReady,
+    ComputationSetup,
+    JobCancel,
+    JobDone,
+    JobReport,
+    JobSubmit,
+    NodeInfo,
+    Notice,
+    Pulse,
+)
+from dispy_core.security import TLSConfig
+from dispy_node import __version__
+from dispy_node._paths import UnsafePathError, computation_dir
+from dispy_node.config import NodeConfig, resolve_cpus
+from dispy_node.executor import Computation, ComputationStartError, Reply, WorkerHub
+
+log = logging.getLogger("dispy_node")
+
+DEFAULT_PULSE = 10.0
+DECLINE_MEMORY = 600.0
+
+
+@dataclass(slots=True)
+class _HeardPing:
+    ping: Ping
+    when: float
+
+
+class Node:
+    """A running dispy node; ``await node.serve()`` until :meth:`stop`."""
+
+    def __init__(self, config: NodeConfig) -> None:
+        self.config = config
+        self.cpus = resolve_cpus(config.cpus, availability.cpu_count())
+        self.tls = TLSConfig(config.certfile, config.keyfile)
+        self.port = config.node_port
+        self._hub = WorkerHub()
+        self._server: asyncio.AbstractServer | None = None
+        self._udp: list[asyncio.DatagramTransport] = []
+        self._session: Connection | None = None
+        self._connecting = False
+        self._heard: dict[str, _HeardPing] = {}
+        self._declined: dict[str, float] = {}
+        self._stopped = asyncio.Event()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._computation: Computation | None = None
+        self._next_comp = 0
+
+    # -- start and stop -----------------------------------------------------------------
+
+    async def start(self) -> None:
+        cfg = self.config
+        if cfg.clean and os.path.isdir(cfg.dest_path_prefix):
+            shutil.rmtree(cfg.dest_path_prefix, ignore_errors=True)
+        os.makedirs(cfg.dest_path_prefix, exist_ok=True)
+        await self._hub.start()
+        host = cfg.ip_addr or ""
+        self._server = await asyncio.start_server(
+            self._accept,
+            host=host or None,
+            port=self.port,
+            ssl=self.tls.server,
+            reuse_address=True,
+        )
+        self.port = self._server.sockets[0].getsockname()[1]
+        unicast = udp_socket(host, self.port)
+        self._udp.append(await listen_pings(unicast, self._on_ping))
+        iface = netinfo.interface_of(cfg.ip_addr) if cfg.ip_addr else None
+        if iface is not None and iface.broadcast:
+            try:
+                bsock = udp_socket(iface.broadcast, self.port, broadcast=True)
+            except OSError as exc:
+                log.warning("cannot listen for broadcasts on %s: %s", iface.broadcast, exc)
+            else:
+                self._udp.append(await listen_pings(bsock, self._on_ping))
+        log.info(
+            "dispy-node %s serving %d CPU(s) at %s:%d%s",
+            cfg.name,
+            self.cpus,
+            cfg.ip_addr or "*",
+            self.port,
+            " (TLS)" if self.tls.enabled else "",
+        )
+
+    async def serve(self) -> None:
+        await self.start()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, self._stopped.set)
+        await self._stopped.wait()
+        await self.stop()
+
+    def request_stop(self) -> None:
+        self._stopped.set()
+
+    async def stop(self) -> None:
+        log.info("dispy-node %s shutting down", self.config.name)
+        for transport in self._udp:
+            transport.close()
+        if self._server is not None:
+            self._server.close()
+        if self._computation is not None:
+            await self._computation.close(terminate=True)
+            self._computation = None
+        if self._session is not None:
+            await self._session.close()
+        for task in list(self._tasks):
+            task.cancel()
+        await self._hub.stop()
+
+    def _spawn(self, coro: object) -> None:
+        task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coro)  # type: ignore[arg-type]
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # -- discovery ----------------------------------------------------------------------
+
+    def _on_ping(self, ping: Ping, addr: tuple[str, int]) -> None:
+        now = time.monotonic()
+        declined = self._declined.get(ping.cluster)
+        if declined is not None and now - declined < DECLINE_MEMORY:
+            return
+        if self._session is not None or self._connecting:
+            self._heard[ping.cluster] = _HeardPing(ping, now)
+            log.debug("busy: remembering ping from %s:%d", ping.reply_addr, ping.reply_port)
+            return
+        self._connecting = True
+        self._spawn(self._connect_back(ping))
+
+    async def _connect_back(self, ping: Ping) -> None:
+        where = f"{ping.reply_addr}:{ping.reply_port}"
+        try:
+            conn = await open_connection(
+                ping.reply_addr,
+                ping.reply_port,
+                secret=self.config.secret,
+                role="node",
+                name=self.config.name,
+                timeout=self.config.msg_timeout,
+                ssl_context=self.tls.client,
+                local_addr=self.config.ip_addr,
+            )
+        except ProtocolError as exc:
+            log.warning("client at %s: %s", where, exc)
+            self._declined[ping.cluster] = time.monotonic()
+            self._connecting = False
+            self._offer_to_waiting()
+            return
+        except (OSError, TimeoutError, ConnectionClosed) as exc:
+            log.warning("cannot reach client at %s: %s", where, exc or type(exc).__name__)
+            self._connecting = False
+            self._offer_to_waiting()
+            return
+        self._connecting = False
+        if self._session is not None:
+            await conn.refuse("node is busy serving another client")
+            return
+        await self._serve_client(conn, ping.cluster)
+
+    def _offer_to_waiting(self) -> None:
+        if self._session is not None or self._connecting:
+            return
+        now = time.monotonic()
+        for cluster, heard in sorted(self._heard.items(), key=lambda kv: -kv[1].when):
+            del self._heard[cluster]
+            if now - heard.when < DECLINE_MEMORY:
+                self._on_ping(heard.ping, (heard.ping.reply_addr, heard.ping.reply_port))
+                return
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        peer = writer.get_extra_info("peername") or ("?", 0)
+        try:
+            conn = await accept_connection(
+                reader,
+                writer,
+                secret=self.config.secret,
+                role="node",
+                name=self.config.name,
+                timeout=self.config.msg_timeout,
+            )
+        except ProtocolError as exc:
+            log.warning("connection from %s:%s refused: %s", peer[0], peer[1], exc)
+            writer.close()
+            return
+        except (OSError, TimeoutError, ConnectionClosed) as exc:
+            log.warning(
+                "connection from %s:%s dropped before authentication: %s",
+                peer[0],
+                peer[1],
+                "timed out" if isinstance(exc, TimeoutError) else exc,
+            )
+            writer.close()
+            return
+        if conn.peer_role != "client":
+            await conn.refuse(f"a node does not serve a {conn.peer_role} yet")
+            return
+        if self._session is not None or self._connecting:
+            await conn.refuse("node is busy serving another client")
+            return
+        await self._serve_client(conn, None)
+
+    # -- one client -----------------------------------------------------------------------
+
+    def _node_info(self, conn: Connection) -> NodeInfo:
+        cfg = self.config
+        local = conn._writer.get_extra_info("sockname") or (cfg.ip_addr or "127.0.0.1", 0)
+        return NodeInfo(
+            name=cfg.name,
+            ip_addr=cfg.ext_ip_addr or cfg.ip_addr or str(local[0]),
+            port=self.port,
+            cpus=self.cpus,
+            platform=platform.platform(),
+            avail=availability.measure(cfg.dest_path_prefix),
+            version=__version__,
+        )
+
+    async def _serve_client(self, conn: Connection, cluster: str | None) -> None:
+        self._session = conn
+        log.info("serving client %s at %s:%d", conn.peer_name, *conn.peer)
+        session = _Session(self, conn)
+        try:
+            await conn.send(self._node_info(conn))
+            await session.run()
+        except ConnectionClosed as exc:
+            log.warning("client %s: connection lost (%s)", conn.peer_name, exc)
+        except ProtocolError as exc:
+            log.warning("client %s: %s", conn.peer_name, exc)
+            await conn.refuse(str(exc))
+        finally:
+            await session.finish()
+            await conn.close()
+            if cluster is not None and session.declined:
+                self._declined[cluster] = time.monotonic()
+            self._session = None
+            log.info("free again")
+            self._offer_to_waiting()
+
+    def next_comp_id(self) -> int:
+        self._next_comp += 1
+        return self._next_comp
+
+
+class _Session:
+    """The messages of one client connection."""
+
+    def __init__(self, node: Node, conn: Connection) -> None:
+        self.node = node
+        self.conn = conn
+        self.computation: Computation | None = None
+        self.declined = False
+        self._outbox: list[Reply] = []
+        self._flush_scheduled = False
+        self._pulse_task: asyncio.Task[None] | None = None
+        self._start_task: asyncio.Task[None] | None = None
+
+    async def run(self) -> None:
+        conn = self.conn
+        while True:
+            try:
+                msg, payload = await conn.recv()
+            except PeerRefused as exc:
+                self.declined = True
+                log.info("client %s did not take this node: %s", conn.peer_name, exc.reason)
+                return
+            if isinstance(msg, JobSubmit):
+                comp = self.computation
+                if comp is None or comp.comp_id != msg.comp_id:
+                    conn.send_nowait(Notice(level="error", text="jobs for an unknown computation"))
+                    continue
+                offset = 0
+                view = memoryview(payload)
+                for job_id, size in msg.jobs:
+                    comp.submit(job_id, bytes(view[offset : offset + size]))
+                    offset += size
+            elif isinstance(msg, JobCancel):
+                if self.computation is not None:
+                    for job_id in msg.job_ids:
+                        self.computation.cancel(job_id)
+            elif isinstance(msg, ComputationSetup):
+                if self.computation is not None or self._start_task is not None:
+                    conn.send_nowait(
+                        ComputationFailed(
+                            comp_id=msg.comp_id, reason="this node already runs a computation"
+                        )
+                    )
+                    continue
+                self._start_task = asyncio.get_running_loop().create_task(
+                    self._start(msg, payload)
+                )
+            elif isinstance(msg, CloseComputation):
+                await self._close(terminate=msg.terminate)
+                await conn.send(ComputationClosed(comp_id=msg.comp_id))
+                return
+            else:
+                log.debug("ignoring %s from %s", msg.type, conn.peer_name)
+
+    async def _start(self, msg: ComputationSetup, bundle: bytes) -> None:
+        node = self.node
+        cpus = min(msg.cpus, node.cpus)
+        try:
+            dest = computation_dir(
+                node.config.dest_path_prefix, msg.dest_path, msg.name, msg.comp_id
+            )
+        except (UnsafePathError, OSError) as exc:
+            await self.conn.send(ComputationFailed(comp_id=msg.comp_id, reason=str(exc)))
+            return
+        comp = Computation(
+            comp_id=msg.comp_id,
+            name=msg.name,
+            cpus=cpus,
+            dest_path=dest,
+            bundle=bundle,
+            hub=node._hub,
+            on_reply=self._on_reply,
+            on_provisional=lambda job_id, data: None,
+            cleanup_files=msg.cleanup,
+        )
+        try:
+            await comp.start()
+        except ComputationStartError as exc:
+            log.warning("computation %s could not start: %s", msg.name, exc)
+            await comp.close(terminate=True)
+            self._remove_dir(dest, msg.cleanup)
+            await self.conn.send(ComputationFailed(comp_id=msg.comp_id, reason=str(exc)))
+            return
+        self.computation = comp
+        node._computation = comp
+        log.info("computation %s ready on %d CPU(s) in %s", msg.name, cpus, dest)
+        await self.conn.send(ComputationReady(comp_id=msg.comp_id, cpus=cpus, dest_path=dest))
+        interval = msg.pulse_interval or DEFAULT_PULSE
+        self._pulse_task = asyncio.get_running_loop().create_task(self._pulse(interval))
+
+    async def _pulse(self, interval: float) -> None:
+        prefix = self.node.config.dest_path_prefix
+        while True:
+            await asyncio.sleep(interval)
+            comp = self.computation
+            avail = await asyncio.to_thread(availability.measure, prefix)
+            with contextlib.suppress(ConnectionClosed):
+                self.conn.send_nowait(
+                    Pulse(avail=avail, running=comp.running if comp is not None else 0)
+                )
+
+    def _on_reply(self, reply: Reply) -> None:
+        self._outbox.append(reply)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        replies, self._outbox = self._outbox, []
+        if not replies or self.conn.closed or self.computation is None:
+            return
+        reports = [
+            JobReport(job_id=r.job_id, outcome=r.outcome, start=r.start, end=r.end, size=len(r.payload))
+            for r in replies
+        ]
+        try:
+            self.conn.send_nowait(
+                JobDone(comp_id=self.computation.comp_id, jobs=reports),
+                b"".join(r.payload for r in replies),
+            )
+        except ConnectionClosed:
+            log.warning("lost %d result(s): client connection closed", len(replies))
+
+    async def _close(self, *, terminate: bool) -> None:
+        if self._start_task is not None and not self._start_task.done():
+            self._start_task.cancel()
+        if self._pulse_task is not None:
+            self._pulse_task.cancel()
+        comp = self.computation
+        if comp is None:
+            return
+        error = await comp.close(terminate=terminate)
+        self._flush()
+        if error:
+            log.warning("cleanup of %s failed: %s", comp.name, error)
+        self._remove_dir(comp.dest_path, comp.cleanup_files)
+        self.computation = None
+        self.node._computation = None
+
+    @staticmethod
+    def _remove_dir(path: str, cleanup: bool) -> None:
+        if cleanup:
+            shutil.rmtree(path, ignore_errors=True)
+
+    async def finish(self) -> None:
+        await self._close(terminate=True)
+

@@ -1,0 +1,278 @@
+"""The `dispy-scheduler` command line.
+
+The options mirror the reference `dispyscheduler.py` (both the documented
+underscore spellings such as `--ip_addr` and dash spellings such as `--ip-addr`
+are accepted). The shared scheduler itself is not implemented yet: `serve`
+validates its options and then exits with status 2 and a one-line message.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, NoReturn
+
+import typer
+
+from dispy_scheduler import __version__
+
+PROG = "dispy-scheduler"
+
+# Defaults from the reference (reference/scheduler.txt).
+CLIENT_PORT = 51347
+NODE_PORT = 51348
+SCHEDULER_PORT = 51349
+
+
+def _dashes(name: str) -> str:
+    """Spell option names with dashes, so the reference's `--ip_addr` means `--ip-addr`."""
+    return name.replace("_", "-")
+
+
+app = typer.Typer(
+    name=PROG,
+    no_args_is_help=True,
+    rich_markup_mode="rich",
+    context_settings={
+        "help_option_names": ["-h", "--help"],
+        # Applied by the parser to every option and command name given on the
+        # command line (not to values); inherited by the sub-commands.
+        "token_normalize_func": _dashes,
+    },
+)
+
+
+@dataclass(frozen=True, slots=True)
+class ServeOptions:
+    """Everything `serve` was asked to do, as parsed from the command line.
+
+    A stand-in for the service's settings model: `serve` only builds it and
+    forwards it to `_run`, so tests can patch `_run` and inspect it.
+    """
+
+    debug: bool
+    nodes: tuple[str, ...]
+    ip_addrs: tuple[str, ...]
+    ext_ip_addrs: tuple[str, ...]
+    port: int
+    scheduler_port: int
+    node_port: int
+    node_secret: str
+    cluster_secret: str
+    node_keyfile: Path | None
+    node_certfile: Path | None
+    cluster_keyfile: Path | None
+    cluster_certfile: Path | None
+    httpd: bool
+    pulse_interval: float | None
+    ping_interval: float | None
+    max_file_size: str
+    clean: bool
+    msg_timeout: float
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"{PROG} {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_print_version, is_eager=True, help="Show version and exit."
+        ),
+    ] = False,
+) -> None:
+    """Share dispy nodes among many clients (SharedJobCluster)."""
+
+
+@app.command()
+def serve(
+    *,
+    debug: Annotated[bool, typer.Option("--debug", "-d", help="Log a trace of execution.")] = False,
+    nodes: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--nodes", "-n", help="Node to contact at start-up (repeatable).", show_default=False
+        ),
+    ] = None,
+    ip_addrs: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--ip-addr",
+            "-i",
+            help="Local address to use instead of the host name's (repeatable).",
+            show_default=False,
+        ),
+    ] = None,
+    ext_ip_addrs: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--ext-ip-addr",
+            help="Address to announce when behind NAT (repeatable, pairs with --ip-addr).",
+            show_default=False,
+        ),
+    ] = None,
+    port: Annotated[
+        int,
+        typer.Option("--port", "-p", min=0, max=65535, help="UDP/TCP port for job results."),
+    ] = CLIENT_PORT,
+    scheduler_port: Annotated[
+        int,
+        typer.Option(
+            "--scheduler-port",
+            min=0,
+            max=65535,
+            help="Port on which clients reach the scheduler.",
+        ),
+    ] = SCHEDULER_PORT,
+    node_port: Annotated[
+        int,
+        typer.Option(
+            "--node-port",
+            min=0,
+            max=65535,
+            help="Port on which dispy-node servers listen.",
+        ),
+    ] = NODE_PORT,
+    node_secret: Annotated[
+        str,
+        typer.Option(
+            "--node-secret",
+            envvar="DISPY_NODE_SECRET",
+            help="Secret shared with the nodes.",
+            show_default=False,
+        ),
+    ] = "",
+    cluster_secret: Annotated[
+        str,
+        typer.Option(
+            "--cluster-secret",
+            envvar="DISPY_CLUSTER_SECRET",
+            help="Secret shared with SharedJobCluster clients.",
+            show_default=False,
+        ),
+    ] = "",
+    node_keyfile: Annotated[
+        Path | None,
+        typer.Option(
+            "--node-keyfile",
+            help="TLS private key for nodes.",
+            exists=True,
+            dir_okay=False,
+            readable=True,
+        ),
+    ] = None,
+    node_certfile: Annotated[
+        Path | None,
+        typer.Option(
+            "--node-certfile",
+            help="TLS certificate for nodes.",
+            exists=True,
+            dir_okay=False,
+            readable=True,
+        ),
+    ] = None,
+    cluster_keyfile: Annotated[
+        Path | None,
+        typer.Option(
+            "--cluster-keyfile",
+            help="TLS private key for clients.",
+            exists=True,
+            dir_okay=False,
+            readable=True,
+        ),
+    ] = None,
+    cluster_certfile: Annotated[
+        Path | None,
+        typer.Option(
+            "--cluster-certfile",
+            help="TLS certificate for clients.",
+            exists=True,
+            dir_okay=False,
+            readable=True,
+        ),
+    ] = None,
+    httpd: Annotated[
+        bool, typer.Option("--httpd", help="Serve the web monitor for all clusters.")
+    ] = False,
+    pulse_interval: Annotated[
+        float | None,
+        typer.Option(
+            "--pulse-interval",
+            min=1,
+            max=600,
+            help="Seconds between node pulses; a node silent for 5x this is dead.",
+        ),
+    ] = None,
+    ping_interval: Annotated[
+        float | None,
+        typer.Option(
+            "--ping-interval",
+            min=0,
+            help="Seconds between repeated discovery pings.",
+        ),
+    ] = None,
+    max_file_size: Annotated[
+        str,
+        typer.Option(
+            "--max-file-size",
+            help="Largest file accepted from clients, e.g. 10m; suffix k/m/g/t; 0 = no limit.",
+        ),
+    ] = "0",
+    clean: Annotated[
+        bool, typer.Option("--clean", help="Remove files saved by previous runs first.")
+    ] = False,
+    msg_timeout: Annotated[
+        float,
+        typer.Option(
+            "--msg-timeout",
+            min=0,
+            help="Timeout in seconds for socket I/O with clients and nodes.",
+        ),
+    ] = 5.0,
+) -> None:
+    """Run the shared scheduler until interrupted.
+
+    Options also accept the reference's underscore spellings, e.g. --ip_addr.
+    """
+    _run(
+        ServeOptions(
+            debug=debug,
+            nodes=tuple(nodes or ()),
+            ip_addrs=tuple(ip_addrs or ()),
+            ext_ip_addrs=tuple(ext_ip_addrs or ()),
+            port=port,
+            scheduler_port=scheduler_port,
+            node_port=node_port,
+            node_secret=node_secret,
+            cluster_secret=cluster_secret,
+            node_keyfile=node_keyfile,
+            node_certfile=node_certfile,
+            cluster_keyfile=cluster_keyfile,
+            cluster_certfile=cluster_certfile,
+            httpd=httpd,
+            pulse_interval=pulse_interval,
+            ping_interval=ping_interval,
+            max_file_size=max_file_size,
+            clean=clean,
+            msg_timeout=msg_timeout,
+        )
+    )
+
+
+def _run(options: ServeOptions) -> NoReturn:
+    del options  # consumed once the shared scheduler exists
+    typer.echo(
+        f"{PROG} serve: not implemented yet (the shared scheduler lands in a later release)",
+        err=True,
+    )
+    raise typer.Exit(code=2)
+
+
+def main() -> None:
+    """Console-script entry point (`dispy-scheduler`)."""
+    app(prog_name=PROG)

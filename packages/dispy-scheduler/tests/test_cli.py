@@ -1,0 +1,167 @@
+"""Unit tests for the `dispy-scheduler` command line (in-process, via CliRunner)."""
+
+from __future__ import annotations
+
+import runpy
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+import dispy_scheduler
+from dispy_scheduler import cli
+
+runner = CliRunner()
+
+NOT_IMPLEMENTED = (
+    "dispy-scheduler serve: not implemented yet (the shared scheduler lands in a later release)"
+)
+
+
+@pytest.fixture
+def captured(monkeypatch: pytest.MonkeyPatch) -> list[cli.ServeOptions]:
+    """Replace the service call with a recorder so option parsing can be checked."""
+    seen: list[cli.ServeOptions] = []
+    monkeypatch.setattr(cli, "_run", seen.append)
+    return seen
+
+
+def test_version_prints_version_and_exits_0() -> None:
+    result = runner.invoke(cli.app, ["--version"])
+    assert result.exit_code == 0
+    assert result.stdout.strip() == f"dispy-scheduler {dispy_scheduler.__version__}"
+
+
+@pytest.mark.parametrize("flag", ["-h", "--help"])
+def test_help_lists_serve_command(flag: str) -> None:
+    result = runner.invoke(cli.app, [flag])
+    assert result.exit_code == 0
+    assert "serve" in result.stdout
+
+
+def test_serve_help_exits_0() -> None:
+    result = runner.invoke(cli.app, ["serve", "--help"])
+    assert result.exit_code == 0
+    assert "--scheduler" in result.stdout
+
+
+def test_serve_reports_not_implemented_and_exits_2() -> None:
+    result = runner.invoke(cli.app, ["serve"])
+    assert result.exit_code == 2
+    assert result.stderr.strip() == NOT_IMPLEMENTED
+    assert result.stdout == ""
+    assert isinstance(result.exception, SystemExit)  # a clean exit, no traceback
+    assert "Traceback" not in result.output
+
+
+def test_serve_defaults_match_reference(captured: list[cli.ServeOptions]) -> None:
+    result = runner.invoke(cli.app, ["serve"])
+    assert result.exit_code == 0, result.output
+    (options,) = captured
+    assert (options.port, options.node_port, options.scheduler_port) == (51347, 51348, 51349)
+    assert options.msg_timeout == 5.0
+    assert options.max_file_size == "0"
+    assert options.nodes == options.ip_addrs == options.ext_ip_addrs == ()
+    assert (options.debug, options.httpd, options.clean) == (False, False, False)
+
+
+@pytest.mark.parametrize("style", ["underscore", "dash"])
+def test_serve_accepts_reference_option_spellings(
+    style: str, captured: list[cli.ServeOptions], tmp_path: Path
+) -> None:
+    key = tmp_path / "key.pem"
+    cert = tmp_path / "cert.pem"
+    key.write_text("key")
+    cert.write_text("cert")
+
+    def opt(name: str) -> str:
+        return "--" + (name if style == "underscore" else name.replace("_", "-"))
+
+    args = [
+        "serve",
+        "-d",
+        "-n", "10.0.0.1",
+        "--nodes", "10.0.0.2",
+        "-i", "192.168.20.55",
+        opt("ip_addr"), "192.168.20.56",
+        opt("ext_ip_addr"), "203.0.113.7",
+        "-p", "1111",
+        opt("scheduler_port"), "2222",
+        opt("node_port"), "3333",
+        opt("node_secret"), "ns",
+        opt("cluster_secret"), "cs",
+        opt("node_keyfile"), str(key),
+        opt("node_certfile"), str(cert),
+        opt("cluster_keyfile"), str(key),
+        opt("cluster_certfile"), str(cert),
+        "--httpd",
+        opt("pulse_interval"), "10",
+        opt("ping_interval"), "30",
+        opt("max_file_size"), "10m",
+        "--clean",
+        opt("msg_timeout"), "7.5",
+    ]  # fmt: skip
+    result = runner.invoke(cli.app, args)
+    assert result.exit_code == 0, result.output
+    assert captured == [
+        cli.ServeOptions(
+            debug=True,
+            nodes=("10.0.0.1", "10.0.0.2"),
+            ip_addrs=("192.168.20.55", "192.168.20.56"),
+            ext_ip_addrs=("203.0.113.7",),
+            port=1111,
+            scheduler_port=2222,
+            node_port=3333,
+            node_secret="ns",
+            cluster_secret="cs",
+            node_keyfile=key,
+            node_certfile=cert,
+            cluster_keyfile=key,
+            cluster_certfile=cert,
+            httpd=True,
+            pulse_interval=10.0,
+            ping_interval=30.0,
+            max_file_size="10m",
+            clean=True,
+            msg_timeout=7.5,
+        )
+    ]
+
+
+def test_serve_reads_secrets_from_environment(captured: list[cli.ServeOptions]) -> None:
+    env = {"DISPY_NODE_SECRET": "from-env-n", "DISPY_CLUSTER_SECRET": "from-env-c"}
+    result = runner.invoke(cli.app, ["serve"], env=env)
+    assert result.exit_code == 0, result.output
+    assert (captured[0].node_secret, captured[0].cluster_secret) == ("from-env-n", "from-env-c")
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["serve", "--pulse_interval", "0"],
+        ["serve", "--port", "70000"],
+        ["serve", "--node_certfile", "/nonexistent/cert.pem"],
+        ["serve", "--no-such-option"],
+    ],
+)
+def test_serve_rejects_bad_options_with_exit_2(
+    args: list[str], captured: list[cli.ServeOptions]
+) -> None:
+    result = runner.invoke(cli.app, args)
+    assert result.exit_code == 2
+    assert captured == []
+    assert "Traceback" not in result.output
+
+
+def test_python_dash_m_runs_the_cli(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sys, "argv", ["dispy-scheduler", "--version"])
+    with pytest.raises(SystemExit) as excinfo:
+        runpy.run_module("dispy_scheduler", run_name="__main__", alter_sys=True)
+    assert excinfo.value.code == 0
+
+
+def test_all_is_importable_and_sorted() -> None:
+    assert dispy_scheduler.__all__ == sorted(dispy_scheduler.__all__)
+    for name in dispy_scheduler.__all__:
+        assert hasattr(dispy_scheduler, name)
