@@ -34,23 +34,41 @@ def main(jobs: int = 1000) -> int:
     port = free_port()
     secret = secrets.token_hex(8)
     node = subprocess.Popen(
-        ["dispy-node", "run", "-i", "127.0.0.1", "-p", str(port), "--cpus", "2",
-         "--name", "demo-node", "--dest_path_prefix", os.path.join(os.getcwd(), ".dispy-demo")],
+        [
+            "dispy-node",
+            "run",
+            "-i",
+            "127.0.0.1",
+            "-p",
+            str(port),
+            "--cpus",
+            "2",
+            "--name",
+            "demo-node",
+            "--dest_path_prefix",
+            os.path.join(os.getcwd(), ".dispy-demo"),
+        ],
         env={**os.environ, "DISPY_SECRET": secret},
         stdin=subprocess.DEVNULL,
     )
     try:
         started = time.perf_counter()
         cluster = dispy.JobCluster(
-            compute, nodes=[("127.0.0.1", port)], ip_addr="127.0.0.1", port=0, secret=secret,
+            compute,
+            nodes=[("127.0.0.1", port)],
+            ip_addr="127.0.0.1",
+            port=0,
+            secret=secret,
             ping_interval=1,
         )
         submitted = [cluster.submit(i) for i in range(jobs)]
         results = [job() for job in submitted if job is not None]
         elapsed = time.perf_counter() - started
         wrong = [i for i, (_, sq) in enumerate(results) if sq != i * i]
-        print(f"{len(results)} jobs done in {elapsed:.2f} s; first results: "
-              f"{[r[1] for r in results[:8]]}; wrong: {len(wrong)}")
+        print(
+            f"{len(results)} jobs done in {elapsed:.2f} s; first results: "
+            f"{[r[1] for r in results[:8]]}; wrong: {len(wrong)}"
+        )
         cluster.print_status()
         cluster.close()
         return 0 if not wrong and len(results) == jobs else 1

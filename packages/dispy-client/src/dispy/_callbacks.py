@@ -22,7 +22,9 @@ class CallbackRunner:
         self._cond = threading.Condition()
         self._busy = False
         self._stopping = False
-        self._thread = threading.Thread(target=self._run, name=f"dispy-callbacks-{name}", daemon=True)
+        self._thread = threading.Thread(
+            target=self._run, name=f"dispy-callbacks-{name}", daemon=True
+        )
         self._thread.start()
 
     def post(self, func: Callable[..., Any], *args: Any) -> None:

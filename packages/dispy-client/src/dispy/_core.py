@@ -27,6 +27,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from dispy.jobs import DispyJob
+from dispy.nodes import DispyNode, DispyNodeAvailInfo, NodeAllocate
 from dispy_core import netinfo, serialize
 from dispy_core.aio.connection import (
     Connection,
@@ -35,7 +37,7 @@ from dispy_core.aio.connection import (
     accept_connection,
 )
 from dispy_core.aio.discovery import send_ping, udp_socket
-from dispy_core.protocol.discovery import Ping, is_pattern
+from dispy_core.protocol.discovery import Ping
 from dispy_core.protocol.errors import ProtocolError
 from dispy_core.protocol.jobs import JobStatus, NodeStatus
 from dispy_core.protocol.messages import (
@@ -53,8 +55,6 @@ from dispy_core.protocol.messages import (
 )
 from dispy_core.scheduling import Scheduler
 from dispy_core.security import TLSConfig
-from dispy.jobs import DispyJob
-from dispy.nodes import DispyNode, DispyNodeAvailInfo, NodeAllocate
 
 if TYPE_CHECKING:
     from dispy._callbacks import CallbackRunner
@@ -209,21 +209,25 @@ class ClusterCore:
             if target is None:
                 broadcast_needed = True
                 continue
-            ping = Ping(cluster=self.cluster_token, reply_addr=self._reply_addr(target[0]),
-                        reply_port=self.port)
+            ping = Ping(
+                cluster=self.cluster_token,
+                reply_addr=self._reply_addr(target[0]),
+                reply_port=self.port,
+            )
             send_ping(self._udp, ping, target)
             pinged.append(f"{target[0]}:{target[1]} (unicast)")
         if broadcast_needed:
             for iface in self._broadcast_interfaces():
                 assert iface.broadcast is not None
-                ping = Ping(cluster=self.cluster_token, reply_addr=self._reply_addr(iface.address),
-                            reply_port=self.port)
+                ping = Ping(
+                    cluster=self.cluster_token,
+                    reply_addr=self._reply_addr(iface.address),
+                    reply_port=self.port,
+                )
                 if opts.ip_addrs and not opts.ext_ip_addrs:
                     ping = ping.model_copy(update={"reply_addr": iface.address})
                 send_ping(self._udp, ping, (iface.broadcast, opts.node_port))
-                pinged.append(
-                    f"{iface.broadcast}:{opts.node_port} (broadcast on {iface.name})"
-                )
+                pinged.append(f"{iface.broadcast}:{opts.node_port} (broadcast on {iface.name})")
         self._pinged = pinged
 
     def _broadcast_interfaces(self) -> list[netinfo.Interface]:
@@ -259,9 +263,7 @@ class ClusterCore:
             f"{' with TLS' if opts.tls.enabled else ''}",
         ]
         if self.refusals:
-            lines.append(
-                "  refused: " + "; ".join(f"{k}: {v}" for k, v in self.refusals.items())
-            )
+            lines.append("  refused: " + "; ".join(f"{k}: {v}" for k, v in self.refusals.items()))
         lines.append(
             "  usual causes: dispy-node is not running there; it uses another node_port "
             f"(this cluster uses {opts.node_port}) or another secret; a firewall blocks "
@@ -276,8 +278,12 @@ class ClusterCore:
         where = f"{peer[0]}"
         try:
             conn = await accept_connection(
-                reader, writer, secret=self.opts.secret, role="client",
-                name=self.opts.name, timeout=self.opts.msg_timeout,
+                reader,
+                writer,
+                secret=self.opts.secret,
+                role="client",
+                name=self.opts.name,
+                timeout=self.opts.msg_timeout,
             )
         except ProtocolError as exc:
             log.warning("node at %s: %s", where, exc)
@@ -324,8 +330,11 @@ class ClusterCore:
         cpus = 0
         if alloc is not None:
             try:
-                cpus = int(alloc.allocate(self.owner, info.ip_addr, info.name, info.cpus,
-                                          avail, info.platform))
+                cpus = int(
+                    alloc.allocate(
+                        self.owner, info.ip_addr, info.name, info.cpus, avail, info.platform
+                    )
+                )
             except Exception:
                 log.exception("allocate() of %r raised for node %s", alloc, info.name)
                 cpus = 0
@@ -347,8 +356,12 @@ class ClusterCore:
         try:
             await conn.send(
                 ComputationSetup(
-                    comp_id=self.comp_id, name=opts.name, kind=opts.kind,  # type: ignore[arg-type]
-                    cpus=cpus, dest_path=opts.dest_path, cleanup=opts.cleanup,
+                    comp_id=self.comp_id,
+                    name=opts.name,
+                    kind=opts.kind,  # type: ignore[arg-type]
+                    cpus=cpus,
+                    dest_path=opts.dest_path,
+                    cleanup=opts.cleanup,
                     pulse_interval=opts.pulse_interval,
                 ),
                 opts.bundle,
@@ -381,13 +394,22 @@ class ClusterCore:
                 session.ready = True
                 session.node.cpus = msg.cpus
                 self.engine.add_node(session.key, msg.cpus, extra=msg.cpus)
-                log.info("node %s (%s:%d) ready with %d CPU(s)", session.node.name,
-                         *session.key, msg.cpus)
+                log.info(
+                    "node %s (%s:%d) ready with %d CPU(s)",
+                    session.node.name,
+                    *session.key,
+                    msg.cpus,
+                )
                 self._status(NodeStatus.Initialized, session.node, None)
                 self._pump()
             elif isinstance(msg, ComputationFailed):
-                log.warning("node %s (%s:%d) cannot run %s: %s", session.node.name,
-                            *session.key, self.opts.name, msg.reason)
+                log.warning(
+                    "node %s (%s:%d) cannot run %s: %s",
+                    session.node.name,
+                    *session.key,
+                    self.opts.name,
+                    msg.reason,
+                )
                 self.refusals[f"{session.key[0]}:{session.key[1]}"] = msg.reason
                 self._node_lost(session, msg.reason)
                 await conn.close()
@@ -398,8 +420,12 @@ class ClusterCore:
                 await conn.close()
                 return
             elif isinstance(msg, Notice):
-                log.log(logging.ERROR if msg.level == "error" else logging.WARNING,
-                        "node %s: %s", session.node.name, msg.text)
+                log.log(
+                    logging.ERROR if msg.level == "error" else logging.WARNING,
+                    "node %s: %s",
+                    session.node.name,
+                    msg.text,
+                )
 
     def _node_lost(self, session: _NodeSession, reason: str) -> None:
         if self.sessions.get(session.key) is not session:
@@ -418,8 +444,11 @@ class ClusterCore:
                 job.ip_addr = None
                 self.engine.submit(uid, front=True)
             else:
-                self._finish(job, JobStatus.Cancelled, exception=f"Cancelled: node "
-                             f"{session.key[0]}:{session.key[1]} {reason}")
+                self._finish(
+                    job,
+                    JobStatus.Cancelled,
+                    exception=f"Cancelled: node {session.key[0]}:{session.key[1]} {reason}",
+                )
                 self.jobs.pop(uid, None)
         if session.ready:
             self._status(NodeStatus.Closed, session.node, None)
@@ -454,8 +483,11 @@ class ClusterCore:
             self.jobs[job._uid] = job
             pin = job._pinned
             if pin is not None and not self.engine.has_node(pin):
-                self._finish(job, JobStatus.Cancelled,
-                             exception=f"node {pin[0]}:{pin[1]} is not in this cluster")
+                self._finish(
+                    job,
+                    JobStatus.Cancelled,
+                    exception=f"node {pin[0]}:{pin[1]} is not in this cluster",
+                )
                 self.jobs.pop(job._uid, None)
                 continue
             self.engine.submit(job._uid, pin)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import contextlib
 import itertools
 import logging
 import threading
@@ -13,13 +14,13 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from typing import Any
 
-from dispy_core import netinfo, serialize
-from dispy_core.config import CLIENT_PORT, MSG_TIMEOUT, NODE_PORT
-from dispy_core.security import TLSConfig
 from dispy._callbacks import CallbackRunner
 from dispy._core import ClusterCore, ClusterOptions
 from dispy.jobs import DispyJob
-from dispy.nodes import DispyNode, NodeAllocate, to_allocate
+from dispy.nodes import DispyNode, to_allocate
+from dispy_core import netinfo, serialize
+from dispy_core.config import CLIENT_PORT, MSG_TIMEOUT, NODE_PORT
+from dispy_core.security import TLSConfig
 
 log = logging.getLogger("dispy")
 
@@ -99,9 +100,13 @@ class JobCluster:
                 "program computations (a path) are not supported yet; pass a Python function"
             )
         if not callable(computation):
-            raise TypeError(f"computation must be a function or a program path, not {computation!r}")
+            raise TypeError(
+                f"computation must be a function or a program path, not {computation!r}"
+            )
         if pulse_interval is not None and not 1 <= pulse_interval <= 600:
-            raise ValueError(f"pulse_interval must be between 1 and 600 seconds, not {pulse_interval}")
+            raise ValueError(
+                f"pulse_interval must be between 1 and 600 seconds, not {pulse_interval}"
+            )
         if ping_interval is not None and ping_interval <= 0:
             raise ValueError(f"ping_interval must be positive, not {ping_interval}")
         if not isinstance(secret, str):
@@ -316,11 +321,8 @@ class JobCluster:
 def _close_at_exit() -> None:
     for cluster in list(_live_clusters):
         if not cluster._closed:
-            try:
+            with contextlib.suppress(Exception):
                 cluster.close(timeout=0, terminate=True)
-            except Exception:
-                pass
 
 
 atexit.register(_close_at_exit)
-

@@ -25,7 +25,8 @@ def dumps(obj: Any) -> bytes:
         SerializationError: naming the object's type and the reason.
     """
     try:
-        return cloudpickle.dumps(obj, protocol=PROTOCOL)
+        data: bytes = cloudpickle.dumps(obj, protocol=PROTOCOL)
+        return data
     except Exception as exc:
         raise SerializationError(
             f"cannot serialize {type(obj).__name__} object: {type(exc).__name__}: {exc}"

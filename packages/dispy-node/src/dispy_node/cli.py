@@ -62,9 +62,7 @@ def run(
     debug: Annotated[bool, typer.Option("-d", "--debug", help="Log every message.")] = False,
     cpus: Annotated[
         int,
-        typer.Option(
-            "-c", "--cpus", help="CPUs to use: 0 = all, n > 0 = n, n < 0 = all but |n|."
-        ),
+        typer.Option("-c", "--cpus", help="CPUs to use: 0 = all, n > 0 = n, n < 0 = all but |n|."),
     ] = 0,
     ip_addr: Annotated[
         str | None,
@@ -88,9 +86,7 @@ def run(
             "--dest_path_prefix", "--dest-path-prefix", help="Directory for clients' files."
         ),
     ] = default_dest_path_prefix(),
-    keyfile: Annotated[
-        str | None, typer.Option("--keyfile", help="TLS private key (PEM).")
-    ] = None,
+    keyfile: Annotated[str | None, typer.Option("--keyfile", help="TLS private key (PEM).")] = None,
     certfile: Annotated[
         str | None, typer.Option("--certfile", help="TLS certificate (PEM), may hold the key.")
     ] = None,
@@ -103,13 +99,17 @@ def run(
     max_file_size: Annotated[
         str,
         typer.Option(
-            "--max_file_size", "--max-file-size", help="Largest file to transfer (k/m/g/t; 0 = any)."
+            "--max_file_size",
+            "--max-file-size",
+            help="Largest file to transfer (k/m/g/t; 0 = any).",
         ),
     ] = str(MAX_FILE_SIZE),
     zombie_interval: Annotated[
         float,
         typer.Option(
-            "--zombie_interval", "--zombie-interval", help="Minutes before a silent client is dropped."
+            "--zombie_interval",
+            "--zombie-interval",
+            help="Minutes before a silent client is dropped.",
         ),
     ] = 60.0,
     scheduler_node: Annotated[

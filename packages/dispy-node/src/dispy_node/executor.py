@@ -57,6 +57,9 @@ def local_reply(job_id: int, outcome: JobOutcome, text: str | None, start: float
     return Reply(job_id, outcome, start, time.time(), payload)
 
 
+_Streams = tuple[asyncio.StreamReader, asyncio.StreamWriter]
+
+
 class WorkerHub:
     """The Unix socket every worker of this node connects to."""
 
@@ -64,8 +67,7 @@ class WorkerHub:
         self._dir = tempfile.mkdtemp(prefix="dispy-node-")
         self.path = os.path.join(self._dir, "workers.sock")
         self.token = secrets.token_bytes(16)
-        self._waiting: dict[int, asyncio.Future[tuple[asyncio.StreamReader, asyncio.StreamWriter]]]
-        self._waiting = {}
+        self._waiting: dict[int, asyncio.Future[_Streams]] = {}
         self._server: asyncio.AbstractServer | None = None
         self._next_wid = 0
 
@@ -80,7 +82,7 @@ class WorkerHub:
                 await asyncio.wait_for(self._server.wait_closed(), 1.0)
         shutil.rmtree(self._dir, ignore_errors=True)
 
-    def expect(self) -> tuple[int, asyncio.Future[tuple[asyncio.StreamReader, asyncio.StreamWriter]]]:
+    def expect(self) -> tuple[int, asyncio.Future[_Streams]]:
         self._next_wid += 1
         fut = asyncio.get_running_loop().create_future()
         self._waiting[self._next_wid] = fut
@@ -126,7 +128,10 @@ def describe_exit(info: dict[str, Any] | None) -> str:
         except ValueError:
             name = f"signal {info['signal']}"
         return f"the job's process was killed by {name}"
-    return f"the job's process exited with status {info.get('code')} (os._exit or sys.exit in the job?)"
+    return (
+        f"the job's process exited with status {info.get('code')} "
+        "(did the job call os._exit or sys.exit?)"
+    )
 
 
 class Computation:
@@ -165,6 +170,7 @@ class Computation:
         self._tasks: set[asyncio.Task[None]] = set()
         self.closing = False
         self.jobs_done = 0
+        self._job_ended = asyncio.Event()
 
     @property
     def running(self) -> int:
@@ -214,16 +220,15 @@ class Computation:
         self.closing = True
         if not terminate:
             while self._queue or self.running:
-                await asyncio.sleep(0.05)
+                self._job_ended.clear()
+                await self._job_ended.wait()
         for job_id, _ in list(self._queue):
             self._on_reply(local_reply(job_id, "cancelled", "Cancelled", time.time()))
         self._queue.clear()
         self._queued_ids.clear()
         for worker in list(self._workers.values()):
             if worker.job is not None:
-                self._on_reply(
-                    local_reply(worker.job, "cancelled", "Cancelled", worker.job_start)
-                )
+                self._on_reply(local_reply(worker.job, "cancelled", "Cancelled", worker.job_start))
                 worker.job = None
             worker.writer.close()
         error: str | None = None
@@ -297,7 +302,8 @@ class Computation:
     # -- workers ------------------------------------------------------------------------
 
     async def _add_worker(self) -> None:
-        assert self._proc is not None and self._proc.stdin is not None
+        assert self._proc is not None
+        assert self._proc.stdin is not None
         wid, fut = self._hub.expect()
         self._proc.stdin.write(_wire.control_frame({"op": "spawn", "wid": wid}))
         try:
@@ -330,6 +336,7 @@ class Computation:
                         continue
                     worker.job = None
                     self.jobs_done += 1
+                    self._job_ended.set()
                     kind: JobOutcome = (
                         "finished" if outcome == _wire.OUTCOME_FINISHED else "terminated"
                     )
@@ -368,7 +375,8 @@ class Computation:
                 log.error("could not replace a worker of %s: %s", self.name, exc)
 
     async def _read_control(self) -> None:
-        assert self._proc is not None and self._proc.stdout is not None
+        assert self._proc is not None
+        assert self._proc.stdout is not None
         stdout = self._proc.stdout
         try:
             while True:

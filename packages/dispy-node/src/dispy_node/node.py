@@ -92,9 +92,7 @@ class Node:
 
     async def start(self) -> None:
         cfg = self.config
-        if cfg.clean and os.path.isdir(cfg.dest_path_prefix):
-            shutil.rmtree(cfg.dest_path_prefix, ignore_errors=True)
-        os.makedirs(cfg.dest_path_prefix, exist_ok=True)
+        await asyncio.to_thread(_prepare_prefix, cfg.dest_path_prefix, cfg.clean)
         await self._hub.start()
         host = cfg.ip_addr or ""
         self._server = await asyncio.start_server(
@@ -327,9 +325,7 @@ class _Session:
                         )
                     )
                     continue
-                self._start_task = asyncio.get_running_loop().create_task(
-                    self._start(msg, payload)
-                )
+                self._start_task = asyncio.get_running_loop().create_task(self._start(msg, payload))
             elif isinstance(msg, CloseComputation):
                 await self._close(terminate=msg.terminate)
                 await conn.send(ComputationClosed(comp_id=msg.comp_id))
@@ -396,7 +392,9 @@ class _Session:
         if not replies or self.conn.closed or self.computation is None:
             return
         reports = [
-            JobReport(job_id=r.job_id, outcome=r.outcome, start=r.start, end=r.end, size=len(r.payload))
+            JobReport(
+                job_id=r.job_id, outcome=r.outcome, start=r.start, end=r.end, size=len(r.payload)
+            )
             for r in replies
         ]
         try:
@@ -431,3 +429,8 @@ class _Session:
     async def finish(self) -> None:
         await self._close(terminate=True)
 
+
+def _prepare_prefix(prefix: str, clean: bool) -> None:
+    if clean and os.path.isdir(prefix):
+        shutil.rmtree(prefix, ignore_errors=True)
+    os.makedirs(prefix, exist_ok=True)

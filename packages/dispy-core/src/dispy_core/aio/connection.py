@@ -169,7 +169,8 @@ async def _handshake(
             raise
         send_all(list(replies))
         await writer.drain()
-    assert shake.peer_role is not None and shake.peer_name is not None
+    assert shake.peer_role is not None
+    assert shake.peer_name is not None
     decoder.max_chunk = framing.DEFAULT_MAX_CHUNK
     decoder.max_header = framing.MAX_HEADER
     decoder.max_message = max_message
