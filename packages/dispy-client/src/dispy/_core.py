@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import logging
 import os
 import socket
@@ -27,6 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from dispy._depends import FileSpec
 from dispy.jobs import DispyJob
 from dispy.nodes import DispyNode, DispyNodeAvailInfo, NodeAllocate
 from dispy_core import netinfo, serialize
@@ -46,12 +48,18 @@ from dispy_core.protocol.messages import (
     ComputationFailed,
     ComputationReady,
     ComputationSetup,
+    ComputationStart,
+    CpusSet,
+    FileAck,
+    FilePut,
     JobCancel,
     JobDone,
+    JobProvisional,
     JobSubmit,
     NodeInfo,
     Notice,
     Pulse,
+    SetCpus,
 )
 from dispy_core.scheduling import Scheduler
 from dispy_core.security import TLSConfig
@@ -63,6 +71,7 @@ log = logging.getLogger("dispy")
 
 NodeKey = tuple[str, int]
 NO_NODE_WARNING_DELAY = 5.0
+EARLY_REPINGS = (0.25, 0.5, 1.0, 2.0)
 NO_NODE_WARNING_REPEAT = 30.0
 MAX_JOBS_PER_FRAME = 1024
 MAX_BYTES_PER_FRAME = 8 << 20
@@ -72,7 +81,8 @@ MAX_BYTES_PER_FRAME = 8 << 20
 class ClusterOptions:
     name: str
     kind: str
-    bundle: bytes
+    start_payload: bytes
+    files: list[FileSpec]
     nodes: list[NodeAllocate]
     ip_addrs: list[str]
     ext_ip_addrs: list[str]
@@ -98,7 +108,10 @@ class _NodeSession:
     ready: bool = False
     closed: asyncio.Event = field(default_factory=asyncio.Event)
     last_heard: float = field(default_factory=time.monotonic)
-    outbox: list[DispyJob] = field(default_factory=list)
+    total_cpus: int = 0
+    zombie_interval: float = 3600.0
+    cpus_waiter: asyncio.Future[int] | None = None
+    file_waiters: dict[int, asyncio.Future[str | None]] = field(default_factory=dict)
 
 
 class ClusterCore:
@@ -115,6 +128,7 @@ class ClusterCore:
         self.sessions: dict[NodeKey, _NodeSession] = {}
         self.known_nodes: dict[NodeKey, DispyNode] = {}
         self.refusals: dict[str, str] = {}
+        self._file_req = 0
         self.port = opts.port
         self._incoming: deque[DispyJob] = deque()
         self._incoming_scheduled = False
@@ -242,7 +256,15 @@ class ClusterCore:
             self._ping_all()
 
     async def _watchdog(self) -> None:
-        await asyncio.sleep(NO_NODE_WARNING_DELAY)
+        # Nodes started together with the client may miss the first ping: ping again a few
+        # times early, then warn.
+        waited = 0.0
+        for delay in EARLY_REPINGS:
+            await asyncio.sleep(delay)
+            waited += delay
+            if not self.sessions:
+                self._ping_all()
+        await asyncio.sleep(max(0.0, NO_NODE_WARNING_DELAY - waited))
         while True:
             if not any(s.ready for s in self.sessions.values()) and not self._closing:
                 log.warning(self.no_node_message())
@@ -350,11 +372,13 @@ class ClusterCore:
         node.cpus = cpus
         node.avail_info = avail
         node.update_time = time.time()
-        session = _NodeSession(key, conn, node)
+        session = _NodeSession(
+            key, conn, node, total_cpus=info.cpus, zombie_interval=info.zombie_interval
+        )
         self.sessions[key] = session
         opts = self.opts
         try:
-            await conn.send(
+            conn.send_nowait(
                 ComputationSetup(
                     comp_id=self.comp_id,
                     name=opts.name,
@@ -363,10 +387,17 @@ class ClusterCore:
                     dest_path=opts.dest_path,
                     cleanup=opts.cleanup,
                     pulse_interval=opts.pulse_interval,
-                ),
-                opts.bundle,
+                )
             )
-            await self._read_node(session)
+            for spec in opts.files:
+                conn.send_nowait(self._file_message(spec), spec.data)
+                await conn.drain()
+            await conn.send(ComputationStart(comp_id=self.comp_id), opts.start_payload)
+            keepalive = self._spawn(self._keepalive(session))
+            try:
+                await self._read_node(session)
+            finally:
+                keepalive.cancel()
         except ConnectionClosed as exc:
             self._node_lost(session, f"connection lost: {exc}")
         except PeerRefused as exc:
@@ -402,6 +433,16 @@ class ClusterCore:
                 )
                 self._status(NodeStatus.Initialized, session.node, None)
                 self._pump()
+            elif isinstance(msg, JobProvisional):
+                self._provisional(session, msg, payload)
+            elif isinstance(msg, FilePut):
+                self._spawn(self._receive_file(session, msg, payload))
+            elif isinstance(msg, FileAck):
+                waiter = session.file_waiters.pop(msg.req, None)
+                if waiter is not None and not waiter.done():
+                    waiter.set_result(msg.error)
+            elif isinstance(msg, CpusSet):
+                self._cpus_set(session, msg.cpus)
             elif isinstance(msg, ComputationFailed):
                 log.warning(
                     "node %s (%s:%d) cannot run %s: %s",
@@ -411,6 +452,8 @@ class ClusterCore:
                     msg.reason,
                 )
                 self.refusals[f"{session.key[0]}:{session.key[1]}"] = msg.reason
+                session.node.error = msg.reason
+                self._status(NodeStatus.SetupFailed, session.node, None)
                 self._node_lost(session, msg.reason)
                 await conn.close()
                 return
@@ -525,6 +568,13 @@ class ClusterCore:
                     self._status(JobStatus.Running, session.node, job)
 
     def _send_jobs(self, session: _NodeSession, jobs: list[DispyJob]) -> None:
+        for job in jobs:
+            if job._files:
+                for spec in job._files:
+                    with contextlib.suppress(ConnectionClosed):
+                        message = self._file_message(spec, job_id=job._uid)
+                        session.conn.send_nowait(message, spec.data)
+                job._files = None
         start = 0
         while start < len(jobs):
             batch: list[tuple[int, int]] = []
@@ -623,3 +673,137 @@ class ClusterCore:
         elif job in self._incoming:
             self._incoming.remove(job)
             self._finish(job, JobStatus.Cancelled, exception="Cancelled")
+
+    # -- files, provisional results, CPUs ---------------------------------------------
+
+    def _file_message(self, spec: FileSpec, job_id: int | None = None, req: int = 0) -> FilePut:
+        return FilePut(
+            comp_id=self.comp_id,
+            path=spec.path,
+            size=len(spec.data),
+            mode=spec.mode,
+            mtime=spec.mtime,
+            job_id=job_id,
+            req=req,
+        )
+
+    def _provisional(self, session: _NodeSession, msg: JobProvisional, payload: bytes) -> None:
+        job = self.jobs.get(msg.job_id)
+        if job is None:
+            return
+        try:
+            result = serialize.loads(payload)
+        except serialize.SerializationError as exc:
+            log.warning("provisional result of job %s cannot be read here: %s", job.id, exc)
+            return
+        job.status = JobStatus.ProvisionalResult
+        job.result = result
+        # The callback gets a snapshot: the final result may overwrite the job before the
+        # callback thread runs.
+        snapshot = copy.copy(job)
+        if self.opts.cluster_status is not None:
+            self.callbacks.post(
+                self.opts.cluster_status, JobStatus.ProvisionalResult, session.node, snapshot
+            )
+        if self.opts.callback is not None:
+            self.callbacks.post(self.opts.callback, snapshot)
+
+    async def _receive_file(self, session: _NodeSession, msg: FilePut, payload: bytes) -> None:
+        error: str | None = None
+        try:
+            target = safe_local_path(os.getcwd(), msg.path)
+            await asyncio.to_thread(store_file, target, payload, msg.mode, msg.mtime)
+        except (ValueError, OSError) as exc:
+            error = f"client refused {msg.path!r}: {exc}"
+            log.warning("file from node %s: %s", session.node.name, error)
+        if msg.req:
+            with contextlib.suppress(ConnectionClosed):
+                session.conn.send_nowait(FileAck(comp_id=self.comp_id, req=msg.req, error=error))
+
+    async def send_file(self, key: NodeKey, spec: FileSpec) -> str | None:
+        """Copy a file into the computation's directory on one node; None on success."""
+        session = self.sessions.get(key)
+        if session is None or not session.ready:
+            return f"node {key[0]}:{key[1]} is not serving this cluster"
+        assert self.loop is not None
+        self._file_req += 1
+        req = self._file_req
+        waiter: asyncio.Future[str | None] = self.loop.create_future()
+        session.file_waiters[req] = waiter
+        try:
+            await session.conn.send(self._file_message(spec, req=req), spec.data)
+            async with asyncio.timeout(max(self.opts.msg_timeout * 6, 30)):
+                return await waiter
+        except (ConnectionClosed, TimeoutError) as exc:
+            return f"file not confirmed by the node: {exc or type(exc).__name__}"
+        finally:
+            session.file_waiters.pop(req, None)
+
+    async def set_cpus(self, key: NodeKey, cpus: int) -> int:
+        session = self.sessions.get(key)
+        if session is None or not session.ready:
+            return -1
+        wanted = cpus if cpus > 0 else session.total_cpus + cpus
+        if wanted < 1 or wanted > session.total_cpus:
+            return -1
+        assert self.loop is not None
+        session.cpus_waiter = self.loop.create_future()
+        try:
+            await session.conn.send(SetCpus(comp_id=self.comp_id, cpus=wanted))
+            async with asyncio.timeout(self.opts.msg_timeout):
+                return await session.cpus_waiter
+        except (ConnectionClosed, TimeoutError):
+            return -1
+        finally:
+            session.cpus_waiter = None
+
+    def _cpus_set(self, session: _NodeSession, cpus: int) -> None:
+        session.node.cpus = cpus
+        if self.engine.has_node(session.key):
+            self.engine.add_node(session.key, cpus, extra=cpus)
+        if session.cpus_waiter is not None and not session.cpus_waiter.done():
+            session.cpus_waiter.set_result(cpus)
+        self._pump()
+
+    def node_jobs(self, key: NodeKey) -> list[DispyJob]:
+        return [self.jobs[uid] for uid in self.engine.jobs_on(key) if uid in self.jobs]
+
+    def allocate(self, alloc: NodeAllocate) -> None:
+        self.opts.nodes.append(alloc)
+        self._ping_all()
+
+    async def _keepalive(self, session: _NodeSession) -> None:
+        interval = min(max(session.zombie_interval / 3, 0.5), 60.0)
+        while True:
+            await asyncio.sleep(interval)
+            with contextlib.suppress(ConnectionClosed):
+                session.conn.send_nowait(Pulse())
+
+
+def safe_local_path(base: str, relative: str) -> str:
+    """Where a file sent by a job lands under ``base``; refuses escapes.
+
+    Raises:
+        ValueError: absolute path, '..', or a link leading outside ``base``.
+    """
+    if os.path.isabs(relative) or relative.startswith(("/", "\\")):
+        raise ValueError("absolute paths are not accepted")
+    parts = [p for p in relative.replace("\\", "/").split("/") if p not in ("", ".")]
+    if not parts or ".." in parts:
+        raise ValueError("the path must stay inside the client's directory")
+    path = os.path.join(base, *parts)
+    real_base = os.path.realpath(base)
+    if not os.path.realpath(path).startswith(real_base + os.sep):
+        raise ValueError("the path leads outside the client's directory")
+    return path
+
+
+def store_file(path: str, data: bytes, mode: int, mtime: float | None) -> None:
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    tmp = f"{path}.dispy-part"
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+    os.chmod(tmp, mode & 0o777)
+    os.replace(tmp, path)
+    if mtime is not None:
+        os.utime(path, (mtime, mtime))

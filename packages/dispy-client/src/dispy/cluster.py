@@ -6,7 +6,9 @@ import asyncio
 import atexit
 import contextlib
 import itertools
+import json
 import logging
+import os
 import threading
 import time
 import weakref
@@ -16,8 +18,9 @@ from typing import Any
 
 from dispy._callbacks import CallbackRunner
 from dispy._core import ClusterCore, ClusterOptions
+from dispy._depends import DependencyError, FileSpec, split_depends
 from dispy.jobs import DispyJob
-from dispy.nodes import DispyNode, to_allocate
+from dispy.nodes import DispyNode, NodeAllocate, to_allocate
 from dispy_core import netinfo, serialize
 from dispy_core.config import CLIENT_PORT, MSG_TIMEOUT, NODE_PORT
 from dispy_core.security import TLSConfig
@@ -95,11 +98,7 @@ class JobCluster:
         msg_timeout: float = MSG_TIMEOUT,
     ) -> None:
         _setup_logging(loglevel)
-        if isinstance(computation, str):
-            raise NotImplementedError(
-                "program computations (a path) are not supported yet; pass a Python function"
-            )
-        if not callable(computation):
+        if not isinstance(computation, str) and not callable(computation):
             raise TypeError(
                 f"computation must be a function or a program path, not {computation!r}"
             )
@@ -124,21 +123,34 @@ class JobCluster:
                 ip_addrs.append(netinfo.resolve(addr))
             except OSError as exc:
                 raise ValueError(f"cannot resolve ip_addr {addr!r}: {exc}") from None
-        name = getattr(computation, "__name__", "computation")
+        self._program = isinstance(computation, str)
+        objects, files = split_depends(list(depends or []), program=self._program)
+        if isinstance(computation, str):
+            name = os.path.basename(computation) or computation
+            if setup is not None or callable(cleanup):
+                raise ValueError("setup and cleanup functions need a Python function computation")
+            transferred = os.path.isfile(computation)
+            if transferred:
+                files.append(_program_file(computation))
+            start_payload = json.dumps(
+                {"program": name if transferred else computation, "transferred": transferred}
+            ).encode()
+        else:
+            name = getattr(computation, "__name__", "computation")
+            start_payload = serialize.dumps(
+                {
+                    "computation": computation,
+                    "setup": setup,
+                    "cleanup": cleanup if callable(cleanup) else None,
+                    "depends": objects,
+                }
+            )
         self.name = name
-        cleanup_func = cleanup if callable(cleanup) else None
-        bundle = serialize.dumps(
-            {
-                "computation": computation,
-                "setup": setup,
-                "cleanup": cleanup_func,
-                "depends": [d for d in (depends or []) if not isinstance(d, str)],
-            }
-        )
         self._options = ClusterOptions(
             name=name,
-            kind="function",
-            bundle=bundle,
+            kind="program" if self._program else "function",
+            start_payload=start_payload,
+            files=files,
             nodes=node_list,
             ip_addrs=ip_addrs,
             ext_ip_addrs=_as_list(ext_ip_addr),
@@ -223,18 +235,33 @@ class JobCluster:
         if self._closed:
             log.error("submit: cluster %s is closed", self.name)
             return None
-        kwargs.pop("dispy_job_depends", None)
+        job_depends = kwargs.pop("dispy_job_depends", None)
         job = DispyJob(next(self._ids), args, kwargs)
         try:
-            job._payload = serialize.dumps((args, kwargs))
-        except serialize.SerializationError as exc:
-            log.error("submit: job not created: the arguments %s", exc)
+            objects, job._files = split_depends(job_depends, program=self._program)
+            job._payload = self._job_payload(args, kwargs, objects)
+        except (serialize.SerializationError, DependencyError, ValueError) as exc:
+            log.error("submit: job not created: %s", exc)
             return None
         job._pinned = pin
         with self._lock:
             self._pending += 1
         self._core.submit_threadsafe(job)
         return job
+
+    def _job_payload(
+        self, args: tuple[Any, ...], kwargs: dict[str, Any], objects: list[Any]
+    ) -> bytes:
+        if self._program:
+            if kwargs:
+                raise ValueError("a program computation takes no keyword arguments")
+            if not all(isinstance(a, str | int | float) for a in args):
+                raise ValueError("a program computation takes only string arguments")
+            return json.dumps([str(a) for a in args]).encode()
+        try:
+            return serialize.dumps((args, kwargs, objects) if objects else (args, kwargs))
+        except serialize.SerializationError as exc:
+            raise serialize.SerializationError(f"the arguments {exc}") from None
 
     def cancel(self, job: DispyJob) -> int:
         """Cancel a queued or running job. Returns 0, or -1 if the job already ended."""
@@ -292,6 +319,60 @@ class JobCluster:
                 return key
         return None
 
+    def send_file(self, path: str, node: DispyNode | str) -> int:
+        """Copy ``path`` (by its base name) into the computation's directory on ``node``.
+
+        Returns 0 on success, -1 on failure (the reason is logged).
+        """
+        key = self._node_key(node)
+        if key is None:
+            log.error("send_file: %r is not a node of this cluster", node)
+            return -1
+        try:
+            spec = _program_file(path)
+        except DependencyError as exc:
+            log.error("send_file: %s", exc)
+            return -1
+        error = self._call(self._core.send_file(key, spec))
+        if error:
+            log.error("send_file %s to %s:%d failed: %s", path, key[0], key[1], error)
+            return -1
+        return 0
+
+    def allocate_node(self, node: NodeAllocate | str | tuple[str, int]) -> int:
+        """Add a node (name, address, pattern or NodeAllocate) to this cluster.
+
+        Returns 0 if the request was accepted, -1 if the node is invalid.
+        """
+        try:
+            alloc = to_allocate(node)
+            if not any(c in alloc.host for c in "*?["):
+                alloc.ip_addr = netinfo.resolve(alloc.host)
+        except (ValueError, OSError) as exc:
+            log.error("allocate_node: %s", exc)
+            return -1
+        self._call_soon(self._core.allocate, alloc)
+        return 0
+
+    def node_jobs(self, node: DispyNode | str) -> list[DispyJob]:
+        """Jobs running (or queued to run) on ``node`` now."""
+        key = self._node_key(node)
+        if key is None:
+            return []
+        result: list[DispyJob] = self._call(_in_loop(self._core.node_jobs, key))
+        return result
+
+    def set_node_cpus(self, node: DispyNode | str, cpus: int) -> int:
+        """Use ``cpus`` CPUs of ``node`` (negative: all but that many).
+
+        Returns the CPUs now used, or -1 if the request failed.
+        """
+        key = self._node_key(node)
+        if key is None:
+            return -1
+        result: int = self._call(self._core.set_cpus(key, int(cpus)))
+        return result
+
     def nodes(self) -> list[DispyNode]:
         """The nodes serving this cluster now."""
         return [s.node for s in list(self._core.sessions.values()) if s.ready]
@@ -326,3 +407,17 @@ def _close_at_exit() -> None:
 
 
 atexit.register(_close_at_exit)
+
+
+async def _in_loop(func: Callable[..., Any], *args: Any) -> Any:
+    return func(*args)
+
+
+def _program_file(path: str) -> FileSpec:
+    try:
+        stat = os.stat(path)
+        with open(path, "rb") as fh:
+            data = fh.read()
+    except OSError as exc:
+        raise DependencyError(f"cannot read {path!r}: {exc.strerror or exc}") from None
+    return FileSpec(os.path.basename(path), data, stat.st_mode & 0o777, stat.st_mtime)

@@ -26,6 +26,7 @@ class DispyJob:
     __slots__ = (
         "_done",
         "_event",
+        "_files",
         "_payload",
         "_pinned",
         "_uid",
@@ -59,6 +60,7 @@ class DispyJob:
         self.end_time: float | None = None
         self._payload: bytes | None = None
         self._pinned: tuple[str, int] | None = None
+        self._files: list[Any] | None = None
         self._done = False
         self._event: threading.Event | None = None
 

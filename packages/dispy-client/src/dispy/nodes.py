@@ -46,6 +46,7 @@ class DispyNode:
     Initialized = NodeStatus.Initialized
     Closed = NodeStatus.Closed
     AvailInfo = NodeStatus.AvailInfo
+    SetupFailed = NodeStatus.SetupFailed
 
     def __init__(self, ip_addr: str, port: int, name: str, cpus: int, platform: str) -> None:
         self.ip_addr = ip_addr
@@ -59,6 +60,7 @@ class DispyNode:
         self.cpu_time = 0.0
         self.avail_info: DispyNodeAvailInfo | None = None
         self.update_time = 0.0
+        self.error: str | None = None
 
     def __repr__(self) -> str:
         return f"<DispyNode {self.name} {self.ip_addr}:{self.port} cpus={self.cpus}>"

@@ -21,6 +21,7 @@ This process stays single-threaded so that forking it is safe.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import io
 import json
 import os
@@ -76,75 +77,132 @@ class _Control:
                 return None
 
 
-def _install(bundle: dict[str, Any]) -> None:
+def _install(objects: Any) -> list[str]:
     """Make depends visible to the computation by name, as if defined in its module."""
     import builtins
 
     main = sys.modules["__main__"]
-    for obj in bundle.get("depends", ()):
-        name = getattr(obj, "__name__", None)
-        if isinstance(name, str):
-            setattr(main, name, obj)
-            setattr(builtins, name, obj)
+    names: list[str] = []
+    for obj in objects or ():
+        target = obj if hasattr(obj, "__name__") else type(obj)
+        name = getattr(target, "__name__", None)
+        if isinstance(name, str) and not inspect.ismodule(obj):
+            setattr(main, name, target)
+            setattr(builtins, name, target)
+            names.append(name)
+    return names
 
 
-def _run_worker(
-    computation: Any, sock_path: str, token: bytes, wid: int
-) -> None:  # pragma: no cover - runs in a forked child
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    sock.connect(sock_path)
-    sock.sendall(token + wid.to_bytes(4, "big"))
-    rfile = sock.makefile("rb", buffering=1 << 16)
+def _uninstall(names: list[str]) -> None:
     import builtins
 
-    def send(op: int, outcome: int, job_id: int, start: float, end: float, data: bytes) -> None:
-        sock.sendall(_wire.FROM_WORKER.pack(op, outcome, job_id, start, end, len(data)) + data)
+    main = sys.modules["__main__"]
+    for name in names:
+        for space in (main, builtins):
+            with contextlib.suppress(AttributeError):
+                delattr(space, name)
 
-    current = [0]
 
-    def dispy_provisional_result(result: Any, timeout: float | None = None) -> int:
+class _Worker:  # pragma: no cover - runs in a forked child
+    """One warm worker: runs jobs sent by the daemon, one at a time."""
+
+    def __init__(
+        self, computation: Any, sock_path: str, token: bytes, wid: int, max_file_size: int
+    ) -> None:
+        self.computation = computation
+        self.max_file_size = max_file_size
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.connect(sock_path)
+        self.sock.sendall(token + wid.to_bytes(4, "big"))
+        self.rfile = self.sock.makefile("rb", buffering=1 << 16)
+        self.job_id = 0
+        self.home = os.getcwd()
+
+    def send(self, op: int, outcome: int, start: float, end: float, data: bytes) -> None:
+        head = _wire.FROM_WORKER.pack(op, outcome, self.job_id, start, end, len(data))
+        self.sock.sendall(head + data if len(data) < 65536 else head)
+        if len(data) >= 65536:
+            self.sock.sendall(data)
+
+    def read_frame(self) -> tuple[int, int, bytes]:
+        head = self.rfile.read(_wire.TO_WORKER.size)
+        if len(head) < _wire.TO_WORKER.size:
+            os._exit(0)
+        op, job_id, length = _wire.TO_WORKER.unpack(head)
+        return op, job_id, self.rfile.read(length) if length else b""
+
+    def provisional_result(self, result: Any, timeout: float | None = None) -> int:
         del timeout
-        try:
-            data = serialize.dumps(result)
-        except serialize.SerializationError:
-            return -1
-        send(_wire.OP_PROVISIONAL, 0, current[0], time.time(), time.time(), data)
+        data = serialize.dumps(result)
+        now = time.time()
+        self.send(_wire.OP_PROVISIONAL, 0, now, now, data)
         return 0
 
-    builtins.dispy_provisional_result = dispy_provisional_result  # type: ignore[attr-defined]
-    real_out, real_err = sys.stdout, sys.stderr
-    head_size = _wire.TO_WORKER.size
-    while True:
-        head = rfile.read(head_size)
-        if len(head) < head_size:
-            os._exit(0)
-        _op, job_id, length = _wire.TO_WORKER.unpack(head)
-        payload = rfile.read(length)
-        current[0] = job_id
-        out, err = io.StringIO(), io.StringIO()
-        sys.stdout, sys.stderr = out, err
-        start = time.time()
-        outcome = _wire.OUTCOME_FINISHED
-        result: Any = None
-        exc_text: str | None = None
-        try:
-            args, kwargs = serialize.loads(payload)
-            result = computation(*args, **kwargs)
-        except BaseException:
-            outcome = _wire.OUTCOME_TERMINATED
-            exc_text = traceback.format_exc()
-            result = None
-        finally:
-            sys.stdout, sys.stderr = real_out, real_err
-        end = time.time()
-        try:
-            data = serialize.dumps((result, out.getvalue(), err.getvalue(), exc_text))
-        except serialize.SerializationError as exc:
-            outcome = _wire.OUTCOME_TERMINATED
-            data = serialize.dumps_plain(
-                (None, out.getvalue(), err.getvalue(), f"the job's result {exc}")
+    def send_file(self, path: str, timeout: float | None = None) -> int:
+        del timeout
+        full = os.path.realpath(os.path.abspath(path))
+        home = os.path.realpath(self.home)
+        if not full.startswith(home + os.sep):
+            raise ValueError(
+                f"dispy_send_file: {path!r} is outside the computation's directory {home}"
             )
-        send(_wire.OP_DONE, outcome, job_id, start, end, data)
+        rel = os.path.relpath(full, home)
+        stat = os.stat(full)
+        if self.max_file_size and stat.st_size > self.max_file_size:
+            raise ValueError(
+                f"dispy_send_file: {path!r} is {stat.st_size} bytes, over this node's "
+                f"max_file_size of {self.max_file_size} bytes"
+            )
+        with open(full, "rb") as fh:
+            data = fh.read()
+        encoded = rel.encode()
+        head = _wire.SEND_FILE.pack(len(encoded), stat.st_mode & 0o7777, stat.st_mtime)
+        now = time.time()
+        self.send(_wire.OP_SEND_FILE, 0, now, now, head + encoded + data)
+        op, _, reply = self.read_frame()
+        if op != _wire.OP_ACK:
+            raise RuntimeError("dispy_send_file: unexpected answer from the node")
+        if reply:
+            raise OSError(f"dispy_send_file: {reply.decode(errors='replace')}")
+        return 0
+
+    def run(self) -> None:
+        import builtins
+
+        builtins.dispy_provisional_result = self.provisional_result  # type: ignore[attr-defined]
+        builtins.dispy_send_file = self.send_file  # type: ignore[attr-defined]
+        real_out, real_err = sys.stdout, sys.stderr
+        while True:
+            _op, self.job_id, payload = self.read_frame()
+            out, err = io.StringIO(), io.StringIO()
+            start = time.time()
+            outcome = _wire.OUTCOME_FINISHED
+            result: Any = None
+            exc_text: str | None = None
+            installed: list[str] = []
+            sys.stdout, sys.stderr = out, err
+            try:
+                loaded = serialize.loads(payload)
+                args, kwargs = loaded[0], loaded[1]
+                if len(loaded) > 2:
+                    installed = _install(loaded[2])
+                result = self.computation(*args, **kwargs)
+            except BaseException:
+                outcome = _wire.OUTCOME_TERMINATED
+                exc_text = traceback.format_exc()
+                result = None
+            finally:
+                sys.stdout, sys.stderr = real_out, real_err
+                _uninstall(installed)
+            end = time.time()
+            try:
+                data = serialize.dumps((result, out.getvalue(), err.getvalue(), exc_text))
+            except serialize.SerializationError as exc:
+                outcome = _wire.OUTCOME_TERMINATED
+                data = serialize.dumps_plain(
+                    (None, out.getvalue(), err.getvalue(), f"the job's result: {exc}")
+                )
+            self.send(_wire.OP_DONE, outcome, start, end, data)
 
 
 def main() -> None:
@@ -162,9 +220,11 @@ def main() -> None:
     item = ctrl.blocking_next()
     if item is None or item[0].get("op") != "init":
         return
+    max_file_size = int(item[0].get("max_file_size", 0))
     try:
+        sys.path.insert(0, os.getcwd())
         bundle = serialize.loads(item[1])
-        _install(bundle)
+        _install(bundle.get("depends"))
         computation = bundle["computation"]
         setup = bundle.get("setup")
         if setup is not None:
@@ -207,7 +267,7 @@ def main() -> None:
                         os.close(ctrl.rfd)
                         os.close(ctrl.wfd)
                         os.setpgid(0, 0)
-                        _run_worker(computation, sock_path, token, wid)
+                        _Worker(computation, sock_path, token, wid, max_file_size).run()
                     finally:
                         os._exit(0)
                 children.add(pid)

@@ -6,6 +6,9 @@ use fixed binary headers, not the network protocol.
 * control (daemon <-> computation process): ``json_len:u32 | payload_len:u32 | json | payload``
 * daemon -> worker: ``op:u8 | job_id:u64 | payload_len:u32 | payload``
 * worker -> daemon: ``op:u8 | outcome:u8 | job_id:u64 | start:f64 | end:f64 | len:u32 | payload``
+
+A job's ``dispy_send_file`` sends ``OP_SEND_FILE`` and blocks until the daemon answers
+``OP_ACK`` (payload empty on success, else the reason).
 """
 
 from __future__ import annotations
@@ -21,7 +24,11 @@ FROM_WORKER = struct.Struct("!BBQddI")
 OP_RUN = 1
 OP_DONE = 2
 OP_PROVISIONAL = 3
-OP_HELLO = 4
+OP_SEND_FILE = 4
+OP_ACK = 5
+
+# payload of OP_SEND_FILE: path_len:u16 | mode:u32 | mtime:f64 | path (utf-8) | contents
+SEND_FILE = struct.Struct("!HId")
 
 OUTCOME_FINISHED = 0
 OUTCOME_TERMINATED = 1

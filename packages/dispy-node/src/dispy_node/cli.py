@@ -12,7 +12,7 @@ from pydantic import ValidationError
 from rich.console import Console
 from rich.logging import RichHandler
 
-from dispy_core.config import MAX_FILE_SIZE, MSG_TIMEOUT, NODE_PORT, SCHEDULER_PORT, parse_size
+from dispy_core.config import CLIENT_PORT, MAX_FILE_SIZE, MSG_TIMEOUT, NODE_PORT, parse_size
 from dispy_core.security import TLSConfigError
 from dispy_node import __version__
 from dispy_node.config import NodeConfig, default_dest_path_prefix
@@ -117,7 +117,7 @@ def run(
     ] = None,
     scheduler_port: Annotated[
         int, typer.Option("--scheduler_port", "--scheduler-port", help="Scheduler port.")
-    ] = SCHEDULER_PORT,
+    ] = CLIENT_PORT,
 ) -> None:
     """Serve jobs to dispy clients until interrupted (SIGINT or SIGTERM)."""
     try:

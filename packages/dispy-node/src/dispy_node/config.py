@@ -8,7 +8,7 @@ import tempfile
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from dispy_core.config import MAX_FILE_SIZE, MSG_TIMEOUT, NODE_PORT, SCHEDULER_PORT
+from dispy_core.config import CLIENT_PORT, MAX_FILE_SIZE, MSG_TIMEOUT, NODE_PORT
 
 
 def default_dest_path_prefix() -> str:
@@ -34,7 +34,7 @@ class NodeConfig(BaseModel):
     max_file_size: int = Field(default=MAX_FILE_SIZE, ge=0)
     zombie_interval: float = Field(default=60.0, gt=0)
     scheduler_node: str | None = None
-    scheduler_port: int = Field(default=SCHEDULER_PORT, ge=1, le=65535)
+    scheduler_port: int = Field(default=CLIENT_PORT, ge=1, le=65535)
 
     @field_validator("dest_path_prefix")
     @classmethod

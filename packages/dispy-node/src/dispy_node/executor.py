@@ -18,11 +18,12 @@ import os
 import secrets
 import shutil
 import signal
+import struct
 import sys
 import tempfile
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,6 +35,9 @@ log = logging.getLogger(__name__)
 
 WORKER_CONNECT_TIMEOUT = 30.0
 EXIT_STATUS_WAIT = 2.0
+
+
+SendFileHandler = Callable[[int, str, int, float, bytes], Awaitable[str | None]]
 
 
 class ComputationStartError(Exception):
@@ -114,6 +118,7 @@ class _Worker:
     job: int | None = None
     job_start: float = 0.0
     cancelling: bool = False
+    retired: bool = False
     exit_info: asyncio.Future[dict[str, Any]] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
@@ -148,7 +153,9 @@ class Computation:
         hub: WorkerHub,
         on_reply: Callable[[Reply], None],
         on_provisional: Callable[[int, bytes], None],
+        on_send_file: SendFileHandler | None = None,
         cleanup_files: bool = True,
+        max_file_size: int = 0,
     ) -> None:
         self.comp_id = comp_id
         self.name = name
@@ -159,6 +166,8 @@ class Computation:
         self._hub = hub
         self._on_reply = on_reply
         self._on_provisional = on_provisional
+        self._on_send_file = on_send_file
+        self.max_file_size = max_file_size
         self._proc: asyncio.subprocess.Process | None = None
         self._queue: deque[tuple[int, bytes]] = deque()
         self._queued_ids: set[int] = set()
@@ -200,7 +209,8 @@ class Computation:
             start_new_session=True,
         )
         assert self._proc.stdin is not None
-        self._proc.stdin.write(_wire.control_frame({"op": "init"}, self._bundle))
+        init = {"op": "init", "max_file_size": self.max_file_size}
+        self._proc.stdin.write(_wire.control_frame(init, self._bundle))
         self._bundle = b""
         await self._proc.stdin.drain()
         self._spawn_task(self._read_control())
@@ -341,14 +351,57 @@ class Computation:
                         "finished" if outcome == _wire.OUTCOME_FINISHED else "terminated"
                     )
                     self._on_reply(Reply(job_id, kind, start, end, payload))
-                    if not self.closing:
-                        self._idle.append(worker)
-                        self._dispatch()
+                    if self.closing:
+                        continue
+                    if len(self._workers) > self.cpus:
+                        self._retire(worker)
+                        break
+                    self._idle.append(worker)
+                    self._dispatch()
                 elif op == _wire.OP_PROVISIONAL:
                     self._on_provisional(job_id, payload)
+                elif op == _wire.OP_SEND_FILE:
+                    error = await self._forward_file(job_id, payload)
+                    answer = error.encode() if error else b""
+                    worker.writer.writelines(
+                        (_wire.TO_WORKER.pack(_wire.OP_ACK, job_id, len(answer)), answer)
+                    )
         except (asyncio.IncompleteReadError, ConnectionError):
             pass
         await self._worker_lost(worker)
+
+    async def _forward_file(self, job_id: int, payload: bytes) -> str | None:
+        if self._on_send_file is None:
+            return "this node cannot send files for this computation"
+        head = _wire.SEND_FILE.size
+        try:
+            path_len, mode, mtime = _wire.SEND_FILE.unpack_from(payload)
+            path = payload[head : head + path_len].decode()
+        except (ValueError, UnicodeDecodeError, struct.error):
+            return "malformed file from the job"
+        data = payload[head + path_len :]
+        if self.max_file_size and len(data) > self.max_file_size:
+            return (
+                f"{path!r} is {len(data)} bytes, over this node's max_file_size "
+                f"of {self.max_file_size} bytes"
+            )
+        return await self._on_send_file(job_id, path, mode, mtime, data)
+
+    def set_cpus(self, cpus: int) -> None:
+        """Serve ``cpus`` jobs at once from now on (start or retire workers)."""
+        self.cpus = cpus
+        self._spawn_task(self._resize())
+
+    async def _resize(self) -> None:
+        while len(self._workers) < self.cpus and not self.closing:
+            await self._add_worker()
+        while len(self._workers) > self.cpus and self._idle:
+            self._retire(self._idle.pop())
+
+    def _retire(self, worker: _Worker) -> None:
+        worker.retired = True
+        self._workers.pop(worker.wid, None)
+        worker.writer.close()
 
     async def _worker_lost(self, worker: _Worker) -> None:
         self._workers.pop(worker.wid, None)
@@ -368,7 +421,10 @@ class Computation:
                 self._on_reply(local_reply(job_id, "terminated", describe_exit(info), start))
                 log.warning("job %s of %s: %s", job_id, self.name, describe_exit(info))
         worker.writer.close()
-        if not self.closing and self._proc is not None and self._proc.returncode is None:
+        if worker.retired:
+            return
+        alive = self._proc is not None and self._proc.returncode is None
+        if not self.closing and alive and len(self._workers) < self.cpus:
             try:
                 await self._add_worker()
             except ComputationStartError as exc:

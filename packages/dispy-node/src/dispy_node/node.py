@@ -29,36 +29,21 @@ from dispy_core import availability, netinfo
 from dispy_core.aio.connection import (
     Connection,
     ConnectionClosed,
-    PeerRefused,
     accept_connection,
     open_connection,
 )
 from dispy_core.aio.discovery import listen_pings, udp_socket
 from dispy_core.protocol.discovery import Ping
 from dispy_core.protocol.errors import ProtocolError
-from dispy_core.protocol.messages import (
-    CloseComputation,
-    ComputationClosed,
-    ComputationFailed,
-    ComputationReady,
-    ComputationSetup,
-    JobCancel,
-    JobDone,
-    JobReport,
-    JobSubmit,
-    NodeInfo,
-    Notice,
-    Pulse,
-)
+from dispy_core.protocol.messages import NodeInfo
 from dispy_core.security import TLSConfig
 from dispy_node import __version__
-from dispy_node._paths import UnsafePathError, computation_dir
 from dispy_node.config import NodeConfig, resolve_cpus
-from dispy_node.executor import Computation, ComputationStartError, Reply, WorkerHub
+from dispy_node.executor import WorkerHub
+from dispy_node.session import Session
 
 log = logging.getLogger("dispy_node")
 
-DEFAULT_PULSE = 10.0
 DECLINE_MEMORY = 600.0
 
 
@@ -76,7 +61,7 @@ class Node:
         self.cpus = resolve_cpus(config.cpus, availability.cpu_count())
         self.tls = TLSConfig(config.certfile, config.keyfile)
         self.port = config.node_port
-        self._hub = WorkerHub()
+        self.hub = WorkerHub()
         self._server: asyncio.AbstractServer | None = None
         self._udp: list[asyncio.DatagramTransport] = []
         self._session: Connection | None = None
@@ -85,7 +70,7 @@ class Node:
         self._declined: dict[str, float] = {}
         self._stopped = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
-        self._computation: Computation | None = None
+        self._active: Session | None = None
         self._next_comp = 0
 
     # -- start and stop -----------------------------------------------------------------
@@ -93,7 +78,7 @@ class Node:
     async def start(self) -> None:
         cfg = self.config
         await asyncio.to_thread(_prepare_prefix, cfg.dest_path_prefix, cfg.clean)
-        await self._hub.start()
+        await self.hub.start()
         host = cfg.ip_addr or ""
         self._server = await asyncio.start_server(
             self._accept,
@@ -121,6 +106,14 @@ class Node:
             self.port,
             " (TLS)" if self.tls.enabled else "",
         )
+        if cfg.scheduler_node:
+            # Offer this node to a client already running elsewhere, as if it had pinged.
+            hint = Ping(
+                cluster=f"hint-{cfg.scheduler_node}-{cfg.scheduler_port}"[:64],
+                reply_addr=netinfo.resolve(cfg.scheduler_node),
+                reply_port=cfg.scheduler_port,
+            )
+            self._on_ping(hint, (hint.reply_addr, hint.reply_port))
 
     async def serve(self) -> None:
         await self.start()
@@ -140,14 +133,13 @@ class Node:
             transport.close()
         if self._server is not None:
             self._server.close()
-        if self._computation is not None:
-            await self._computation.close(terminate=True)
-            self._computation = None
+        if self._active is not None:
+            await self._active.finish()
         if self._session is not None:
             await self._session.close()
         for task in list(self._tasks):
             task.cancel()
-        await self._hub.stop()
+        await self.hub.stop()
 
     def _spawn(self, coro: object) -> None:
         task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coro)  # type: ignore[arg-type]
@@ -253,12 +245,14 @@ class Node:
             platform=platform.platform(),
             avail=availability.measure(cfg.dest_path_prefix),
             version=__version__,
+            zombie_interval=cfg.zombie_interval,
         )
 
     async def _serve_client(self, conn: Connection, cluster: str | None) -> None:
         self._session = conn
         log.info("serving client %s at %s:%d", conn.peer_name, *conn.peer)
-        session = _Session(self, conn)
+        session = Session(self, conn)
+        self._active = session
         try:
             await conn.send(self._node_info(conn))
             await session.run()
@@ -273,161 +267,13 @@ class Node:
             if cluster is not None and session.declined:
                 self._declined[cluster] = time.monotonic()
             self._session = None
+            self._active = None
             log.info("free again")
             self._offer_to_waiting()
 
     def next_comp_id(self) -> int:
         self._next_comp += 1
         return self._next_comp
-
-
-class _Session:
-    """The messages of one client connection."""
-
-    def __init__(self, node: Node, conn: Connection) -> None:
-        self.node = node
-        self.conn = conn
-        self.computation: Computation | None = None
-        self.declined = False
-        self._outbox: list[Reply] = []
-        self._flush_scheduled = False
-        self._pulse_task: asyncio.Task[None] | None = None
-        self._start_task: asyncio.Task[None] | None = None
-
-    async def run(self) -> None:
-        conn = self.conn
-        while True:
-            try:
-                msg, payload = await conn.recv()
-            except PeerRefused as exc:
-                self.declined = True
-                log.info("client %s did not take this node: %s", conn.peer_name, exc.reason)
-                return
-            if isinstance(msg, JobSubmit):
-                comp = self.computation
-                if comp is None or comp.comp_id != msg.comp_id:
-                    conn.send_nowait(Notice(level="error", text="jobs for an unknown computation"))
-                    continue
-                offset = 0
-                view = memoryview(payload)
-                for job_id, size in msg.jobs:
-                    comp.submit(job_id, bytes(view[offset : offset + size]))
-                    offset += size
-            elif isinstance(msg, JobCancel):
-                if self.computation is not None:
-                    for job_id in msg.job_ids:
-                        self.computation.cancel(job_id)
-            elif isinstance(msg, ComputationSetup):
-                if self.computation is not None or self._start_task is not None:
-                    conn.send_nowait(
-                        ComputationFailed(
-                            comp_id=msg.comp_id, reason="this node already runs a computation"
-                        )
-                    )
-                    continue
-                self._start_task = asyncio.get_running_loop().create_task(self._start(msg, payload))
-            elif isinstance(msg, CloseComputation):
-                await self._close(terminate=msg.terminate)
-                await conn.send(ComputationClosed(comp_id=msg.comp_id))
-                return
-            else:
-                log.debug("ignoring %s from %s", msg.type, conn.peer_name)
-
-    async def _start(self, msg: ComputationSetup, bundle: bytes) -> None:
-        node = self.node
-        cpus = min(msg.cpus, node.cpus)
-        try:
-            dest = computation_dir(
-                node.config.dest_path_prefix, msg.dest_path, msg.name, msg.comp_id
-            )
-        except (UnsafePathError, OSError) as exc:
-            await self.conn.send(ComputationFailed(comp_id=msg.comp_id, reason=str(exc)))
-            return
-        comp = Computation(
-            comp_id=msg.comp_id,
-            name=msg.name,
-            cpus=cpus,
-            dest_path=dest,
-            bundle=bundle,
-            hub=node._hub,
-            on_reply=self._on_reply,
-            on_provisional=lambda job_id, data: None,
-            cleanup_files=msg.cleanup,
-        )
-        try:
-            await comp.start()
-        except ComputationStartError as exc:
-            log.warning("computation %s could not start: %s", msg.name, exc)
-            await comp.close(terminate=True)
-            self._remove_dir(dest, msg.cleanup)
-            await self.conn.send(ComputationFailed(comp_id=msg.comp_id, reason=str(exc)))
-            return
-        self.computation = comp
-        node._computation = comp
-        log.info("computation %s ready on %d CPU(s) in %s", msg.name, cpus, dest)
-        await self.conn.send(ComputationReady(comp_id=msg.comp_id, cpus=cpus, dest_path=dest))
-        interval = msg.pulse_interval or DEFAULT_PULSE
-        self._pulse_task = asyncio.get_running_loop().create_task(self._pulse(interval))
-
-    async def _pulse(self, interval: float) -> None:
-        prefix = self.node.config.dest_path_prefix
-        while True:
-            await asyncio.sleep(interval)
-            comp = self.computation
-            avail = await asyncio.to_thread(availability.measure, prefix)
-            with contextlib.suppress(ConnectionClosed):
-                self.conn.send_nowait(
-                    Pulse(avail=avail, running=comp.running if comp is not None else 0)
-                )
-
-    def _on_reply(self, reply: Reply) -> None:
-        self._outbox.append(reply)
-        if not self._flush_scheduled:
-            self._flush_scheduled = True
-            asyncio.get_running_loop().call_soon(self._flush)
-
-    def _flush(self) -> None:
-        self._flush_scheduled = False
-        replies, self._outbox = self._outbox, []
-        if not replies or self.conn.closed or self.computation is None:
-            return
-        reports = [
-            JobReport(
-                job_id=r.job_id, outcome=r.outcome, start=r.start, end=r.end, size=len(r.payload)
-            )
-            for r in replies
-        ]
-        try:
-            self.conn.send_nowait(
-                JobDone(comp_id=self.computation.comp_id, jobs=reports),
-                b"".join(r.payload for r in replies),
-            )
-        except ConnectionClosed:
-            log.warning("lost %d result(s): client connection closed", len(replies))
-
-    async def _close(self, *, terminate: bool) -> None:
-        if self._start_task is not None and not self._start_task.done():
-            self._start_task.cancel()
-        if self._pulse_task is not None:
-            self._pulse_task.cancel()
-        comp = self.computation
-        if comp is None:
-            return
-        error = await comp.close(terminate=terminate)
-        self._flush()
-        if error:
-            log.warning("cleanup of %s failed: %s", comp.name, error)
-        self._remove_dir(comp.dest_path, comp.cleanup_files)
-        self.computation = None
-        self.node._computation = None
-
-    @staticmethod
-    def _remove_dir(path: str, cleanup: bool) -> None:
-        if cleanup:
-            shutil.rmtree(path, ignore_errors=True)
-
-    async def finish(self) -> None:
-        await self._close(terminate=True)
 
 
 def _prepare_prefix(prefix: str, clean: bool) -> None:

@@ -23,6 +23,7 @@ class NodeStatus(IntEnum):
     Initialized = 4
     Closed = 12
     AvailInfo = 13
+    SetupFailed = 14
 
 
 TERMINAL = frozenset(

@@ -95,10 +95,16 @@ class NodeInfo(_Message):
     avail: AvailInfo | None = None
     version: str
     busy: bool = False
+    zombie_interval: float = 3600.0
 
 
 class ComputationSetup(_Message):
-    """The client hands a computation to a node; the pickled bundle is the payload."""
+    """The client hands a computation to a node: the node makes its directory.
+
+    Files (``file.put`` with ``job_id`` None) may follow; ``computation.start`` ends the
+    setup and carries the pickled bundle (function computations) or the program's
+    command line as JSON (program computations).
+    """
 
     type: Literal["computation"] = "computation"
     comp_id: int = Field(ge=0)
@@ -108,6 +114,13 @@ class ComputationSetup(_Message):
     dest_path: str | None = None
     cleanup: bool = True
     pulse_interval: float | None = Field(default=None, ge=0.05, le=600)
+
+
+class ComputationStart(_Message):
+    """All files are there: start the computation (payload: bundle or program JSON)."""
+
+    type: Literal["computation.start"] = "computation.start"
+    comp_id: int
 
 
 class ComputationReady(_Message):
@@ -167,6 +180,53 @@ class JobDone(_Message):
     jobs: list[JobReport]
 
 
+class JobProvisional(_Message):
+    """A running job's provisional result (payload: pickled object)."""
+
+    type: Literal["jobs.provisional"] = "jobs.provisional"
+    comp_id: int
+    job_id: int
+
+
+class FilePut(_Message):
+    """A file, payload = contents, ``path`` relative to the computation's directory.
+
+    Client to node: a dependency (``job_id`` None), a job's dependency (removed when that
+    job ends) or ``cluster.send_file``. Node to client: ``dispy_send_file`` from a job; the
+    client saves it under its working directory. ``req`` > 0 asks for a ``file.ack``.
+    """
+
+    type: Literal["file.put"] = "file.put"
+    comp_id: int
+    path: str = Field(min_length=1, max_length=4096)
+    size: int = Field(ge=0)
+    mode: int = Field(default=0o644, ge=0, le=0o7777)
+    mtime: float | None = None
+    job_id: int | None = None
+    req: int = 0
+
+
+class FileAck(_Message):
+    type: Literal["file.ack"] = "file.ack"
+    comp_id: int
+    req: int
+    error: str | None = None
+
+
+class SetCpus(_Message):
+    """Client asks the node to use ``cpus`` CPUs for the computation."""
+
+    type: Literal["computation.set_cpus"] = "computation.set_cpus"
+    comp_id: int
+    cpus: int = Field(ge=1)
+
+
+class CpusSet(_Message):
+    type: Literal["computation.cpus"] = "computation.cpus"
+    comp_id: int
+    cpus: int
+
+
 class Pulse(_Message):
     type: Literal["pulse"] = "pulse"
     avail: AvailInfo | None = None
@@ -200,12 +260,18 @@ Message = Annotated[
     | Refused
     | NodeInfo
     | ComputationSetup
+    | ComputationStart
     | ComputationReady
     | ComputationFailed
     | JobSubmit
     | JobCancel
     | JobStarted
     | JobDone
+    | JobProvisional
+    | FilePut
+    | FileAck
+    | SetCpus
+    | CpusSet
     | Pulse
     | CloseComputation
     | ComputationClosed

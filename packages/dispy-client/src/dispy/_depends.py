@@ -1,0 +1,89 @@
+"""Turning ``depends`` (and ``dispy_job_depends``) into objects and files for the nodes.
+
+Functions, classes and instances travel inside the pickled bundle (or job payload) and are
+made visible by name on the node; modules and data files travel as files into the
+computation's directory, which is on the computation's ``sys.path``.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class FileSpec:
+    """A file for the node: where it goes (relative) and what it holds."""
+
+    path: str
+    data: bytes
+    mode: int
+    mtime: float
+
+
+class DependencyError(ValueError):
+    """A dependency cannot be sent (missing file, unsupported object)."""
+
+
+def _read(path: str, rel: str) -> FileSpec:
+    try:
+        stat = os.stat(path)
+        with open(path, "rb") as fh:
+            data = fh.read()
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        raise DependencyError(f"dependency {path!r} cannot be read: {reason}") from None
+    return FileSpec(rel, data, stat.st_mode & 0o777, stat.st_mtime)
+
+
+def _module_files(module: ModuleType) -> list[FileSpec]:
+    filename = getattr(module, "__file__", None)
+    if not filename:
+        return []  # built into Python: every node has it
+    if hasattr(module, "__path__") and os.path.basename(filename).startswith("__init__."):
+        root = os.path.dirname(filename)
+        base = os.path.basename(root)
+        out: list[FileSpec] = []
+        for folder, dirs, files in os.walk(root):
+            dirs[:] = [d for d in dirs if d != "__pycache__" and not d.startswith(".")]
+            for name in sorted(files):
+                if name.endswith((".pyc", ".pyo")):
+                    continue
+                full = os.path.join(folder, name)
+                rel = os.path.join(base, os.path.relpath(full, root))
+                out.append(_read(full, rel))
+        return out
+    if filename.endswith((".pyc", ".pyo")):
+        filename = filename[:-1]
+    return [_read(filename, os.path.basename(filename))]
+
+
+def split_depends(
+    depends: list[Any] | tuple[Any, ...] | None, *, program: bool = False
+) -> tuple[list[Any], list[FileSpec]]:
+    """(objects for the bundle, files for the directory).
+
+    Raises:
+        DependencyError: a file is missing, or an object is given for a program computation.
+    """
+    objects: list[Any] = []
+    files: list[FileSpec] = []
+    for dep in depends or ():
+        if isinstance(dep, str | os.PathLike):
+            path = os.fspath(dep)
+            if not os.path.isfile(path):
+                raise DependencyError(f"dependency file {path!r} does not exist")
+            files.append(_read(path, os.path.basename(path)))
+        elif inspect.ismodule(dep):
+            files.extend(_module_files(dep))
+        elif program:
+            raise DependencyError(
+                f"a program computation takes only modules and files as dependencies, "
+                f"not {type(dep).__name__}"
+            )
+        else:
+            objects.append(dep)
+    return objects, files

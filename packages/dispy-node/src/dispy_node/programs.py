@@ -1,0 +1,188 @@
+"""Program computations: each job runs the program once, as a subprocess of the daemon.
+
+The program is either a file the client sent (it lands in the computation's directory and
+is made executable; ``.py`` files run with this node's Python) or a command the node already
+has. Job arguments are strings, sent as a JSON list, so the daemon never unpickles anything.
+A job's result is the program's exit status (negative: killed by that signal). Cancel kills
+the program's whole process group.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import stat
+import sys
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from dispy_core import serialize
+from dispy_node._paths import safe_join
+from dispy_node.executor import ComputationStartError, Reply, local_reply
+
+log = logging.getLogger(__name__)
+
+
+class ProgramComputation:
+    """Runs up to ``cpus`` instances of a program at once; same interface as Computation."""
+
+    def __init__(
+        self,
+        *,
+        comp_id: int,
+        name: str,
+        cpus: int,
+        dest_path: str,
+        spec: bytes,
+        on_reply: Callable[[Reply], None],
+        cleanup_files: bool = True,
+    ) -> None:
+        self.comp_id = comp_id
+        self.name = name
+        self.cpus = cpus
+        self.dest_path = dest_path
+        self.cleanup_files = cleanup_files
+        self._spec = spec
+        self._on_reply = on_reply
+        self._argv: list[str] = []
+        self._queue: deque[tuple[int, bytes]] = deque()
+        self._procs: dict[int, asyncio.subprocess.Process] = {}
+        self._cancelled: set[int] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._job_ended = asyncio.Event()
+        self.closing = False
+        self.jobs_done = 0
+
+    @property
+    def running(self) -> int:
+        return len(self._procs)
+
+    @property
+    def queued(self) -> int:
+        return len(self._queue)
+
+    async def start(self) -> None:
+        try:
+            spec = json.loads(self._spec)
+            program = str(spec["program"])
+            transferred = bool(spec.get("transferred"))
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ComputationStartError(f"malformed program specification: {exc}") from None
+        if transferred:
+            path = safe_join(self.dest_path, program)
+            if not await asyncio.to_thread(_make_executable, path):
+                raise ComputationStartError(f"program {program!r} did not arrive")
+            self._argv = [sys.executable, path] if path.endswith(".py") else [path]
+        else:
+            self._argv = [program]
+
+    def submit(self, job_id: int, payload: bytes) -> None:
+        self._queue.append((job_id, payload))
+        self._dispatch()
+
+    def set_cpus(self, cpus: int) -> None:
+        self.cpus = cpus
+        self._dispatch()
+
+    def _dispatch(self) -> None:
+        while self._queue and len(self._tasks) < self.cpus and not self.closing:
+            job_id, payload = self._queue.popleft()
+            task = asyncio.get_running_loop().create_task(self._run(job_id, payload))
+            self._tasks.add(task)
+            task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        self._job_ended.set()
+        self._dispatch()
+
+    async def _run(self, job_id: int, payload: bytes) -> None:
+        start = time.time()
+        try:
+            args = json.loads(payload)
+            if not isinstance(args, list) or not all(isinstance(a, str) for a in args):
+                raise ValueError("program arguments must be strings")
+        except ValueError as exc:
+            self._on_reply(local_reply(job_id, "terminated", f"bad arguments: {exc}", start))
+            return
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *self._argv,
+                *args,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+                cwd=self.dest_path,
+                start_new_session=True,
+            )
+        except OSError as exc:
+            self._on_reply(
+                local_reply(job_id, "terminated", f"cannot run {self._argv[0]}: {exc}", start)
+            )
+            return
+        self._procs[job_id] = proc
+        try:
+            out, err = await proc.communicate()
+        finally:
+            self._procs.pop(job_id, None)
+        end = time.time()
+        self.jobs_done += 1
+        if job_id in self._cancelled:
+            self._cancelled.discard(job_id)
+            reply: Any = (None, _text(out), _text(err), "Cancelled")
+            self._on_reply(Reply(job_id, "cancelled", start, end, serialize.dumps_plain(reply)))
+            return
+        reply = (proc.returncode, _text(out), _text(err), None)
+        self._on_reply(Reply(job_id, "finished", start, end, serialize.dumps_plain(reply)))
+
+    def cancel(self, job_id: int) -> bool:
+        for i, (queued, _) in enumerate(self._queue):
+            if queued == job_id:
+                del self._queue[i]
+                self._on_reply(local_reply(job_id, "cancelled", None, time.time()))
+                return True
+        proc = self._procs.get(job_id)
+        if proc is None:
+            return False
+        self._cancelled.add(job_id)
+        _kill_group(proc.pid)
+        return True
+
+    async def close(self, *, terminate: bool = True) -> str | None:
+        if not terminate:
+            while self._queue or self._tasks:
+                self._job_ended.clear()
+                await self._job_ended.wait()
+        self.closing = True
+        for job_id, _ in list(self._queue):
+            self._on_reply(local_reply(job_id, "cancelled", "Cancelled", time.time()))
+        self._queue.clear()
+        for job_id, proc in list(self._procs.items()):
+            self._cancelled.add(job_id)
+            _kill_group(proc.pid)
+        if self._tasks:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.gather(*self._tasks, return_exceptions=True), 10)
+        return None
+
+
+def _make_executable(path: str) -> bool:
+    if not os.path.isfile(path):
+        return False
+    os.chmod(path, os.stat(path).st_mode | stat.S_IXUSR | stat.S_IXGRP)
+    return True
+
+
+def _kill_group(pid: int) -> None:
+    with contextlib.suppress(OSError):
+        os.killpg(pid, signal.SIGKILL)
+
+
+def _text(data: bytes) -> str:
+    return data.decode(errors="replace")

@@ -1,0 +1,410 @@
+"""One client's session on a node: its computation, files, jobs, results and pulses.
+
+Theory of operation
+-------------------
+The session reads messages from the client's connection in order, so a file sent before a
+job is on disk before that job runs. ``computation`` makes the directory; ``file.put``
+messages fill it (or, with a ``job_id``, add a job's own files, removed when the job ends);
+``computation.start`` starts the computation process and answers ``computation.ready`` or
+``computation.failed``. Results are collected as jobs end and sent as one ``jobs.done``
+frame per loop turn. The session ends when the client closes the computation, the
+connection breaks, or the client stays silent for ``zombie_interval`` with no job left.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import shutil
+import time
+from collections.abc import Awaitable, Coroutine
+from typing import TYPE_CHECKING, Any, Protocol
+
+from dispy_core import availability
+from dispy_core.aio.connection import Connection, ConnectionClosed, PeerRefused
+from dispy_core.protocol.messages import (
+    CloseComputation,
+    ComputationClosed,
+    ComputationFailed,
+    ComputationReady,
+    ComputationSetup,
+    ComputationStart,
+    CpusSet,
+    FileAck,
+    FilePut,
+    JobCancel,
+    JobDone,
+    JobProvisional,
+    JobReport,
+    JobSubmit,
+    Notice,
+    Pulse,
+    SetCpus,
+)
+from dispy_node._paths import UnsafePathError, computation_dir, safe_join
+from dispy_node.executor import Computation, ComputationStartError, Reply, local_reply
+from dispy_node.programs import ProgramComputation
+
+if TYPE_CHECKING:
+    from dispy_node.node import Node
+
+log = logging.getLogger("dispy_node")
+
+DEFAULT_PULSE = 10.0
+
+
+class _Runner(Protocol):
+    comp_id: int
+    name: str
+    cpus: int
+    dest_path: str
+    cleanup_files: bool
+
+    @property
+    def running(self) -> int: ...
+
+    @property
+    def queued(self) -> int: ...
+
+    async def start(self) -> None: ...
+    def submit(self, job_id: int, payload: bytes) -> None: ...
+    def cancel(self, job_id: int) -> bool: ...
+    def set_cpus(self, cpus: int) -> None: ...
+    def close(self, *, terminate: bool = True) -> Awaitable[str | None]: ...
+
+
+class Session:
+    """The messages of one client connection (see the module docstring)."""
+
+    def __init__(self, node: Node, conn: Connection) -> None:
+        self.node = node
+        self.conn = conn
+        self.setup: ComputationSetup | None = None
+        self.dest: str | None = None
+        self.setup_error: str | None = None
+        self.computation: _Runner | None = None
+        self.declined = False
+        self.last_heard = time.monotonic()
+        self._job_files: dict[int, list[str]] = {}
+        self._failed_job_files: dict[int, str] = {}
+        self._outbox: list[Reply] = []
+        self._flush_scheduled = False
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._send_file_req = 0
+        self._send_file_waiters: dict[int, asyncio.Future[str | None]] = {}
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def run(self) -> None:
+        """Serve until the client closes the computation or the connection ends."""
+        self._spawn(self._watch_zombie())
+        conn = self.conn
+        while True:
+            try:
+                msg, payload = await conn.recv()
+            except PeerRefused as exc:
+                self.declined = True
+                log.info("client %s did not take this node: %s", conn.peer_name, exc.reason)
+                return
+            self.last_heard = time.monotonic()
+            if isinstance(msg, JobSubmit):
+                self._submit(msg, payload)
+            elif isinstance(msg, FilePut):
+                await self._file_put(msg, payload)
+            elif isinstance(msg, JobCancel):
+                if self.computation is not None:
+                    for job_id in msg.job_ids:
+                        self.computation.cancel(job_id)
+            elif isinstance(msg, ComputationSetup):
+                self._begin(msg)
+            elif isinstance(msg, ComputationStart):
+                self._spawn(self._start(msg, payload))
+            elif isinstance(msg, SetCpus):
+                self._set_cpus(msg)
+            elif isinstance(msg, FileAck):
+                waiter = self._send_file_waiters.pop(msg.req, None)
+                if waiter is not None and not waiter.done():
+                    waiter.set_result(msg.error)
+            elif isinstance(msg, CloseComputation):
+                await self._close(terminate=msg.terminate)
+                await conn.send(ComputationClosed(comp_id=msg.comp_id))
+                return
+            elif isinstance(msg, Pulse):
+                pass
+            else:
+                log.debug("ignoring %s from %s", msg.type, conn.peer_name)
+
+    # -- setup --------------------------------------------------------------------------
+
+    def _begin(self, msg: ComputationSetup) -> None:
+        if self.setup is not None:
+            self.conn.send_nowait(
+                ComputationFailed(
+                    comp_id=msg.comp_id, reason="this node already runs a computation"
+                )
+            )
+            return
+        self.setup = msg
+        try:
+            self.dest = computation_dir(
+                self.node.config.dest_path_prefix, msg.dest_path, msg.name, msg.comp_id
+            )
+        except (UnsafePathError, OSError) as exc:
+            self.setup_error = f"dest_path {msg.dest_path!r} refused: {exc}"
+
+    async def _file_put(self, msg: FilePut, payload: bytes) -> None:
+        error = await self._write_file(msg, payload)
+        if error is not None:
+            log.warning("file %r from %s refused: %s", msg.path, self.conn.peer_name, error)
+            if msg.job_id is None and msg.req == 0 and self.computation is None:
+                self.setup_error = self.setup_error or error
+            elif msg.job_id is not None and self.computation is not None:
+                self._job_files.setdefault(msg.job_id, [])
+                self._failed_job_files[msg.job_id] = error
+        if msg.req:
+            self.conn.send_nowait(FileAck(comp_id=msg.comp_id, req=msg.req, error=error))
+
+    async def _write_file(self, msg: FilePut, payload: bytes) -> str | None:
+        if self.dest is None or self.setup is None or msg.comp_id != self.setup.comp_id:
+            return "no computation to receive the file"
+        limit = self.node.config.max_file_size
+        if limit and msg.size > limit:
+            return (
+                f"{msg.path!r} is {msg.size} bytes, over this node's max_file_size "
+                f"of {limit} bytes"
+            )
+        if len(payload) != msg.size:
+            return f"{msg.path!r} arrived with {len(payload)} of {msg.size} bytes"
+        try:
+            path = safe_join(self.dest, msg.path)
+            await asyncio.to_thread(_store, path, payload, msg.mode, msg.mtime)
+        except (UnsafePathError, OSError) as exc:
+            return str(exc)
+        if msg.job_id is not None:
+            self._job_files.setdefault(msg.job_id, []).append(path)
+        return None
+
+    async def _start(self, msg: ComputationStart, payload: bytes) -> None:
+        setup = self.setup
+        if setup is None or setup.comp_id != msg.comp_id or self.dest is None:
+            reason = self.setup_error or "computation.start without computation"
+            await self.conn.send(ComputationFailed(comp_id=msg.comp_id, reason=reason))
+            return
+        if self.setup_error is not None:
+            await self._fail_start(setup, self.setup_error)
+            return
+        node = self.node
+        cpus = min(setup.cpus, node.cpus)
+        runner: _Runner
+        if setup.kind == "program":
+            runner = ProgramComputation(
+                comp_id=setup.comp_id,
+                name=setup.name,
+                cpus=cpus,
+                dest_path=self.dest,
+                spec=payload,
+                on_reply=self._on_reply,
+                cleanup_files=setup.cleanup,
+            )
+        else:
+            runner = Computation(
+                comp_id=setup.comp_id,
+                name=setup.name,
+                cpus=cpus,
+                dest_path=self.dest,
+                bundle=payload,
+                hub=node.hub,
+                on_reply=self._on_reply,
+                on_provisional=self._on_provisional,
+                on_send_file=self._on_send_file,
+                cleanup_files=setup.cleanup,
+                max_file_size=node.config.max_file_size,
+            )
+        try:
+            await runner.start()
+        except (ComputationStartError, UnsafePathError, OSError) as exc:
+            await runner.close(terminate=True)
+            await self._fail_start(setup, str(exc))
+            return
+        self.computation = runner
+        log.info("computation %s ready on %d CPU(s) in %s", setup.name, cpus, self.dest)
+        ready = ComputationReady(comp_id=setup.comp_id, cpus=cpus, dest_path=self.dest)
+        await self.conn.send(ready)
+        self._spawn(self._pulse(setup.pulse_interval or DEFAULT_PULSE))
+
+    async def _fail_start(self, setup: ComputationSetup, reason: str) -> None:
+        log.warning("computation %s could not start: %s", setup.name, reason)
+        if self.dest is not None and setup.cleanup:
+            shutil.rmtree(self.dest, ignore_errors=True)
+        self.dest = None
+        self.setup = None
+        self.setup_error = None
+        await self.conn.send(ComputationFailed(comp_id=setup.comp_id, reason=reason))
+
+    def _set_cpus(self, msg: SetCpus) -> None:
+        comp = self.computation
+        if comp is None:
+            return
+        cpus = max(1, min(msg.cpus, self.node.cpus))
+        comp.set_cpus(cpus)
+        self.conn.send_nowait(CpusSet(comp_id=msg.comp_id, cpus=cpus))
+
+    # -- jobs ---------------------------------------------------------------------------
+
+    def _submit(self, msg: JobSubmit, payload: bytes) -> None:
+        comp = self.computation
+        if comp is None or comp.comp_id != msg.comp_id:
+            self.conn.send_nowait(Notice(level="error", text="jobs for an unknown computation"))
+            return
+        offset = 0
+        view = memoryview(payload)
+        failed = self._failed_job_files
+        for job_id, size in msg.jobs:
+            data = bytes(view[offset : offset + size])
+            offset += size
+            error = failed.pop(job_id, None) if failed else None
+            if error is not None:
+                reason = f"a file of this job was refused: {error}"
+                self._on_reply(local_reply(job_id, "terminated", reason, time.time()))
+                continue
+            comp.submit(job_id, data)
+
+    def _on_reply(self, reply: Reply) -> None:
+        files = self._job_files.pop(reply.job_id, None)
+        if files:
+            for path in files:
+                with contextlib.suppress(OSError):
+                    os.remove(path)
+        self._outbox.append(reply)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        replies, self._outbox = self._outbox, []
+        if not replies or self.conn.closed or self.setup is None:
+            return
+        reports = [
+            JobReport(
+                job_id=r.job_id, outcome=r.outcome, start=r.start, end=r.end, size=len(r.payload)
+            )
+            for r in replies
+        ]
+        try:
+            self.conn.send_nowait(
+                JobDone(comp_id=self.setup.comp_id, jobs=reports),
+                b"".join(r.payload for r in replies),
+            )
+        except ConnectionClosed:
+            log.warning("lost %d result(s): client connection closed", len(replies))
+
+    def _on_provisional(self, job_id: int, payload: bytes) -> None:
+        if self.setup is None:
+            return
+        self._flush()
+        with contextlib.suppress(ConnectionClosed):
+            message = JobProvisional(comp_id=self.setup.comp_id, job_id=job_id)
+            self.conn.send_nowait(message, payload)
+
+    async def _on_send_file(
+        self, job_id: int, path: str, mode: int, mtime: float, data: bytes
+    ) -> str | None:
+        if self.setup is None:
+            return "the computation is closing"
+        self._send_file_req += 1
+        req = self._send_file_req
+        waiter: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
+        self._send_file_waiters[req] = waiter
+        try:
+            await self.conn.send(
+                FilePut(
+                    comp_id=self.setup.comp_id,
+                    path=path,
+                    size=len(data),
+                    mode=mode,
+                    mtime=mtime,
+                    job_id=job_id,
+                    req=req,
+                ),
+                data,
+            )
+            async with asyncio.timeout(max(self.node.config.msg_timeout * 6, 30)):
+                return await waiter
+        except ConnectionClosed:
+            return "the client connection is closed"
+        except TimeoutError:
+            return "the client did not confirm the file in time"
+        finally:
+            self._send_file_waiters.pop(req, None)
+
+    # -- liveness -----------------------------------------------------------------------
+
+    async def _pulse(self, interval: float) -> None:
+        prefix = self.node.config.dest_path_prefix
+        while True:
+            await asyncio.sleep(interval)
+            comp = self.computation
+            avail = await asyncio.to_thread(availability.measure, prefix)
+            with contextlib.suppress(ConnectionClosed):
+                self.conn.send_nowait(
+                    Pulse(avail=avail, running=comp.running if comp is not None else 0)
+                )
+
+    async def _watch_zombie(self) -> None:
+        limit = self.node.config.zombie_interval
+        while True:
+            await asyncio.sleep(min(limit / 4, 30.0))
+            comp = self.computation
+            idle = comp is None or (comp.running == 0 and comp.queued == 0)
+            silent = time.monotonic() - self.last_heard
+            if silent > limit and idle:
+                log.warning(
+                    "client %s silent for %.0f s with no job left: freeing this node",
+                    self.conn.peer_name,
+                    silent,
+                )
+                await self.conn.close()
+                return
+
+    # -- end ----------------------------------------------------------------------------
+
+    async def _close(self, *, terminate: bool) -> None:
+        comp = self.computation
+        self.computation = None
+        if comp is not None:
+            error = await comp.close(terminate=terminate)
+            self._flush()
+            if error:
+                log.warning("cleanup of %s failed: %s", comp.name, error)
+        for task in list(self._tasks):
+            if task is not asyncio.current_task():
+                task.cancel()
+        for paths in self._job_files.values():
+            for path in paths:
+                with contextlib.suppress(OSError):
+                    os.remove(path)
+        self._job_files.clear()
+        if self.dest is not None and (self.setup is None or self.setup.cleanup):
+            shutil.rmtree(self.dest, ignore_errors=True)
+        self.dest = None
+        self.setup = None
+
+    async def finish(self) -> None:
+        await self._close(terminate=True)
+
+
+def _store(path: str, data: bytes, mode: int, mtime: float | None) -> None:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = f"{path}.dispy-part"
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+    os.chmod(tmp, mode & 0o777)
+    os.replace(tmp, path)
+    if mtime is not None:
+        os.utime(path, (mtime, mtime))
