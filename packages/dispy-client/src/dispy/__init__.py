@@ -10,7 +10,8 @@ Example:
 from dispy.cluster import JobCluster
 from dispy.jobs import DispyJob
 from dispy.nodes import DispyNode, DispyNodeAvailInfo, NodeAllocate
-from dispy.shared import SharedJobCluster, recover_jobs
+from dispy.recovery import recover_jobs
+from dispy.shared import SharedJobCluster
 
 __all__ = [
     "DispyJob",

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 from dispy._depends import FileSpec
 from dispy.jobs import DispyJob
 from dispy.nodes import DispyNode, DispyNodeAvailInfo, NodeAllocate
+from dispy.recovery import RecoveryLog
 from dispy_core import netinfo, serialize
 from dispy_core.aio.connection import (
     Connection,
@@ -43,6 +44,7 @@ from dispy_core.protocol.discovery import Ping
 from dispy_core.protocol.errors import ProtocolError
 from dispy_core.protocol.jobs import JobStatus, NodeStatus
 from dispy_core.protocol.messages import (
+    NOT_WANTED,
     CloseComputation,
     ComputationClosed,
     ComputationFailed,
@@ -52,6 +54,7 @@ from dispy_core.protocol.messages import (
     CpusSet,
     FileAck,
     FilePut,
+    JobAck,
     JobCancel,
     JobDone,
     JobProvisional,
@@ -71,6 +74,8 @@ log = logging.getLogger("dispy")
 
 NodeKey = tuple[str, int]
 NO_NODE_WARNING_DELAY = 5.0
+DEFAULT_PULSE = 10.0
+DEFAULT_DEAD_AFTER = 60.0
 EARLY_REPINGS = (0.25, 0.5, 1.0, 2.0)
 NO_NODE_WARNING_REPEAT = 30.0
 MAX_JOBS_PER_FRAME = 1024
@@ -97,6 +102,7 @@ class ClusterOptions:
     reentrant: bool
     msg_timeout: float
     callback: Callable[[DispyJob], Any] | None
+    recover_file: str
     cluster_status: Callable[[int, DispyNode | None, DispyJob | None], Any] | None
 
 
@@ -155,13 +161,25 @@ class ClusterCore:
             reuse_address=True,
         )
         self.port = self._server.sockets[0].getsockname()[1]
+        self.recovery = RecoveryLog(
+            opts.recover_file,
+            {
+                "comp_id": self.comp_id,
+                "name": opts.name,
+                "secret": opts.secret,
+                "certfile": opts.tls.certfile,
+                "keyfile": opts.tls.keyfile,
+                "node_port": opts.node_port,
+                "msg_timeout": opts.msg_timeout,
+                "started": time.time(),
+            },
+        )
         self._udp = udp_socket(opts.ip_addrs[0] if opts.ip_addrs else "", 0)
         self._ping_all()
         self._spawn(self._watchdog())
         if opts.ping_interval:
             self._spawn(self._ping_loop(opts.ping_interval))
-        if opts.pulse_interval:
-            self._spawn(self._pulse_monitor(opts.pulse_interval))
+        self._spawn(self._pulse_monitor(opts.pulse_interval))
 
     def _spawn(self, coro: Any) -> asyncio.Task[Any]:
         assert self.loop is not None
@@ -190,9 +208,11 @@ class ClusterCore:
             self._udp.close()
         for task in list(self._tasks):
             task.cancel()
-        for uid, job in list(self.jobs.items()):
+        left = list(self.jobs.items())
+        for uid, job in left:
             self._finish(job, JobStatus.Abandoned, exception="cluster closed")
             self.jobs.pop(uid, None)
+        self.recovery.close(remove=True)
 
     # -- discovery ----------------------------------------------------------------------
 
@@ -362,7 +382,7 @@ class ClusterCore:
                 cpus = 0
         if cpus <= 0:
             log.info("node %s (%s:%d) not used by this cluster", info.name, *key)
-            await conn.refuse("node not used by this cluster")
+            await conn.refuse(NOT_WANTED)
             return
         cpus = min(cpus, info.cpus)
         node = self.known_nodes.get(key)
@@ -470,7 +490,7 @@ class ClusterCore:
                     msg.text,
                 )
 
-    def _node_lost(self, session: _NodeSession, reason: str) -> None:
+    def _node_lost(self, session: _NodeSession, reason: str, *, dead: bool = False) -> None:
         if self.sessions.get(session.key) is not session:
             return
         del self.sessions[session.key]
@@ -494,17 +514,26 @@ class ClusterCore:
                 )
                 self.jobs.pop(uid, None)
         if session.ready:
-            self._status(NodeStatus.Closed, session.node, None)
+            abandoned = dead or reason != "closed"
+            session.node.error = reason if abandoned else None
+            status = NodeStatus.AbandonedNode if abandoned else NodeStatus.Closed
+            self._status(status, session.node, None)
         self._pump()
 
-    async def _pulse_monitor(self, interval: float) -> None:
+    async def _pulse_monitor(self, interval: float | None) -> None:
+        # Without pulse_interval nodes still pulse every DEFAULT_PULSE seconds, and a node
+        # silent for much longer than that is taken for dead, so no job waits forever on a
+        # hung node.
+        limit = 5 * interval if interval else DEFAULT_DEAD_AFTER
         while True:
-            await asyncio.sleep(interval)
+            await asyncio.sleep(min(interval or DEFAULT_PULSE, limit / 5))
             now = time.monotonic()
             for session in list(self.sessions.values()):
-                if session.ready and now - session.last_heard > 5 * interval:
-                    self._node_lost(session, f"no pulse for {now - session.last_heard:.0f} s")
-                    self._spawn(session.conn.close())
+                silent = now - session.last_heard
+                if session.ready and silent > limit:
+                    reason = f"declared dead: no pulse for {silent:.0f} s"
+                    self._node_lost(session, reason, dead=True)
+                    self._spawn(session.conn.refuse(reason))
 
     # -- jobs ---------------------------------------------------------------------------
 
@@ -519,6 +548,7 @@ class ClusterCore:
     def _take_incoming(self) -> None:
         self._incoming_scheduled = False
         incoming = self._incoming
+        created: list[DispyJob] = []
         while incoming:
             job = incoming.popleft()
             if job._done:
@@ -534,8 +564,11 @@ class ClusterCore:
                 self.jobs.pop(job._uid, None)
                 continue
             self.engine.submit(job._uid, pin)
+            created.append(job)
             if self.opts.cluster_status is not None:
                 self._status(JobStatus.Created, None, job)
+        if created:
+            self.recovery.created(created)
         self._pump()
 
     def _pump(self) -> None:
@@ -561,6 +594,7 @@ class ClusterCore:
         notify = self.opts.cluster_status is not None
         for key, jobs in by_node.items():
             session = self.sessions[key]
+            self.recovery.sent(key, jobs)
             session.node.busy += len(jobs)
             self._send_jobs(session, jobs)
             if notify:
@@ -599,9 +633,16 @@ class ClusterCore:
         view = memoryview(payload)
         offset = 0
         node = session.node
+        current = self.sessions.get(session.key) is session
+        done: list[int] = []
         for report in msg.jobs:
             data = view[offset : offset + report.size]
             offset += report.size
+            done.append(report.job_id)
+            # A result from a node this cluster gave up on (the job was resubmitted or
+            # cancelled since) must not end the job a second time.
+            if not current or self.engine.node_of(report.job_id) != session.key:
+                continue
             job = self.jobs.pop(report.job_id, None)
             self.engine.finished(report.job_id)
             if job is None:
@@ -629,6 +670,11 @@ class ClusterCore:
                 "abandoned": JobStatus.Abandoned,
             }[report.outcome]
             self._finish(job, status, node=node)
+        # Logged before the ack: a crash in between makes recovery fetch it again rather
+        # than miss it.
+        self.recovery.done(done)
+        with contextlib.suppress(ConnectionClosed):
+            session.conn.send_nowait(JobAck(comp_id=self.comp_id, job_ids=done))
         self._pump()
 
     def _finish(

@@ -21,6 +21,7 @@ from dispy._core import ClusterCore, ClusterOptions
 from dispy._depends import DependencyError, FileSpec, split_depends
 from dispy.jobs import DispyJob
 from dispy.nodes import DispyNode, NodeAllocate, to_allocate
+from dispy.recovery import default_recover_file
 from dispy_core import netinfo, serialize
 from dispy_core.config import CLIENT_PORT, MSG_TIMEOUT, NODE_PORT
 from dispy_core.security import TLSConfig
@@ -157,7 +158,7 @@ class JobCluster:
             port=port,
             node_port=node_port,
             secret=secret,
-            tls=TLSConfig(certfile, keyfile),
+            tls=TLSConfig(_absolute(certfile), _absolute(keyfile)),
             dest_path=dest_path,
             cleanup=cleanup is not False,
             pulse_interval=pulse_interval,
@@ -166,6 +167,7 @@ class JobCluster:
             msg_timeout=msg_timeout,
             callback=callback,
             cluster_status=cluster_status,
+            recover_file=recover_file or default_recover_file(),
         )
         self._callbacks = CallbackRunner(name)
         self._core = ClusterCore(self._options, self._callbacks, self)
@@ -184,7 +186,7 @@ class JobCluster:
         except BaseException:
             self._stop_loop()
             raise
-        self.recover_file = recover_file
+        self.recover_file = self._options.recover_file
         _live_clusters.add(self)
 
     # -- plumbing -------------------------------------------------------------------------
@@ -421,3 +423,7 @@ def _program_file(path: str) -> FileSpec:
     except OSError as exc:
         raise DependencyError(f"cannot read {path!r}: {exc.strerror or exc}") from None
     return FileSpec(os.path.basename(path), data, stat.st_mode & 0o777, stat.st_mtime)
+
+
+def _absolute(path: str | None) -> str | None:
+    return os.path.abspath(path) if path else None

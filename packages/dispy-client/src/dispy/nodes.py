@@ -47,6 +47,7 @@ class DispyNode:
     Closed = NodeStatus.Closed
     AvailInfo = NodeStatus.AvailInfo
     SetupFailed = NodeStatus.SetupFailed
+    AbandonedNode = NodeStatus.AbandonedNode
 
     def __init__(self, ip_addr: str, port: int, name: str, cpus: int, platform: str) -> None:
         self.ip_addr = ip_addr

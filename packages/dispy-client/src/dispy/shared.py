@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from dispy.jobs import DispyJob
-
 
 class SharedJobCluster:
     """A cluster scheduled by ``dispy-scheduler`` (not available in this release)."""
@@ -16,9 +14,3 @@ class SharedJobCluster:
             "use JobCluster"
         )
 
-
-def recover_jobs(
-    recover_file: str, timeout: float | None = None, terminate_pending: bool = False
-) -> list[DispyJob]:
-    """Recover jobs of a crashed client (not available in this release)."""
-    raise NotImplementedError("recover_jobs is not available in this release yet")

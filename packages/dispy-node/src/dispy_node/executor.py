@@ -282,6 +282,11 @@ class Computation:
         self._queued_ids.add(job_id)
         self._dispatch()
 
+    def pending_ids(self) -> list[int]:
+        """Jobs queued or running here."""
+        running = [w.job for w in self._workers.values() if w.job is not None]
+        return [job_id for job_id, _ in self._queue] + running
+
     def cancel(self, job_id: int) -> bool:
         """Cancel a queued or running job; False if this node does not have it."""
         if job_id in self._queued_ids:

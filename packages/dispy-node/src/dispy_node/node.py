@@ -35,12 +35,13 @@ from dispy_core.aio.connection import (
 from dispy_core.aio.discovery import listen_pings, udp_socket
 from dispy_core.protocol.discovery import Ping
 from dispy_core.protocol.errors import ProtocolError
-from dispy_core.protocol.messages import NodeInfo
+from dispy_core.protocol.messages import NodeInfo, RecoverRequest
 from dispy_core.security import TLSConfig
 from dispy_node import __version__
 from dispy_node.config import NodeConfig, resolve_cpus
 from dispy_node.executor import WorkerHub
-from dispy_node.session import Session
+from dispy_node.session import Session, serve_stored
+from dispy_node.store import ResultStore
 
 log = logging.getLogger("dispy_node")
 
@@ -62,16 +63,15 @@ class Node:
         self.tls = TLSConfig(config.certfile, config.keyfile)
         self.port = config.node_port
         self.hub = WorkerHub()
+        self.store = ResultStore(config.dest_path_prefix)
         self._server: asyncio.AbstractServer | None = None
         self._udp: list[asyncio.DatagramTransport] = []
-        self._session: Connection | None = None
         self._connecting = False
         self._heard: dict[str, _HeardPing] = {}
         self._declined: dict[str, float] = {}
         self._stopped = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
         self._active: Session | None = None
-        self._next_comp = 0
 
     # -- start and stop -----------------------------------------------------------------
 
@@ -133,10 +133,13 @@ class Node:
             transport.close()
         if self._server is not None:
             self._server.close()
-        if self._active is not None:
-            await self._active.finish()
-        if self._session is not None:
-            await self._session.close()
+        active = self._active
+        if active is not None:
+            # The client must see this as the node going away (its jobs are resubmitted or
+            # cancelled there), not as jobs that ended here.
+            if active.conn is not None:
+                await active.conn.refuse("node shutting down")
+            await active.finish()
         for task in list(self._tasks):
             task.cancel()
         await self.hub.stop()
@@ -153,7 +156,7 @@ class Node:
         declined = self._declined.get(ping.cluster)
         if declined is not None and now - declined < DECLINE_MEMORY:
             return
-        if self._session is not None or self._connecting:
+        if self._busy:
             self._heard[ping.cluster] = _HeardPing(ping, now)
             log.debug("busy: remembering ping from %s:%d", ping.reply_addr, ping.reply_port)
             return
@@ -185,13 +188,13 @@ class Node:
             self._offer_to_waiting()
             return
         self._connecting = False
-        if self._session is not None:
+        if self._active is not None:
             await conn.refuse("node is busy serving another client")
             return
         await self._serve_client(conn, ping.cluster)
 
     def _offer_to_waiting(self) -> None:
-        if self._session is not None or self._connecting:
+        if self._busy:
             return
         now = time.monotonic()
         for cluster, heard in sorted(self._heard.items(), key=lambda kv: -kv[1].when):
@@ -224,10 +227,13 @@ class Node:
             )
             writer.close()
             return
+        if conn.peer_role == "recover":
+            await self._serve_recovery(conn)
+            return
         if conn.peer_role != "client":
             await conn.refuse(f"a node does not serve a {conn.peer_role} yet")
             return
-        if self._session is not None or self._connecting:
+        if self._busy:
             await conn.refuse("node is busy serving another client")
             return
         await self._serve_client(conn, None)
@@ -248,32 +254,63 @@ class Node:
             zombie_interval=cfg.zombie_interval,
         )
 
+    @property
+    def _busy(self) -> bool:
+        return self._active is not None or self._connecting
+
     async def _serve_client(self, conn: Connection, cluster: str | None) -> None:
-        self._session = conn
         log.info("serving client %s at %s:%d", conn.peer_name, *conn.peer)
-        session = Session(self, conn)
+        session = Session(self)
         self._active = session
         try:
             await conn.send(self._node_info(conn))
-            await session.run()
-        except ConnectionClosed as exc:
-            log.warning("client %s: connection lost (%s)", conn.peer_name, exc)
-        except ProtocolError as exc:
-            log.warning("client %s: %s", conn.peer_name, exc)
-            await conn.refuse(str(exc))
-        finally:
-            await session.finish()
-            await conn.close()
-            if cluster is not None and session.declined:
-                self._declined[cluster] = time.monotonic()
-            self._session = None
-            self._active = None
-            log.info("free again")
-            self._offer_to_waiting()
+            outcome = await session.serve(conn)
+        except ConnectionClosed:
+            outcome = "lost"
+        await conn.close()
+        if outcome == "declined" and cluster is not None:
+            self._declined[cluster] = time.monotonic()
+        await self._after_session(session, outcome)
 
-    def next_comp_id(self) -> int:
-        self._next_comp += 1
-        return self._next_comp
+    async def _after_session(self, session: Session, outcome: str) -> None:
+        if outcome == "lost" and not session.ended and (session.has_work() or session.unacked):
+            session.orphan()
+            return
+        await session.finish()
+        self.session_ended(session)
+
+    def session_ended(self, session: Session) -> None:
+        """``session`` is over: the node is free for the next client."""
+        if self._active is not session:
+            return
+        self._active = None
+        log.info("free again")
+        self._offer_to_waiting()
+
+    async def _serve_recovery(self, conn: Connection) -> None:
+        try:
+            async with asyncio.timeout(self.config.msg_timeout):
+                msg, _ = await conn.recv()
+        except (TimeoutError, ConnectionClosed, ProtocolError) as exc:
+            log.warning("recovery request from %s failed: %r", conn.peer_name, exc)
+            await conn.close()
+            return
+        if not isinstance(msg, RecoverRequest):
+            await conn.refuse(f"expected recover.request, got {msg.type}")
+            return
+        active = self._active
+        if active is not None and active.comp_id == msg.comp_id:
+            if active.conn is not None:
+                await conn.refuse("the computation's client is still connected")
+                return
+            log.info("recovering computation %d for %s", msg.comp_id, conn.peer_name)
+            outcome = await active.recover(conn)
+            await conn.close()
+            if outcome != "lost":
+                await active.finish()
+                self.session_ended(active)
+            return
+        await serve_stored(self.store, conn, msg.comp_id)
 
 
 def _prepare_prefix(prefix: str, clean: bool) -> None:

@@ -141,6 +141,10 @@ class ProgramComputation:
         reply = (proc.returncode, _text(out), _text(err), None)
         self._on_reply(Reply(job_id, "finished", start, end, serialize.dumps_plain(reply)))
 
+    def pending_ids(self) -> list[int]:
+        """Jobs queued or running here."""
+        return [job_id for job_id, _ in self._queue] + list(self._procs)
+
     def cancel(self, job_id: int) -> bool:
         for i, (queued, _) in enumerate(self._queue):
             if queued == job_id:

@@ -7,8 +7,18 @@ job is on disk before that job runs. ``computation`` makes the directory; ``file
 messages fill it (or, with a ``job_id``, add a job's own files, removed when the job ends);
 ``computation.start`` starts the computation process and answers ``computation.ready`` or
 ``computation.failed``. Results are collected as jobs end and sent as one ``jobs.done``
-frame per loop turn. The session ends when the client closes the computation, the
-connection breaks, or the client stays silent for ``zombie_interval`` with no job left.
+frame per loop turn, and kept until the client acknowledges them (``jobs.ack``).
+
+A session outlives its connection. If the connection breaks while jobs remain (or results
+are unacknowledged), the session is *orphaned*: jobs keep running and every result goes to
+the node's :class:`ResultStore` on disk. ``recover_jobs`` can then attach a new connection
+(:meth:`Session.recover`) to collect stored and later results and release the node. An
+orphaned session ends by itself ``zombie_interval`` after the client's last word, once its
+jobs are done; stored results stay on disk until recovered or ``--clean``.
+
+Outcomes of :meth:`Session.serve`: ``closed`` (the client closed the computation),
+``declined`` (the client did not want this node), ``refused`` (the client ended the session,
+e.g. it declared this node dead), ``lost`` (the connection broke).
 """
 
 from __future__ import annotations
@@ -24,7 +34,9 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from dispy_core import availability
 from dispy_core.aio.connection import Connection, ConnectionClosed, PeerRefused
+from dispy_core.protocol.errors import ProtocolError
 from dispy_core.protocol.messages import (
+    NOT_WANTED,
     CloseComputation,
     ComputationClosed,
     ComputationFailed,
@@ -34,6 +46,7 @@ from dispy_core.protocol.messages import (
     CpusSet,
     FileAck,
     FilePut,
+    JobAck,
     JobCancel,
     JobDone,
     JobProvisional,
@@ -41,6 +54,7 @@ from dispy_core.protocol.messages import (
     JobSubmit,
     Notice,
     Pulse,
+    RecoverStatus,
     SetCpus,
 )
 from dispy_node._paths import UnsafePathError, computation_dir, safe_join
@@ -49,6 +63,7 @@ from dispy_node.programs import ProgramComputation
 
 if TYPE_CHECKING:
     from dispy_node.node import Node
+    from dispy_node.store import ResultStore
 
 log = logging.getLogger("dispy_node")
 
@@ -71,6 +86,7 @@ class _Runner(Protocol):
     async def start(self) -> None: ...
     def submit(self, job_id: int, payload: bytes) -> None: ...
     def cancel(self, job_id: int) -> bool: ...
+    def pending_ids(self) -> list[int]: ...
     def set_cpus(self, cpus: int) -> None: ...
     def close(self, *, terminate: bool = True) -> Awaitable[str | None]: ...
 
@@ -78,9 +94,11 @@ class _Runner(Protocol):
 class Session:
     """The messages of one client connection (see the module docstring)."""
 
-    def __init__(self, node: Node, conn: Connection) -> None:
+    def __init__(self, node: Node) -> None:
         self.node = node
-        self.conn = conn
+        self.conn: Connection | None = None
+        self.ended = False
+        self._unacked: dict[int, Reply] = {}
         self.setup: ComputationSetup | None = None
         self.dest: str | None = None
         self.setup_error: str | None = None
@@ -100,20 +118,85 @@ class Session:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def run(self) -> None:
-        """Serve until the client closes the computation or the connection ends."""
-        self._spawn(self._watch_zombie())
-        conn = self.conn
+    @property
+    def comp_id(self) -> int | None:
+        return self.setup.comp_id if self.setup is not None else None
+
+    @property
+    def unacked(self) -> int:
+        return len(self._unacked) + len(self._outbox)
+
+    def has_work(self) -> bool:
+        comp = self.computation
+        return comp is not None and (comp.running > 0 or comp.queued > 0)
+
+    async def serve(self, conn: Connection) -> str:
+        """Serve ``conn`` until the computation closes or the connection ends."""
+        self.conn = conn
+        if not self._tasks:
+            self._spawn(self._watch_zombie())
+        try:
+            return await self._serve(conn)
+        except ConnectionClosed as exc:
+            log.warning("client %s: connection lost (%s)", conn.peer_name, exc)
+            return "lost"
+        except PeerRefused as exc:
+            if exc.reason == NOT_WANTED:
+                log.info("client %s did not take this node", conn.peer_name)
+                return "declined"
+            log.warning("client %s ended the session: %s", conn.peer_name, exc.reason)
+            return "refused"
+        except ProtocolError as exc:
+            log.warning("client %s: %s", conn.peer_name, exc)
+            await conn.refuse(str(exc))
+            return "refused"
+        finally:
+            if self.conn is conn:
+                self.conn = None
+
+    def orphan(self) -> None:
+        """The client is gone but jobs remain: keep every result on disk from now on."""
+        setup = self.setup
+        if setup is None:
+            return
+        store = self.node.store
+        store.save_meta(setup.comp_id, {"name": setup.name, "comp_id": setup.comp_id})
+        pending = list(self._unacked.values()) + self._outbox
+        self._unacked.clear()
+        self._outbox = []
+        if pending:
+            store.save(setup.comp_id, pending)
+        log.warning(
+            "client of %s is gone: %d job(s) still running or queued; results are kept in %s",
+            setup.name,
+            (self.computation.running + self.computation.queued) if self.computation else 0,
+            store.root,
+        )
+
+    async def recover(self, conn: Connection) -> str:
+        """Attach a recover connection: send what is stored, then serve it like a client."""
+        setup = self.setup
+        assert setup is not None
+        comp = self.computation
+        pending = comp.pending_ids() if comp is not None else []
+        stored = self.node.store.load(setup.comp_id)
+        await conn.send(
+            RecoverStatus(comp_id=setup.comp_id, known=True, pending=pending, stored=len(stored))
+        )
+        self.conn = conn
+        for reply in stored:
+            self._outbox.append(reply)
+        self._flush()
+        return await self.serve(conn)
+
+    async def _serve(self, conn: Connection) -> str:
         while True:
-            try:
-                msg, payload = await conn.recv()
-            except PeerRefused as exc:
-                self.declined = True
-                log.info("client %s did not take this node: %s", conn.peer_name, exc.reason)
-                return
+            msg, payload = await conn.recv()
             self.last_heard = time.monotonic()
             if isinstance(msg, JobSubmit):
                 self._submit(msg, payload)
+            elif isinstance(msg, JobAck):
+                self._acked(msg.job_ids)
             elif isinstance(msg, FilePut):
                 await self._file_put(msg, payload)
             elif isinstance(msg, JobCancel):
@@ -131,19 +214,33 @@ class Session:
                 if waiter is not None and not waiter.done():
                     waiter.set_result(msg.error)
             elif isinstance(msg, CloseComputation):
+                comp_id = msg.comp_id
                 await self._close(terminate=msg.terminate)
-                await conn.send(ComputationClosed(comp_id=msg.comp_id))
-                return
+                await conn.send(ComputationClosed(comp_id=comp_id))
+                return "closed"
             elif isinstance(msg, Pulse):
                 pass
             else:
                 log.debug("ignoring %s from %s", msg.type, conn.peer_name)
 
+    def _acked(self, job_ids: list[int]) -> None:
+        stored: list[int] = []
+        for job_id in job_ids:
+            if self._unacked.pop(job_id, None) is None:
+                stored.append(job_id)
+        if stored and self.setup is not None:
+            self.node.store.remove(self.setup.comp_id, stored)
+
     # -- setup --------------------------------------------------------------------------
+
+    def _send(self, message: Any, payload: bytes = b"") -> None:
+        if self.conn is not None:
+            with contextlib.suppress(ConnectionClosed):
+                self.conn.send_nowait(message, payload)
 
     def _begin(self, msg: ComputationSetup) -> None:
         if self.setup is not None:
-            self.conn.send_nowait(
+            self._send(
                 ComputationFailed(
                     comp_id=msg.comp_id, reason="this node already runs a computation"
                 )
@@ -160,14 +257,14 @@ class Session:
     async def _file_put(self, msg: FilePut, payload: bytes) -> None:
         error = await self._write_file(msg, payload)
         if error is not None:
-            log.warning("file %r from %s refused: %s", msg.path, self.conn.peer_name, error)
+            log.warning("file %r refused: %s", msg.path, error)
             if msg.job_id is None and msg.req == 0 and self.computation is None:
                 self.setup_error = self.setup_error or error
             elif msg.job_id is not None and self.computation is not None:
                 self._job_files.setdefault(msg.job_id, [])
                 self._failed_job_files[msg.job_id] = error
         if msg.req:
-            self.conn.send_nowait(FileAck(comp_id=msg.comp_id, req=msg.req, error=error))
+            self._send(FileAck(comp_id=msg.comp_id, req=msg.req, error=error))
 
     async def _write_file(self, msg: FilePut, payload: bytes) -> str | None:
         if self.dest is None or self.setup is None or msg.comp_id != self.setup.comp_id:
@@ -175,8 +272,7 @@ class Session:
         limit = self.node.config.max_file_size
         if limit and msg.size > limit:
             return (
-                f"{msg.path!r} is {msg.size} bytes, over this node's max_file_size "
-                f"of {limit} bytes"
+                f"{msg.path!r} is {msg.size} bytes, over this node's max_file_size of {limit} bytes"
             )
         if len(payload) != msg.size:
             return f"{msg.path!r} arrived with {len(payload)} of {msg.size} bytes"
@@ -193,7 +289,7 @@ class Session:
         setup = self.setup
         if setup is None or setup.comp_id != msg.comp_id or self.dest is None:
             reason = self.setup_error or "computation.start without computation"
-            await self.conn.send(ComputationFailed(comp_id=msg.comp_id, reason=reason))
+            self._send(ComputationFailed(comp_id=msg.comp_id, reason=reason))
             return
         if self.setup_error is not None:
             await self._fail_start(setup, self.setup_error)
@@ -233,8 +329,7 @@ class Session:
             return
         self.computation = runner
         log.info("computation %s ready on %d CPU(s) in %s", setup.name, cpus, self.dest)
-        ready = ComputationReady(comp_id=setup.comp_id, cpus=cpus, dest_path=self.dest)
-        await self.conn.send(ready)
+        self._send(ComputationReady(comp_id=setup.comp_id, cpus=cpus, dest_path=self.dest))
         self._spawn(self._pulse(setup.pulse_interval or DEFAULT_PULSE))
 
     async def _fail_start(self, setup: ComputationSetup, reason: str) -> None:
@@ -244,7 +339,7 @@ class Session:
         self.dest = None
         self.setup = None
         self.setup_error = None
-        await self.conn.send(ComputationFailed(comp_id=setup.comp_id, reason=reason))
+        self._send(ComputationFailed(comp_id=setup.comp_id, reason=reason))
 
     def _set_cpus(self, msg: SetCpus) -> None:
         comp = self.computation
@@ -252,14 +347,14 @@ class Session:
             return
         cpus = max(1, min(msg.cpus, self.node.cpus))
         comp.set_cpus(cpus)
-        self.conn.send_nowait(CpusSet(comp_id=msg.comp_id, cpus=cpus))
+        self._send(CpusSet(comp_id=msg.comp_id, cpus=cpus))
 
     # -- jobs ---------------------------------------------------------------------------
 
     def _submit(self, msg: JobSubmit, payload: bytes) -> None:
         comp = self.computation
         if comp is None or comp.comp_id != msg.comp_id:
-            self.conn.send_nowait(Notice(level="error", text="jobs for an unknown computation"))
+            self._send(Notice(level="error", text="jobs for an unknown computation"))
             return
         offset = 0
         view = memoryview(payload)
@@ -287,8 +382,12 @@ class Session:
 
     def _flush(self) -> None:
         self._flush_scheduled = False
+        if not self._outbox or self.setup is None:
+            return
         replies, self._outbox = self._outbox, []
-        if not replies or self.conn.closed or self.setup is None:
+        conn = self.conn
+        if conn is None or conn.closed:
+            self.node.store.save(self.setup.comp_id, replies)
             return
         reports = [
             JobReport(
@@ -296,16 +395,17 @@ class Session:
             )
             for r in replies
         ]
-        try:
-            self.conn.send_nowait(
+        for reply in replies:
+            self._unacked[reply.job_id] = reply
+        # On failure the replies stay in _unacked and go to disk when the session is orphaned.
+        with contextlib.suppress(ConnectionClosed):
+            conn.send_nowait(
                 JobDone(comp_id=self.setup.comp_id, jobs=reports),
                 b"".join(r.payload for r in replies),
             )
-        except ConnectionClosed:
-            log.warning("lost %d result(s): client connection closed", len(replies))
 
     def _on_provisional(self, job_id: int, payload: bytes) -> None:
-        if self.setup is None:
+        if self.setup is None or self.conn is None:
             return
         self._flush()
         with contextlib.suppress(ConnectionClosed):
@@ -315,14 +415,15 @@ class Session:
     async def _on_send_file(
         self, job_id: int, path: str, mode: int, mtime: float, data: bytes
     ) -> str | None:
-        if self.setup is None:
-            return "the computation is closing"
+        conn = self.conn
+        if self.setup is None or conn is None:
+            return "the client is not connected"
         self._send_file_req += 1
         req = self._send_file_req
         waiter: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
         self._send_file_waiters[req] = waiter
         try:
-            await self.conn.send(
+            await conn.send(
                 FilePut(
                     comp_id=self.setup.comp_id,
                     path=path,
@@ -351,26 +452,27 @@ class Session:
             await asyncio.sleep(interval)
             comp = self.computation
             avail = await asyncio.to_thread(availability.measure, prefix)
-            with contextlib.suppress(ConnectionClosed):
-                self.conn.send_nowait(
-                    Pulse(avail=avail, running=comp.running if comp is not None else 0)
-                )
+            self._send(Pulse(avail=avail, running=comp.running if comp is not None else 0))
 
     async def _watch_zombie(self) -> None:
         limit = self.node.config.zombie_interval
         while True:
             await asyncio.sleep(min(limit / 4, 30.0))
-            comp = self.computation
-            idle = comp is None or (comp.running == 0 and comp.queued == 0)
             silent = time.monotonic() - self.last_heard
-            if silent > limit and idle:
+            if silent <= limit or self.has_work():
+                continue
+            if self.conn is not None:
                 log.warning(
-                    "client %s silent for %.0f s with no job left: freeing this node",
+                    "client %s silent for %.0f s with no job left: dropping it",
                     self.conn.peer_name,
                     silent,
                 )
                 await self.conn.close()
-                return
+                continue
+            log.warning("no word from the client for %.0f s and no job left: freeing", silent)
+            await self.finish()
+            self.node.session_ended(self)
+            return
 
     # -- end ----------------------------------------------------------------------------
 
@@ -392,10 +494,15 @@ class Session:
         self._job_files.clear()
         if self.dest is not None and (self.setup is None or self.setup.cleanup):
             shutil.rmtree(self.dest, ignore_errors=True)
+        store = self.node.store
+        if self.setup is not None and store.has(self.setup.comp_id):
+            if store.count(self.setup.comp_id) == 0:
+                store.drop(self.setup.comp_id)
         self.dest = None
         self.setup = None
 
     async def finish(self) -> None:
+        self.ended = True
         await self._close(terminate=True)
 
 
@@ -408,3 +515,40 @@ def _store(path: str, data: bytes, mode: int, mtime: float | None) -> None:
     os.replace(tmp, path)
     if mtime is not None:
         os.utime(path, (mtime, mtime))
+
+
+async def serve_stored(store: ResultStore, conn: Connection, comp_id: int) -> None:
+    """Recovery of a computation this node no longer runs: hand over what is on disk."""
+    replies = store.load(comp_id)
+    try:
+        await conn.send(
+            RecoverStatus(
+                comp_id=comp_id, known=store.has(comp_id), pending=[], stored=len(replies)
+            )
+        )
+        if replies:
+            reports = [
+                JobReport(
+                    job_id=r.job_id,
+                    outcome=r.outcome,
+                    start=r.start,
+                    end=r.end,
+                    size=len(r.payload),
+                )
+                for r in replies
+            ]
+            await conn.send(
+                JobDone(comp_id=comp_id, jobs=reports), b"".join(r.payload for r in replies)
+            )
+        while True:
+            msg, _ = await conn.recv()
+            if isinstance(msg, JobAck):
+                store.remove(comp_id, msg.job_ids)
+            elif isinstance(msg, CloseComputation):
+                store.drop(comp_id)
+                await conn.send(ComputationClosed(comp_id=comp_id))
+                return
+    except (ConnectionClosed, ProtocolError) as exc:
+        log.info("recovery of %d ended: %s", comp_id, exc)
+    finally:
+        await conn.close()

@@ -24,6 +24,7 @@ class NodeStatus(IntEnum):
     Closed = 12
     AvailInfo = 13
     SetupFailed = 14
+    AbandonedNode = 15
 
 
 TERMINAL = frozenset(

@@ -18,6 +18,10 @@ from dispy_core.protocol.errors import RemoteProtocolError
 
 PROTOCOL_VERSION = 1
 
+# The reason a client gives when it closes a connection because it does not want the node
+# (pattern or NodeAllocate said no): the node then stops offering itself to that cluster.
+NOT_WANTED = "node not used by this cluster"
+
 Role = Literal["client", "node", "scheduler", "recover", "relay"]
 JobOutcome = Literal["finished", "terminated", "cancelled", "abandoned"]
 
@@ -180,6 +184,35 @@ class JobDone(_Message):
     jobs: list[JobReport]
 
 
+class JobAck(_Message):
+    """The client has these results: the node may forget them."""
+
+    type: Literal["jobs.ack"] = "jobs.ack"
+    comp_id: int
+    job_ids: list[int]
+
+
+class RecoverRequest(_Message):
+    """A ``recover`` connection asks for a computation's results (see recover_jobs)."""
+
+    type: Literal["recover.request"] = "recover.request"
+    comp_id: int
+
+
+class RecoverStatus(_Message):
+    """What the node has for the computation: jobs still to finish and stored results.
+
+    Stored and unacknowledged results follow as ``jobs.done``; pending jobs' results follow
+    as they finish.
+    """
+
+    type: Literal["recover.status"] = "recover.status"
+    comp_id: int
+    known: bool
+    pending: list[int]
+    stored: int
+
+
 class JobProvisional(_Message):
     """A running job's provisional result (payload: pickled object)."""
 
@@ -268,6 +301,9 @@ Message = Annotated[
     | JobStarted
     | JobDone
     | JobProvisional
+    | JobAck
+    | RecoverRequest
+    | RecoverStatus
     | FilePut
     | FileAck
     | SetCpus
