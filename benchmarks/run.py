@@ -1,0 +1,463 @@
+"""dispy benchmark suite: a real node process and a client, against ProcessPoolExecutor(2).
+
+    hatch run bench:all                 # the full suite (a few minutes)
+    hatch run bench:all --smoke         # a quick pass that only proves it works (CI)
+
+Every figure is measured ``--repeat`` times (min and median) and also given as a ratio to
+``concurrent.futures.ProcessPoolExecutor(2)`` measured in the same run, since absolute
+numbers drift between runs on shared machines. Results go to
+``benchmarks/results/<date>-<host>.json``. Everything binds to 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures as cf
+import gc
+import json
+import os
+import secrets
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import psutil
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import dispy  # noqa: E402
+import workloads  # noqa: E402
+from workloads import busy, echo_bytes, noop  # noqa: E402
+
+MiB = 1 << 20
+
+
+@dataclass
+class Sizes:
+    latency: int = 300
+    warmup: int = 20
+    throughput: int = 10_000
+    scale: int = 100_000
+    data_jobs: int = 20
+    data_size: int = 16 * MiB
+    cpu_jobs: int = 16
+    cpu_seconds: float = 0.25
+    queued: int = 10_000
+
+
+SMOKE = Sizes(
+    latency=30, warmup=5, throughput=500, scale=2_000, data_jobs=4, data_size=1 * MiB,
+    cpu_jobs=4, cpu_seconds=0.05, queued=500,
+)
+
+
+@dataclass
+class Metric:
+    name: str
+    unit: str
+    better: str  # "lower" or "higher"
+    dispy: list[float] = field(default_factory=list)
+    pool: list[float] = field(default_factory=list)
+
+    def best(self, values: list[float]) -> float:
+        if not values:
+            return float("nan")
+        return min(values) if self.better == "lower" else max(values)
+
+    def summary(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"unit": self.unit, "better": self.better}
+        for label, values in (("dispy", self.dispy), ("pool", self.pool)):
+            if values:
+                out[label] = {
+                    "best": self.best(values),
+                    "median": statistics.median(values),
+                    "runs": values,
+                }
+        if self.dispy and self.pool:
+            out["ratio"] = statistics.median(self.dispy) / statistics.median(self.pool)
+        return out
+
+
+def free_port() -> int:
+    while True:
+        with socket.socket() as tcp:
+            tcp.bind(("127.0.0.1", 0))
+            port = int(tcp.getsockname()[1])
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+            try:
+                udp.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        return port
+
+
+class Node:
+    """A real ``dispy-node`` process on 127.0.0.1."""
+
+    def __init__(self, cpus: int, prefix: str) -> None:
+        self.port = free_port()
+        self.secret = secrets.token_hex(8)
+        self.launched = time.perf_counter()
+        self.proc = subprocess.Popen(
+            ["dispy-node", "run", "-i", "127.0.0.1", "-p", str(self.port), "-c", str(cpus),
+             "--dest_path_prefix", prefix, "--name", "bench"],
+            env={**os.environ, "DISPY_SECRET": self.secret},
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+
+    def rss(self, with_children: bool = True) -> int:
+        try:
+            proc = psutil.Process(self.proc.pid)
+            total = proc.memory_info().rss
+            if with_children:
+                for child in proc.children(recursive=True):
+                    try:
+                        total += child.memory_info().rss
+                    except psutil.Error:
+                        pass
+            return total
+        except psutil.Error:
+            return 0
+
+    def stop(self) -> None:
+        self.proc.send_signal(signal.SIGINT)
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+    def cluster(self, computation: Callable[..., Any], **kwargs: Any) -> dispy.JobCluster:
+        return dispy.JobCluster(
+            computation, nodes=[("127.0.0.1", self.port)], ip_addr="127.0.0.1", port=0,
+            secret=self.secret, depends=[workloads], **kwargs,
+        )
+
+
+def wait_ready(cluster: dispy.JobCluster, timeout: float = 30) -> None:
+    job = cluster.submit(0) if cluster.name == "noop" else None
+    if job is not None:
+        job()
+        return
+    deadline = time.monotonic() + timeout
+    while not cluster.nodes():
+        if time.monotonic() > deadline:
+            raise RuntimeError("no node joined")
+        time.sleep(0.01)
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
+    return ordered[index]
+
+
+class PeakRSS:
+    """Samples this process's RSS in a thread; ``peak`` after ``stop``."""
+
+    def __init__(self, extra: Callable[[], int] | None = None) -> None:
+        self.peak = 0
+        self.extra_peak = 0
+        self._extra = extra
+        self._stop = threading.Event()
+        self._me = psutil.Process()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self._me.memory_info().rss)
+            if self._extra is not None:
+                self.extra_peak = max(self.extra_peak, self._extra())
+            self._stop.wait(0.02)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self._me.memory_info().rss)
+
+
+# -- the measurements -------------------------------------------------------------------
+
+
+def dispy_latency(node: Node, sizes: Sizes) -> tuple[float, float]:
+    cluster = node.cluster(noop)
+    try:
+        for i in range(sizes.warmup):
+            cluster.submit(i)()
+        times = []
+        for i in range(sizes.latency):
+            t0 = time.perf_counter()
+            job = cluster.submit(i)
+            assert job() == i
+            times.append(time.perf_counter() - t0)
+    finally:
+        cluster.close()
+    return percentile(times, 50) * 1e3, percentile(times, 99) * 1e3
+
+
+def pool_latency(pool: cf.ProcessPoolExecutor, sizes: Sizes) -> tuple[float, float]:
+    for i in range(sizes.warmup):
+        pool.submit(noop, i).result()
+    times = []
+    for i in range(sizes.latency):
+        t0 = time.perf_counter()
+        assert pool.submit(noop, i).result() == i
+        times.append(time.perf_counter() - t0)
+    return percentile(times, 50) * 1e3, percentile(times, 99) * 1e3
+
+
+def dispy_throughput(node: Node, count: int) -> tuple[float, int]:
+    cluster = node.cluster(noop)
+    try:
+        wait_ready(cluster)
+        gc.collect()
+        peak = PeakRSS()
+        t0 = time.perf_counter()
+        jobs = [cluster.submit(i) for i in range(count)]
+        results = [job() for job in jobs]  # type: ignore[union-attr]
+        elapsed = time.perf_counter() - t0
+        peak.stop()
+        bad = sum(1 for i, r in enumerate(results) if r != i)
+        if bad:
+            raise AssertionError(f"{bad} wrong results")
+    finally:
+        cluster.close()
+    return count / elapsed, peak.peak
+
+
+def pool_throughput(pool: cf.ProcessPoolExecutor, count: int) -> tuple[float, int]:
+    gc.collect()
+    peak = PeakRSS()
+    t0 = time.perf_counter()
+    futures = [pool.submit(noop, i) for i in range(count)]
+    results = [f.result() for f in futures]
+    elapsed = time.perf_counter() - t0
+    peak.stop()
+    assert results == list(range(count))
+    return count / elapsed, peak.peak
+
+
+def dispy_data(node: Node, sizes: Sizes) -> float:
+    blob = os.urandom(sizes.data_size)
+    cluster = node.cluster(echo_bytes)
+    try:
+        cluster.submit(b"x")()  # type: ignore[union-attr]
+        t0 = time.perf_counter()
+        jobs = [cluster.submit(blob) for _ in range(sizes.data_jobs)]
+        for job in jobs:
+            assert job() == blob  # type: ignore[union-attr]
+        elapsed = time.perf_counter() - t0
+    finally:
+        cluster.close()
+    return 2 * sizes.data_jobs * sizes.data_size / MiB / elapsed
+
+
+def pool_data(pool: cf.ProcessPoolExecutor, sizes: Sizes) -> float:
+    blob = os.urandom(sizes.data_size)
+    t0 = time.perf_counter()
+    futures = [pool.submit(echo_bytes, blob) for _ in range(sizes.data_jobs)]
+    for f in futures:
+        assert f.result() == blob
+    return 2 * sizes.data_jobs * sizes.data_size / MiB / (time.perf_counter() - t0)
+
+
+def cpu_single() -> float:
+    t0 = time.perf_counter()
+    busy(SIZES.cpu_seconds)
+    return time.perf_counter() - t0
+
+
+def dispy_cpu(node: Node, sizes: Sizes) -> float:
+    single = cpu_single()
+    cluster = node.cluster(busy)
+    try:
+        cluster.submit(0.001)()  # type: ignore[union-attr]
+        t0 = time.perf_counter()
+        jobs = [cluster.submit(sizes.cpu_seconds) for _ in range(sizes.cpu_jobs)]
+        for job in jobs:
+            job()  # type: ignore[union-attr]
+        wall = time.perf_counter() - t0
+    finally:
+        cluster.close()
+    return sizes.cpu_jobs * single / (2 * wall)
+
+
+def pool_cpu(pool: cf.ProcessPoolExecutor, sizes: Sizes) -> float:
+    single = cpu_single()
+    pool.submit(busy, 0.001).result()
+    t0 = time.perf_counter()
+    for f in [pool.submit(busy, sizes.cpu_seconds) for _ in range(sizes.cpu_jobs)]:
+        f.result()
+    return sizes.cpu_jobs * single / (2 * (time.perf_counter() - t0))
+
+
+def dispy_startup(prefix: str) -> float:
+    node = Node(2, prefix)
+    try:
+        cluster = node.cluster(noop)
+        try:
+            assert cluster.submit(1)() == 1  # type: ignore[union-attr]
+            return time.perf_counter() - node.launched
+        finally:
+            cluster.close()
+    finally:
+        node.stop()
+
+
+def pool_startup() -> float:
+    t0 = time.perf_counter()
+    with cf.ProcessPoolExecutor(2) as pool:
+        assert pool.submit(noop, 1).result() == 1
+        return time.perf_counter() - t0
+
+
+def dispy_memory(node: Node, sizes: Sizes) -> tuple[int, int, int, int]:
+    """(client RSS before, client RSS with jobs queued, node RSS idle, node RSS queued)."""
+    cluster = node.cluster(busy)
+    try:
+        cluster.submit(0.001)()  # type: ignore[union-attr]
+        idle_node = node.rss(with_children=False)
+        blockers = [cluster.submit(1.5) for _ in range(4)]
+        gc.collect()
+        before = psutil.Process().memory_info().rss
+        jobs = [cluster.submit(0) for _ in range(sizes.queued)]
+        time.sleep(0.3)
+        during = psutil.Process().memory_info().rss
+        node_during = node.rss(with_children=False)
+        for job in blockers + jobs:
+            job()  # type: ignore[union-attr]
+    finally:
+        cluster.close()
+    return before, during, idle_node, node_during
+
+
+# -- driver -------------------------------------------------------------------------------
+
+SIZES = Sizes()
+
+
+def main() -> int:
+    global SIZES
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes; proves the suite works")
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--only", nargs="*", help="run only these (latency throughput ...)")
+    parser.add_argument("--output", help="JSON file (default benchmarks/results/DATE-HOST.json)")
+    args = parser.parse_args()
+    SIZES = SMOKE if args.smoke else Sizes()
+    repeat = 1 if args.smoke else max(1, args.repeat)
+    only = set(args.only or [])
+    prefix = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", ".node")
+    metrics: dict[str, Metric] = {
+        "latency_p50": Metric("latency p50", "ms", "lower"),
+        "latency_p99": Metric("latency p99", "ms", "lower"),
+        "throughput": Metric(f"throughput ({SIZES.throughput} jobs)", "jobs/s", "higher"),
+        "scale": Metric(f"scale ({SIZES.scale} jobs)", "jobs/s", "higher"),
+        "scale_client_peak": Metric("scale: client peak RSS", "MiB", "lower"),
+        "data": Metric(f"data ({SIZES.data_jobs} x {SIZES.data_size // MiB} MiB each way)", "MiB/s", "higher"),
+        "cpu": Metric(f"cpu efficiency ({SIZES.cpu_jobs} x {SIZES.cpu_seconds}s)", "", "higher"),
+        "startup": Metric("startup to first result", "s", "lower"),
+        "node_idle_rss": Metric("node RSS idle (daemon)", "MiB", "lower"),
+        "node_queued_rss": Metric(f"node RSS, {SIZES.queued} queued", "MiB", "lower"),
+        "client_per_job": Metric("client memory per queued job", "KiB", "lower"),
+    }
+
+    def want(name: str) -> bool:
+        return not only or name in only
+
+    node = Node(2, prefix)
+    try:
+        wait_cluster = node.cluster(noop)
+        wait_ready(wait_cluster)
+        wait_cluster.close()
+        with cf.ProcessPoolExecutor(2) as pool:
+            for run in range(repeat):
+                print(f"run {run + 1}/{repeat}", file=sys.stderr)
+                if want("latency"):
+                    p50, p99 = dispy_latency(node, SIZES)
+                    metrics["latency_p50"].dispy.append(p50)
+                    metrics["latency_p99"].dispy.append(p99)
+                    p50, p99 = pool_latency(pool, SIZES)
+                    metrics["latency_p50"].pool.append(p50)
+                    metrics["latency_p99"].pool.append(p99)
+                if want("throughput"):
+                    rate, _ = dispy_throughput(node, SIZES.throughput)
+                    metrics["throughput"].dispy.append(rate)
+                    metrics["throughput"].pool.append(pool_throughput(pool, SIZES.throughput)[0])
+                if want("scale"):
+                    rate, peak = dispy_throughput(node, SIZES.scale)
+                    metrics["scale"].dispy.append(rate)
+                    metrics["scale_client_peak"].dispy.append(peak / MiB)
+                    rate, peak = pool_throughput(pool, SIZES.scale)
+                    metrics["scale"].pool.append(rate)
+                    metrics["scale_client_peak"].pool.append(peak / MiB)
+                if want("data"):
+                    metrics["data"].dispy.append(dispy_data(node, SIZES))
+                    metrics["data"].pool.append(pool_data(pool, SIZES))
+                if want("cpu"):
+                    metrics["cpu"].dispy.append(dispy_cpu(node, SIZES))
+                    metrics["cpu"].pool.append(pool_cpu(pool, SIZES))
+                if want("memory"):
+                    before, during, idle, queued = dispy_memory(node, SIZES)
+                    metrics["client_per_job"].dispy.append((during - before) / 1024 / SIZES.queued)
+                    metrics["node_idle_rss"].dispy.append(idle / MiB)
+                    metrics["node_queued_rss"].dispy.append(queued / MiB)
+        if want("startup"):
+            for _ in range(repeat):
+                metrics["startup"].dispy.append(dispy_startup(prefix + "-startup"))
+                metrics["startup"].pool.append(pool_startup())
+    finally:
+        node.stop()
+
+    report = {
+        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "host": socket.gethostname(),
+        "cpus": os.cpu_count(),
+        "python": sys.version.split()[0],
+        "smoke": args.smoke,
+        "repeat": repeat,
+        "metrics": {k: m.summary() for k, m in metrics.items() if m.dispy},
+    }
+    print_table(metrics)
+    out = args.output or os.path.join(
+        os.path.dirname(os.path.abspath(__file__)), "results",
+        f"{time.strftime('%Y%m%d-%H%M%S')}-{socket.gethostname()}{'-smoke' if args.smoke else ''}.json",
+    )
+    with open(out, "w") as fh:
+        json.dump(report, fh, indent=2)
+    print(f"results written to {out}", file=sys.stderr)
+    return 0
+
+
+def print_table(metrics: dict[str, Metric]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="dispy vs ProcessPoolExecutor(2), same run")
+    for col in ("metric", "dispy best", "dispy median", "pool median", "ratio"):
+        table.add_column(col, justify="left" if col == "metric" else "right")
+    for m in metrics.values():
+        if not m.dispy:
+            continue
+        ratio = f"{statistics.median(m.dispy) / statistics.median(m.pool):.2f}x" if m.pool else "-"
+        pool = f"{statistics.median(m.pool):.3f}" if m.pool else "-"
+        table.add_row(
+            f"{m.name} [{m.unit}]" if m.unit else m.name,
+            f"{m.best(m.dispy):.3f}",
+            f"{statistics.median(m.dispy):.3f}",
+            pool,
+            ratio,
+        )
+    Console().print(table)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
