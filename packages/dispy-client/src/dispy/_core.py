@@ -74,6 +74,9 @@ log = logging.getLogger("dispy")
 
 NodeKey = tuple[str, int]
 NO_NODE_WARNING_DELAY = 5.0
+HOUSEKEEPING_DELAY = 0.02
+QUEUE_SECONDS = 0.02  # work to keep queued on a node, per CPU
+MAX_DEPTH = 32
 DEFAULT_PULSE = 10.0
 DEFAULT_DEAD_AFTER = 60.0
 EARLY_REPINGS = (0.25, 0.5, 1.0, 2.0)
@@ -117,6 +120,8 @@ class _NodeSession:
     total_cpus: int = 0
     zombie_interval: float = 3600.0
     cpus_waiter: asyncio.Future[int] | None = None
+    acks: list[int] = field(default_factory=list)
+    job_time: float = 0.0  # moving average of job run time on this node
     file_waiters: dict[int, asyncio.Future[str | None]] = field(default_factory=dict)
 
 
@@ -139,6 +144,7 @@ class ClusterCore:
         self._incoming: deque[DispyJob] = deque()
         self._incoming_scheduled = False
         self._pump_scheduled = False
+        self._housekeeping_scheduled = False
         self._server: asyncio.AbstractServer | None = None
         self._udp: socket.socket | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -443,6 +449,7 @@ class ClusterCore:
                 self._status(NodeStatus.AvailInfo, session.node, None)
             elif isinstance(msg, ComputationReady):
                 session.ready = True
+                self.recovery.node(session.key)
                 session.node.cpus = msg.cpus
                 self.engine.add_node(session.key, msg.cpus, extra=msg.cpus)
                 log.info(
@@ -569,7 +576,8 @@ class ClusterCore:
                 self._status(JobStatus.Created, None, job)
         if created:
             self.recovery.created(created)
-        self._pump()
+            self._housekeeping_soon()
+        self._do_pump()
 
     def _pump(self) -> None:
         if self._pump_scheduled:
@@ -577,6 +585,27 @@ class ClusterCore:
         self._pump_scheduled = True
         assert self.loop is not None
         self.loop.call_soon(self._do_pump)
+
+    def _housekeeping_soon(self) -> None:
+        if not self._housekeeping_scheduled:
+            assert self.loop is not None
+            self._housekeeping_scheduled = True
+            self.loop.call_later(HOUSEKEEPING_DELAY, self._housekeeping)
+
+    def _housekeeping(self) -> None:
+        """Flush the recover file, then acknowledge results no jobs.submit carried.
+
+        Acks wait for the flush so a result is never forgotten by the node before the
+        recover file says the client has it. Batching both on a short timer keeps syscalls
+        off the per-job path.
+        """
+        self._housekeeping_scheduled = False
+        self.recovery.flush()
+        for session in self.sessions.values():
+            if session.acks:
+                acks, session.acks = session.acks, []
+                with contextlib.suppress(ConnectionClosed):
+                    session.conn.send_nowait(JobAck(comp_id=self.comp_id, job_ids=acks))
 
     def _do_pump(self) -> None:
         self._pump_scheduled = False
@@ -593,8 +622,10 @@ class ClusterCore:
             by_node.setdefault(key, []).append(job)
         notify = self.opts.cluster_status is not None
         for key, jobs in by_node.items():
-            session = self.sessions[key]
             self.recovery.sent(key, jobs)
+        self._housekeeping_soon()
+        for key, jobs in by_node.items():
+            session = self.sessions[key]
             session.node.busy += len(jobs)
             self._send_jobs(session, jobs)
             if notify:
@@ -623,9 +654,8 @@ class ClusterCore:
                     break
             start += len(batch)
             try:
-                session.conn.send_nowait(
-                    JobSubmit(comp_id=self.comp_id, jobs=batch), b"".join(parts)
-                )
+                message = JobSubmit(comp_id=self.comp_id, jobs=batch)
+                session.conn.send_nowait(message, b"".join(parts))
             except ConnectionClosed:
                 return
 
@@ -670,12 +700,27 @@ class ClusterCore:
                 "abandoned": JobStatus.Abandoned,
             }[report.outcome]
             self._finish(job, status, node=node)
-        # Logged before the ack: a crash in between makes recovery fetch it again rather
-        # than miss it.
+        # Logged (and flushed) before the ack goes out with the next frame: a crash in
+        # between makes recovery fetch the result again rather than miss it.
         self.recovery.done(done)
-        with contextlib.suppress(ConnectionClosed):
-            session.conn.send_nowait(JobAck(comp_id=self.comp_id, job_ids=done))
-        self._pump()
+        session.acks.extend(done)
+        self._adapt_depth(session, msg)
+        self._housekeeping_soon()
+        self._do_pump()
+
+    def _adapt_depth(self, session: _NodeSession, msg: JobDone) -> None:
+        """Keep enough jobs queued on a node that its CPUs never wait for the network.
+
+        Short jobs get a deeper queue (up to MAX_DEPTH per CPU: bigger batches, fewer
+        frames); long jobs keep one extra per CPU so load stays balanced across nodes.
+        """
+        for report in msg.jobs:
+            took = max(0.0, report.end - report.start)
+            session.job_time = took if not session.job_time else 0.8 * session.job_time + 0.2 * took
+        per_cpu = 1 + min(MAX_DEPTH - 1, int(QUEUE_SECONDS / max(session.job_time, 1e-6)))
+        if self.engine.has_node(session.key):
+            cpus = session.node.cpus
+            self.engine.add_node(session.key, cpus, extra=cpus * per_cpu)
 
     def _finish(
         self,

@@ -88,6 +88,11 @@ class RecoveryLog:
             {"s": list(node), "j": [j._uid for j in jobs], "i": [_json_id(j.id) for j in jobs]}
         )
 
+    def node(self, key: tuple[str, int]) -> None:
+        """A node joined: recovery asks every such node, so this one is flushed at once."""
+        self._guarded({"n": list(key)})
+        self.flush()
+
     def done(self, uids: list[int]) -> None:
         self._guarded({"d": uids})
 
@@ -96,6 +101,18 @@ class RecoveryLog:
             return
         try:
             self._write(record)
+        except (OSError, ValueError) as exc:
+            self._broken = True
+            log.warning("recover file %s can no longer be written: %s", self.path, exc)
+
+    def flush(self) -> None:
+        """Hand buffered records to the OS (they then survive the client being killed).
+
+        Called before the frames they describe are written to a socket.
+        """
+        if self._broken:
+            return
+        try:
             self._fh.flush()
         except (OSError, ValueError) as exc:
             self._broken = True
@@ -125,6 +142,7 @@ class _Plan:
         self.header = lines[0]
         self.ids: dict[int, Any] = {}
         self.where: dict[int, tuple[str, int]] = {}
+        self.nodes: set[tuple[str, int]] = set()
         self.done: set[int] = set()
         for record in lines[1:]:
             if "c" in record:
@@ -132,20 +150,16 @@ class _Plan:
                     self.ids[uid] = ident
             elif "s" in record:
                 node = (str(record["s"][0]), int(record["s"][1]))
+                self.nodes.add(node)
                 for uid in record["j"]:
                     self.where[uid] = node
                 for uid, ident in zip(record["j"], record.get("i", []), strict=False):
                     if ident is not None:
                         self.ids[uid] = ident
+            elif "n" in record:
+                self.nodes.add((str(record["n"][0]), int(record["n"][1])))
             elif "d" in record:
                 self.done.update(record["d"])
-
-    def outstanding(self) -> dict[tuple[str, int], list[int]]:
-        out: dict[tuple[str, int], list[int]] = {}
-        for uid, node in self.where.items():
-            if uid not in self.done:
-                out.setdefault(node, []).append(uid)
-        return out
 
 
 def recover_jobs(
@@ -161,9 +175,9 @@ def recover_jobs(
 
     Returns:
         One DispyJob per job the client had submitted and not yet received: with its result
-        (or exception) when the node had it; still ``Running`` if it did not finish within
+        (or exception) when a node had it; still ``Running`` if it did not finish within
         ``timeout``; ``Abandoned`` (with the reason in ``exception``) if it never reached a
-        node or the node no longer knows it. Nodes are released once nothing is left to wait
+        node or no node has it any more. Nodes are released once nothing is left to wait
         for.
     """
     plan = _Plan(recover_file)
@@ -182,22 +196,29 @@ async def _recover(plan: _Plan, timeout: float | None, terminate: bool) -> list[
             continue
         job = DispyJob(uid, (), {})
         job.id = plan.ids.get(uid, uid)
-        if uid not in plan.where:
-            job.status = JobStatus.Abandoned
-            job.exception = "the client stopped before this job reached a node"
-            job._mark_done()
-        else:
-            job.status = JobStatus.Running
+        job.status = JobStatus.Running
+        if uid in plan.where:
             job.ip_addr = plan.where[uid][0]
         jobs[uid] = job
     tls = TLSConfig(header.get("certfile"), header.get("keyfile"))
     deadline = None if timeout is None else time.monotonic() + timeout
+    wanted = set(jobs)
+    pending: set[int] = set()
     await asyncio.gather(
         *(
-            _recover_node(header, tls, node, uids, jobs, deadline, terminate)
-            for node, uids in plan.outstanding().items()
+            _recover_node(header, tls, node, wanted, pending, jobs, deadline, terminate)
+            for node in sorted(plan.nodes)
         )
     )
+    for uid in sorted(wanted - pending):
+        job = jobs[uid]
+        job.status = JobStatus.Abandoned
+        if uid in plan.where:
+            node = plan.where[uid]
+            job.exception = f"node {node[0]}:{node[1]} does not have this job (was it restarted?)"
+        else:
+            job.exception = "the client stopped before this job reached a node"
+        job._mark_done()
     return [jobs[uid] for uid in sorted(jobs)]
 
 
@@ -205,22 +226,15 @@ async def _recover_node(
     header: dict[str, Any],
     tls: TLSConfig,
     node: tuple[str, int],
-    uids: list[int],
+    wanted: set[int],
+    pending_anywhere: set[int],
     jobs: dict[int, DispyJob],
     deadline: float | None,
     terminate: bool,
 ) -> None:
     comp_id = int(header["comp_id"])
     msg_timeout = float(header.get("msg_timeout", 5.0))
-    wanted = set(uids)
     where = f"{node[0]}:{node[1]}"
-
-    def abandon(uid: int, reason: str) -> None:
-        job = jobs[uid]
-        job.status = JobStatus.Abandoned
-        job.exception = reason
-        job._mark_done()
-
     try:
         conn = await open_connection(
             node[0],
@@ -234,18 +248,26 @@ async def _recover_node(
     except (OSError, TimeoutError, ConnectionClosed, ProtocolError) as exc:
         log.warning("recover: cannot reach node %s: %s", where, exc or type(exc).__name__)
         return
+
+    async def take(msg: JobDone, payload: bytes) -> None:
+        _apply(msg, payload, jobs, node, wanted)
+        for report in msg.jobs:
+            pending.discard(report.job_id)
+            pending_anywhere.discard(report.job_id)
+        await conn.send(JobAck(comp_id=comp_id, job_ids=[r.job_id for r in msg.jobs]))
+
+    pending: set[int] = set()
     try:
         await conn.send(RecoverRequest(comp_id=comp_id))
         async with asyncio.timeout(msg_timeout):
             status, _ = await conn.recv()
         if not isinstance(status, RecoverStatus):
             raise ProtocolError(f"unexpected {status.type}")
-        pending = set(status.pending) & wanted
+        pending = set(status.pending)
+        pending_anywhere.update(pending & wanted)
         expected = status.stored
         received = 0
-        while wanted:
-            if not pending and received >= expected:
-                break
+        while pending or received < expected:
             left = None if deadline is None else deadline - time.monotonic()
             if left is not None and left <= 0:
                 break
@@ -254,13 +276,9 @@ async def _recover_node(
                     msg, payload = await conn.recv()
             except TimeoutError:
                 break
-            if not isinstance(msg, JobDone):
-                continue
-            _apply(msg, payload, jobs, node, wanted)
-            received += len(msg.jobs)
-            for report in msg.jobs:
-                pending.discard(report.job_id)
-            await conn.send(JobAck(comp_id=comp_id, job_ids=[r.job_id for r in msg.jobs]))
+            if isinstance(msg, JobDone):
+                received += len(msg.jobs)
+                await take(msg, payload)
         if pending and terminate:
             await conn.send(JobCancel(comp_id=comp_id, job_ids=sorted(pending)))
             with contextlib.suppress(TimeoutError):
@@ -268,15 +286,7 @@ async def _recover_node(
                     while pending:
                         msg, payload = await conn.recv()
                         if isinstance(msg, JobDone):
-                            _apply(msg, payload, jobs, node, wanted)
-                            for report in msg.jobs:
-                                pending.discard(report.job_id)
-                            await conn.send(
-                                JobAck(comp_id=comp_id, job_ids=[r.job_id for r in msg.jobs])
-                            )
-        for uid in sorted(wanted):
-            if uid not in pending:
-                abandon(uid, f"node {where} does not have this job (was it restarted?)")
+                            await take(msg, payload)
         if not pending:
             await conn.send(CloseComputation(comp_id=comp_id, terminate=True))
             with contextlib.suppress(TimeoutError):

@@ -68,6 +68,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("dispy_node")
 
 DEFAULT_PULSE = 10.0
+BATCH_DELAY = 0.002
+MAX_BATCH = 512
 
 
 class _Runner(Protocol):
@@ -378,7 +380,15 @@ class Session:
         self._outbox.append(reply)
         if not self._flush_scheduled:
             self._flush_scheduled = True
-            asyncio.get_running_loop().call_soon(self._flush)
+            loop = asyncio.get_running_loop()
+            comp = self.computation
+            if comp is not None and comp.queued > 0 and len(self._outbox) < MAX_BATCH:
+                # More results are about to follow: wait a moment to send them in one frame.
+                loop.call_later(BATCH_DELAY, self._flush)
+            else:
+                loop.call_soon(self._flush)
+        elif len(self._outbox) >= MAX_BATCH:
+            self._flush()
 
     def _flush(self) -> None:
         self._flush_scheduled = False
@@ -495,9 +505,9 @@ class Session:
         if self.dest is not None and (self.setup is None or self.setup.cleanup):
             shutil.rmtree(self.dest, ignore_errors=True)
         store = self.node.store
-        if self.setup is not None and store.has(self.setup.comp_id):
-            if store.count(self.setup.comp_id) == 0:
-                store.drop(self.setup.comp_id)
+        comp_id = self.comp_id
+        if comp_id is not None and store.has(comp_id) and store.count(comp_id) == 0:
+            store.drop(comp_id)
         self.dest = None
         self.setup = None
 
