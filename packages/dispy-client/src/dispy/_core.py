@@ -24,7 +24,7 @@ import os
 import socket
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -59,6 +59,7 @@ from dispy_core.protocol.messages import (
     JobDone,
     JobProvisional,
     JobSubmit,
+    Message,
     NodeInfo,
     Notice,
     Pulse,
@@ -438,8 +439,10 @@ class ClusterCore:
 
     async def _read_node(self, session: _NodeSession) -> None:
         conn = session.conn
-        while True:
-            msg, payload = await conn.recv()
+
+        def handle(msg: Message, payload: bytes) -> Awaitable[None] | None:
+            # Runs inside the connection's protocol callback: results are handled in the
+            # same loop turn they arrive in.
             session.last_heard = time.monotonic()
             if isinstance(msg, JobDone):
                 self._job_replies(session, msg, payload)
@@ -482,20 +485,18 @@ class ClusterCore:
                 session.node.error = msg.reason
                 self._status(NodeStatus.SetupFailed, session.node, None)
                 self._node_lost(session, msg.reason)
-                await conn.close()
-                return
+                conn.finish()
             elif isinstance(msg, ComputationClosed):
                 session.closed.set()
                 self._node_lost(session, "closed")
-                await conn.close()
-                return
+                conn.finish()
             elif isinstance(msg, Notice):
-                log.log(
-                    logging.ERROR if msg.level == "error" else logging.WARNING,
-                    "node %s: %s",
-                    session.node.name,
-                    msg.text,
-                )
+                level = logging.ERROR if msg.level == "error" else logging.WARNING
+                log.log(level, "node %s: %s", session.node.name, msg.text)
+            return None
+
+        await conn.serve(handle)
+        await conn.close()
 
     def _node_lost(self, session: _NodeSession, reason: str, *, dead: bool = False) -> None:
         if self.sessions.get(session.key) is not session:
@@ -654,8 +655,8 @@ class ClusterCore:
                     break
             start += len(batch)
             try:
-                message = JobSubmit(comp_id=self.comp_id, jobs=batch)
-                session.conn.send_nowait(message, b"".join(parts))
+                submit = JobSubmit(comp_id=self.comp_id, jobs=batch)
+                session.conn.send_nowait(submit, b"".join(parts))
             except ConnectionClosed:
                 return
 

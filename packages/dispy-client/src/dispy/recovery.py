@@ -119,6 +119,7 @@ class RecoveryLog:
             log.warning("recover file %s can no longer be written: %s", self.path, exc)
 
     def close(self, remove: bool) -> None:
+        self._broken = True  # later writes (a timer firing after close) are no-ops
         with contextlib.suppress(OSError, ValueError):
             self._fh.close()
         if remove:

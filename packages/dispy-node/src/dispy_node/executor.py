@@ -112,8 +112,7 @@ class WorkerHub:
 @dataclass(eq=False)
 class _Worker:
     wid: int
-    reader: asyncio.StreamReader
-    writer: asyncio.StreamWriter
+    transport: asyncio.WriteTransport
     pid: int = 0
     job: int | None = None
     job_start: float = 0.0
@@ -240,7 +239,7 @@ class Computation:
             if worker.job is not None:
                 self._on_reply(local_reply(worker.job, "cancelled", "Cancelled", worker.job_start))
                 worker.job = None
-            worker.writer.close()
+            worker.transport.close()
         error: str | None = None
         if self._proc is not None and self._proc.returncode is None:
             with contextlib.suppress(Exception):
@@ -310,7 +309,7 @@ class Computation:
             self._queued_ids.discard(job_id)
             worker.job = job_id
             worker.job_start = time.time()
-            worker.writer.writelines(
+            worker.transport.writelines(
                 (_wire.TO_WORKER.pack(_wire.OP_RUN, job_id, len(payload)), payload)
             )
 
@@ -324,56 +323,52 @@ class Computation:
         try:
             async with asyncio.timeout(WORKER_CONNECT_TIMEOUT):
                 await self._proc.stdin.drain()
-                reader, writer = await fut
+                _reader, writer = await fut
         except (TimeoutError, ConnectionError) as exc:
             self._hub.forget(wid)
             raise ComputationStartError(f"worker {wid} did not start: {exc!r}") from None
-        worker = _Worker(wid, reader, writer)
+        worker = _Worker(wid, writer.transport)
+        # From here the worker's bytes are parsed in the protocol callback itself: no task
+        # wake-up between a result arriving and it being sent on.
+        writer.transport.set_protocol(_WorkerProtocol(self, worker))
         self._workers[wid] = worker
         early_pid = self._early_pids.pop(wid, None)
         if early_pid is not None:
             worker.pid = early_pid
             self._by_pid[early_pid] = worker
         self._idle.append(worker)
-        self._spawn_task(self._read_worker(worker))
         self._dispatch()
 
-    async def _read_worker(self, worker: _Worker) -> None:
-        head_size = _wire.FROM_WORKER.size
-        reader = worker.reader
-        try:
-            while True:
-                head = await reader.readexactly(head_size)
-                op, outcome, job_id, start, end, length = _wire.FROM_WORKER.unpack(head)
-                payload = await reader.readexactly(length) if length else b""
-                if op == _wire.OP_DONE:
-                    if worker.job != job_id:
-                        continue
-                    worker.job = None
-                    self.jobs_done += 1
-                    self._job_ended.set()
-                    kind: JobOutcome = (
-                        "finished" if outcome == _wire.OUTCOME_FINISHED else "terminated"
-                    )
-                    self._on_reply(Reply(job_id, kind, start, end, payload))
-                    if self.closing:
-                        continue
-                    if len(self._workers) > self.cpus:
-                        self._retire(worker)
-                        break
-                    self._idle.append(worker)
-                    self._dispatch()
-                elif op == _wire.OP_PROVISIONAL:
-                    self._on_provisional(job_id, payload)
-                elif op == _wire.OP_SEND_FILE:
-                    error = await self._forward_file(job_id, payload)
-                    answer = error.encode() if error else b""
-                    worker.writer.writelines(
-                        (_wire.TO_WORKER.pack(_wire.OP_ACK, job_id, len(answer)), answer)
-                    )
-        except (asyncio.IncompleteReadError, ConnectionError):
-            pass
-        await self._worker_lost(worker)
+    def _worker_message(
+        self, worker: _Worker, op: int, outcome: int, job_id: int, start: float, end: float,
+        payload: bytes,
+    ) -> None:
+        if op == _wire.OP_DONE:
+            if worker.job != job_id:
+                return
+            worker.job = None
+            self.jobs_done += 1
+            self._job_ended.set()
+            kind: JobOutcome = "finished" if outcome == _wire.OUTCOME_FINISHED else "terminated"
+            self._on_reply(Reply(job_id, kind, start, end, payload))
+            if self.closing:
+                return
+            if len(self._workers) > self.cpus:
+                self._retire(worker)
+                return
+            self._idle.append(worker)
+            self._dispatch()
+        elif op == _wire.OP_PROVISIONAL:
+            self._on_provisional(job_id, payload)
+        elif op == _wire.OP_SEND_FILE:
+            self._spawn_task(self._send_file(worker, job_id, payload))
+
+    async def _send_file(self, worker: _Worker, job_id: int, payload: bytes) -> None:
+        error = await self._forward_file(job_id, payload)
+        answer = error.encode() if error else b""
+        worker.transport.writelines(
+            (_wire.TO_WORKER.pack(_wire.OP_ACK, job_id, len(answer)), answer)
+        )
 
     async def _forward_file(self, job_id: int, payload: bytes) -> str | None:
         if self._on_send_file is None:
@@ -406,7 +401,7 @@ class Computation:
     def _retire(self, worker: _Worker) -> None:
         worker.retired = True
         self._workers.pop(worker.wid, None)
-        worker.writer.close()
+        worker.transport.close()
 
     async def _worker_lost(self, worker: _Worker) -> None:
         self._workers.pop(worker.wid, None)
@@ -425,7 +420,7 @@ class Computation:
                     )
                 self._on_reply(local_reply(job_id, "terminated", describe_exit(info), start))
                 log.warning("job %s of %s: %s", job_id, self.name, describe_exit(info))
-        worker.writer.close()
+        worker.transport.close()
         if worker.retired:
             return
         alive = self._proc is not None and self._proc.returncode is None
@@ -462,3 +457,31 @@ class Computation:
                     self._control_events.put_nowait(event)
         except (asyncio.IncompleteReadError, ConnectionError):
             self._control_events.put_nowait({"op": "eof"})
+
+
+class _WorkerProtocol(asyncio.Protocol):
+    """Parses a worker's frames as they arrive and hands them to its computation."""
+
+    def __init__(self, computation: Computation, worker: _Worker) -> None:
+        self._comp = computation
+        self._worker = worker
+        self._buf = bytearray()
+
+    def data_received(self, data: bytes) -> None:
+        buf = self._buf
+        buf += data
+        head = _wire.FROM_WORKER
+        pos = 0
+        while len(buf) - pos >= head.size:
+            op, outcome, job_id, start, end, length = head.unpack_from(buf, pos)
+            stop = pos + head.size + length
+            if len(buf) < stop:
+                break
+            payload = bytes(buf[pos + head.size : stop])
+            pos = stop
+            self._comp._worker_message(self._worker, op, outcome, job_id, start, end, payload)
+        if pos:
+            del buf[:pos]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._comp._spawn_task(self._comp._worker_lost(self._worker))

@@ -72,6 +72,7 @@ class Node:
         self._stopped = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
         self._active: Session | None = None
+        self._serving: str | None = None  # the cluster (ping id) of the session, if known
 
     # -- start and stop -----------------------------------------------------------------
 
@@ -153,6 +154,8 @@ class Node:
 
     def _on_ping(self, ping: Ping, addr: tuple[str, int]) -> None:
         now = time.monotonic()
+        if ping.cluster == self._serving:
+            return
         declined = self._declined.get(ping.cluster)
         if declined is not None and now - declined < DECLINE_MEMORY:
             return
@@ -242,7 +245,7 @@ class Node:
 
     def _node_info(self, conn: Connection) -> NodeInfo:
         cfg = self.config
-        local = conn._writer.get_extra_info("sockname") or (cfg.ip_addr or "127.0.0.1", 0)
+        local = conn.local_address or (cfg.ip_addr or "127.0.0.1", 0)
         return NodeInfo(
             name=cfg.name,
             ip_addr=cfg.ext_ip_addr or cfg.ip_addr or str(local[0]),
@@ -262,6 +265,7 @@ class Node:
         log.info("serving client %s at %s:%d", conn.peer_name, *conn.peer)
         session = Session(self)
         self._active = session
+        self._serving = cluster
         try:
             await conn.send(self._node_info(conn))
             outcome = await session.serve(conn)
@@ -284,6 +288,9 @@ class Node:
         if self._active is not session:
             return
         self._active = None
+        if self._serving is not None:
+            self._heard.pop(self._serving, None)
+        self._serving = None
         log.info("free again")
         self._offer_to_waiting()
 

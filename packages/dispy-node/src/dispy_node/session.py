@@ -52,6 +52,7 @@ from dispy_core.protocol.messages import (
     JobProvisional,
     JobReport,
     JobSubmit,
+    Message,
     Notice,
     Pulse,
     RecoverStatus,
@@ -192,15 +193,16 @@ class Session:
         return await self.serve(conn)
 
     async def _serve(self, conn: Connection) -> str:
-        while True:
-            msg, payload = await conn.recv()
+        def handle(msg: Message, payload: bytes) -> Awaitable[None] | None:
+            # Runs inside the connection's protocol callback; an awaitable returned here
+            # holds back later messages until it is done, so order is kept.
             self.last_heard = time.monotonic()
             if isinstance(msg, JobSubmit):
                 self._submit(msg, payload)
             elif isinstance(msg, JobAck):
                 self._acked(msg.job_ids)
             elif isinstance(msg, FilePut):
-                await self._file_put(msg, payload)
+                return self._file_put(msg, payload)
             elif isinstance(msg, JobCancel):
                 if self.computation is not None:
                     for job_id in msg.job_ids:
@@ -216,14 +218,18 @@ class Session:
                 if waiter is not None and not waiter.done():
                     waiter.set_result(msg.error)
             elif isinstance(msg, CloseComputation):
-                comp_id = msg.comp_id
-                await self._close(terminate=msg.terminate)
-                await conn.send(ComputationClosed(comp_id=comp_id))
-                return "closed"
-            elif isinstance(msg, Pulse):
-                pass
-            else:
+                return self._close_and_finish(conn, msg)
+            elif not isinstance(msg, Pulse):
                 log.debug("ignoring %s from %s", msg.type, conn.peer_name)
+            return None
+
+        outcome: str = await conn.serve(handle)
+        return outcome
+
+    async def _close_and_finish(self, conn: Connection, msg: CloseComputation) -> None:
+        await self._close(terminate=msg.terminate)
+        await conn.send(ComputationClosed(comp_id=msg.comp_id))
+        conn.finish("closed")
 
     def _acked(self, job_ids: list[int]) -> None:
         stored: list[int] = []
@@ -386,7 +392,7 @@ class Session:
                 # More results are about to follow: wait a moment to send them in one frame.
                 loop.call_later(BATCH_DELAY, self._flush)
             else:
-                loop.call_soon(self._flush)
+                self._flush()
         elif len(self._outbox) >= MAX_BATCH:
             self._flush()
 

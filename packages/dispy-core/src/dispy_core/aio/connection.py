@@ -1,9 +1,12 @@
-"""An authenticated, framed, persistent connection over asyncio streams.
+"""An authenticated, framed, persistent connection over an asyncio transport.
 
 :func:`open_connection` and :func:`accept_connection` run the handshake of
-:mod:`dispy_core.protocol.handshake` with a deadline, then return a :class:`Connection`
-whose frames carry a MAC (or, under TLS, rely on TLS). Nothing is unpickled here: payloads
-come out as bytes.
+:mod:`dispy_core.protocol.handshake` on asyncio streams, with a deadline; the transport is
+then handed to a :class:`Connection`, an :class:`asyncio.Protocol` that parses frames as
+bytes arrive. A caller either pulls messages with :meth:`Connection.recv`, or hands every
+message, in order, to a handler with :meth:`Connection.serve`: the handler runs inside the
+protocol callback, so a message is acted on in the same event-loop turn it arrives in.
+Nothing is unpickled here: payloads come out as bytes.
 """
 
 from __future__ import annotations
@@ -12,12 +15,15 @@ import asyncio
 import contextlib
 import logging
 import ssl
-from typing import TypeVar
+from collections import deque
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 from dispy_core.protocol import framing
 from dispy_core.protocol.errors import ProtocolError, RemoteProtocolError
 from dispy_core.protocol.framing import (
     DEFAULT_MAX_MESSAGE,
+    Frame,
     FrameDecoder,
     FrameEncoder,
     MessageAuthenticator,
@@ -28,8 +34,12 @@ from dispy_core.protocol.messages import Message, Refused, Role, _Message, decod
 log = logging.getLogger(__name__)
 
 READ_SIZE = 1 << 18
+# Stop reading from a peer when this much is received but not yet consumed.
+PAUSE_READING_AT = 32 << 20
+# A peer that does not take our bytes for this long is treated as gone.
+WRITE_TIMEOUT = 60.0
 
-M = TypeVar("M", bound=_Message)
+Handler = Callable[[Message, bytes], Awaitable[Any] | None]
 
 
 class ConnectionClosed(ConnectionError):
@@ -44,85 +54,271 @@ class PeerRefused(RemoteProtocolError):
         self.reason = reason
 
 
-class Connection:
+class Connection(asyncio.Protocol):
     """One authenticated connection: send messages with payloads, receive them in order."""
 
     def __init__(
         self,
-        reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
+        transport: asyncio.Transport,
         decoder: FrameDecoder,
         encoder: FrameEncoder,
         *,
         peer: tuple[str, int],
         peer_role: Role,
         peer_name: str,
+        leftover: bytes = b"",
+        keep: object = None,
     ) -> None:
-        self._reader = reader
-        self._writer = writer
+        self._transport = transport
         self._decoder = decoder
         self._encoder = encoder
+        self._keep = keep  # the handshake's stream objects, kept alive with the transport
         self.peer = peer
         self.peer_role = peer_role
         self.peer_name = peer_name
         self.closed = False
+        self._error: BaseException | None = None
+        self._waiter: asyncio.Future[None] | None = None
+        self._handler: Handler | None = None
+        self._blocked = False
+        self._done: asyncio.Future[Any] | None = None
+        self._paused_reading = False
+        self._paused_writing = False
+        self._drain_waiters: deque[asyncio.Future[None]] = deque()
+        self._lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        transport.set_protocol(self)
+        if leftover:
+            self._decoder.feed(leftover)
+        if not transport.is_reading() and not transport.is_closing():
+            transport.resume_reading()
 
     def __repr__(self) -> str:
         return f"<Connection {self.peer_role} {self.peer_name} at {self.peer[0]}:{self.peer[1]}>"
 
+    @property
+    def local_address(self) -> tuple[str, int] | None:
+        name = self._transport.get_extra_info("sockname")
+        return (str(name[0]), int(name[1])) if name else None
+
+    # -- asyncio.Protocol ---------------------------------------------------------------
+
+    def data_received(self, data: bytes) -> None:
+        self._decoder.feed(data)
+        if self._handler is not None:
+            self._dispatch()
+        else:
+            self._wake()
+        if (
+            not self._paused_reading
+            and self._decoder.buffered > PAUSE_READING_AT
+            and (self._handler is None or self._blocked)
+        ):
+            self._paused_reading = True
+            self._transport.pause_reading()
+
+    def eof_received(self) -> bool:
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        where = f"{self.peer[0]}:{self.peer[1]}"
+        self._fail(ConnectionClosed(f"{where} closed the connection" if exc is None else str(exc)))
+        while self._drain_waiters:
+            waiter = self._drain_waiters.popleft()
+            if not waiter.done():
+                waiter.set_exception(ConnectionClosed(f"connection to {where} lost"))
+        if not self._lost.done():
+            self._lost.set_result(None)
+
+    def pause_writing(self) -> None:
+        self._paused_writing = True
+
+    def resume_writing(self) -> None:
+        self._paused_writing = False
+        while self._drain_waiters:
+            waiter = self._drain_waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+
+    # -- sending ------------------------------------------------------------------------
+
     def send_nowait(self, message: _Message, payload: framing.Buffer = b"") -> None:
         """Queue one message for sending; call :meth:`drain` to respect flow control."""
-        if self.closed:
+        if self.closed or self._transport.is_closing():
             raise ConnectionClosed(f"connection to {self.peer[0]}:{self.peer[1]} is closed")
-        self._writer.writelines(self._encoder.encode(encode(message), payload))
+        self._transport.writelines(self._encoder.encode(encode(message), payload))
 
     async def send(self, message: _Message, payload: framing.Buffer = b"") -> None:
         self.send_nowait(message, payload)
         await self.drain()
 
     async def drain(self) -> None:
+        """Wait until the transport's buffer is below its limit (bounded by WRITE_TIMEOUT)."""
+        if self.closed:
+            raise ConnectionClosed(f"connection to {self.peer[0]}:{self.peer[1]} is closed")
+        if not self._paused_writing:
+            return
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._drain_waiters.append(waiter)
         try:
-            await self._writer.drain()
-        except (ConnectionError, OSError) as exc:
-            self.closed = True
-            raise ConnectionClosed(str(exc)) from None
+            async with asyncio.timeout(WRITE_TIMEOUT):
+                await waiter
+        except TimeoutError:
+            self._transport.abort()
+            raise ConnectionClosed(
+                f"{self.peer[0]}:{self.peer[1]} took no data for {WRITE_TIMEOUT:.0f} s"
+            ) from None
+
+    # -- receiving ----------------------------------------------------------------------
+
+    def _next_frame(self) -> Frame | None:
+        try:
+            return self._decoder.next_frame()
+        except RemoteProtocolError as exc:
+            self._fail(exc)
+            raise
+
+    def _resume_reading(self) -> None:
+        if self._paused_reading and self._decoder.buffered < PAUSE_READING_AT // 2:
+            self._paused_reading = False
+            if not self._transport.is_closing():
+                self._transport.resume_reading()
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     async def recv(self) -> tuple[Message, bytes]:
         """The next message and its payload.
 
         Raises:
             ConnectionClosed: the peer went away.
+            PeerRefused: the peer ended the session (with its reason).
             RemoteProtocolError: the peer sent something invalid (the caller should close).
         """
+        if self._handler is not None:
+            raise RuntimeError("recv() while serve() is running")
         while True:
-            frame = self._decoder.next_frame()
+            frame = self._next_frame()
             if frame is not None:
+                self._resume_reading()
                 message = decode(frame.header)
                 if isinstance(message, Refused):
                     raise PeerRefused(message.reason)
                 return message, frame.payload
+            if self._error is not None:
+                raise self._error
+            self._waiter = asyncio.get_running_loop().create_future()
+            self._resume_reading()
             try:
-                data = await self._reader.read(READ_SIZE)
-            except (ConnectionError, OSError, ssl.SSLError) as exc:
-                self.closed = True
-                raise ConnectionClosed(str(exc)) from None
-            if not data:
-                self.closed = True
-                raise ConnectionClosed(f"{self.peer[0]}:{self.peer[1]} closed the connection")
-            self._decoder.feed(data)
+                await self._waiter
+            finally:
+                self._waiter = None
+
+    async def serve(self, handler: Handler) -> Any:
+        """Hand every message to ``handler(message, payload)``, in order, until stopped.
+
+        The handler runs inside the protocol callback. If it returns an awaitable, later
+        messages wait until that finishes, so order is kept. Returns the value given to
+        :meth:`finish`.
+
+        Raises:
+            ConnectionClosed, PeerRefused, RemoteProtocolError: as :meth:`recv`; also any
+            exception the handler raised.
+        """
+        if self._error is not None:
+            raise self._error
+        self._handler = handler
+        self._done = asyncio.get_running_loop().create_future()
+        try:
+            self._dispatch()
+            return await self._done
+        finally:
+            self._handler = None
+            self._done = None
+
+    def finish(self, value: Any = None) -> None:
+        """End :meth:`serve`; messages after this stay queued for the next reader."""
+        done = self._done
+        self._handler = None
+        if done is not None and not done.done():
+            done.set_result(value)
+
+    def _dispatch(self) -> None:
+        while self._handler is not None and not self._blocked:
+            try:
+                frame = self._decoder.next_frame()
+                if frame is None:
+                    return
+                message = decode(frame.header)
+            except RemoteProtocolError as exc:
+                self._fail(exc)
+                return
+            if isinstance(message, Refused):
+                self._fail(PeerRefused(message.reason))
+                return
+            try:
+                pending = self._handler(message, frame.payload)
+            except Exception as exc:
+                self._fail(exc)
+                return
+            if pending is not None:
+                self._blocked = True
+                task = asyncio.ensure_future(pending)
+                task.add_done_callback(self._handler_done)
+        self._resume_reading()
+
+    def _handler_done(self, task: asyncio.Future[Any]) -> None:
+        self._blocked = False
+        if task.cancelled():
+            self._fail(ConnectionClosed("message handler cancelled"))
+            return
+        exc = task.exception()
+        if exc is not None:
+            self._fail(exc)
+            return
+        self._dispatch()
+
+    def _fail(self, exc: BaseException) -> None:
+        if self._error is None:
+            self._error = exc
+        done = self._done
+        if done is not None and not done.done():
+            done.set_exception(self._error)
+        self._handler = None
+        self._wake()
+
+    # -- closing ------------------------------------------------------------------------
 
     async def refuse(self, reason: str) -> None:
         """Tell the peer why the session ends, then close."""
         with contextlib.suppress(Exception):
-            self._writer.writelines(self._encoder.encode(encode(Refused(reason=reason))))
-            await asyncio.wait_for(self._writer.drain(), 1.0)
+            if not self.closed and not self._transport.is_closing():
+                self._transport.writelines(self._encoder.encode(encode(Refused(reason=reason))))
         await self.close()
 
     async def close(self) -> None:
         self.closed = True
+        if not self._transport.is_closing():
+            self._transport.close()
         with contextlib.suppress(Exception):
-            self._writer.close()
-            await asyncio.wait_for(self._writer.wait_closed(), 1.0)
+            await asyncio.wait_for(asyncio.shield(self._lost), 1.0)
+
+
+async def _read_frame(reader: asyncio.StreamReader, decoder: FrameDecoder) -> Frame:
+    """Read exactly one handshake frame, so no byte after it is taken from the stream."""
+    prefix = await reader.readexactly(framing.PREFIX_SIZE)
+    decoder.feed(prefix)
+    _magic, _flags, hlen, plen = framing._PREFIX.unpack(prefix)
+    frame = decoder.next_frame()  # validates magic and sizes from the prefix alone
+    if frame is not None:
+        return frame
+    decoder.feed(await reader.readexactly(hlen + plen))
+    frame = decoder.next_frame()
+    if frame is None:
+        raise RemoteProtocolError("incomplete handshake frame")
+    return frame
 
 
 async def _handshake(
@@ -150,15 +346,12 @@ async def _handshake(
     send_all(list(shake.initiate()))
     await writer.drain()
     while not shake.done:
-        frame = decoder.next_frame()
-        if frame is None:
-            data = await reader.read(4096)
-            if not data:
-                raise ConnectionClosed(
-                    f"{peer[0]}:{peer[1]} closed the connection during the handshake"
-                )
-            decoder.feed(data)
-            continue
+        try:
+            frame = await _read_frame(reader, decoder)
+        except asyncio.IncompleteReadError:
+            raise ConnectionClosed(
+                f"{peer[0]}:{peer[1]} closed the connection during the handshake"
+            ) from None
         try:
             replies = shake.receive(parse_handshake(frame.header))
         except HandshakeFailed as exc:
@@ -178,14 +371,20 @@ async def _handshake(
         send_key, recv_key = shake.session_keys()
         encoder.authenticator = MessageAuthenticator(send_key)
         decoder.authenticator = MessageAuthenticator(recv_key)
+    # Bytes the peer sent right after the handshake sit in the stream's buffer; they move
+    # to the connection with the transport (no await in between, so none can slip by).
+    leftover = bytes(getattr(reader, "_buffer", b""))
+    transport = writer.transport
+    assert isinstance(transport, asyncio.Transport)
     return Connection(
-        reader,
-        writer,
+        transport,
         decoder,
         encoder,
         peer=peer,
         peer_role=shake.peer_role,
         peer_name=shake.peer_name,
+        leftover=leftover,
+        keep=(reader, writer),
     )
 
 
