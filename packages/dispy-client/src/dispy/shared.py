@@ -13,4 +13,3 @@ class SharedJobCluster:
             "SharedJobCluster needs dispy-scheduler, which is not available in this release; "
             "use JobCluster"
         )
-

@@ -340,7 +340,13 @@ class Computation:
         self._dispatch()
 
     def _worker_message(
-        self, worker: _Worker, op: int, outcome: int, job_id: int, start: float, end: float,
+        self,
+        worker: _Worker,
+        op: int,
+        outcome: int,
+        job_id: int,
+        start: float,
+        end: float,
         payload: bytes,
     ) -> None:
         if op == _wire.OP_DONE:
