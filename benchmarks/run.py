@@ -32,9 +32,10 @@ import psutil
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import dispy  # noqa: E402
-import workloads  # noqa: E402
-from workloads import busy, echo_bytes, noop  # noqa: E402
+import workloads
+from workloads import busy, echo_bytes, noop
+
+import dispy
 
 MiB = 1 << 20
 

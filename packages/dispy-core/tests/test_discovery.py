@@ -110,8 +110,14 @@ def test_pattern_matching(pattern, address, expected):
 
 @pytest.mark.parametrize(
     ("host", "expected"),
-    [("*", True), ("10.0.0.*", True), ("10.0.0.?", True), ("10.0.0.[1-3]", True),
-     ("10.0.0.1", False), ("node.example.org", False)],  # fmt: skip
+    [
+        ("*", True),
+        ("10.0.0.*", True),
+        ("10.0.0.?", True),
+        ("10.0.0.[1-3]", True),
+        ("10.0.0.1", False),
+        ("node.example.org", False),
+    ],
 )
 def test_is_pattern(host, expected):
     assert is_pattern(host) is expected

@@ -113,6 +113,9 @@ class WorkerHub:
 class _Worker:
     wid: int
     transport: asyncio.WriteTransport
+    # The StreamWriter that accepted the worker closes the transport when garbage
+    # collected, so it lives as long as the worker.
+    streams: object = None
     pid: int = 0
     job: int | None = None
     job_start: float = 0.0
@@ -327,7 +330,7 @@ class Computation:
         except (TimeoutError, ConnectionError) as exc:
             self._hub.forget(wid)
             raise ComputationStartError(f"worker {wid} did not start: {exc!r}") from None
-        worker = _Worker(wid, writer.transport)
+        worker = _Worker(wid, writer.transport, streams=(_reader, writer))
         # From here the worker's bytes are parsed in the protocol callback itself: no task
         # wake-up between a result arriving and it being sent on.
         writer.transport.set_protocol(_WorkerProtocol(self, worker))

@@ -2,13 +2,15 @@
 
 Each :class:`MemoryWire` is one direction of the pipe. Tests may watch it (``record``), or
 change what crosses it (``intercept``) to tamper with, drop or inspect bytes on the wire.
-Writes are delivered immediately and in order; there is no flow control (``drain`` never
-waits), which keeps tests fast and deterministic.
+Bytes reach the other end in order on a later loop iteration, with the flow control of a
+real transport (pause/resume reading and writing), so code that takes over the transport
+(``set_protocol``) works on it as on a socket.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -20,9 +22,10 @@ class MemoryWire:
     """One direction of an in-memory connection.
 
     Attributes:
-        intercept: if set, called with each write's bytes; what it returns is delivered
+        intercept: if set, called with each write's bytes; what it returns goes on the wire
             instead (``b""`` drops the write). Set it at any time, e.g. after a handshake.
-        record: when not None, every delivered byte is appended here.
+        record: when not None, every byte put on the wire is appended here.
+        delivered: bytes handed to the receiving protocol so far.
         closed: the writing end closed (or wrote EOF).
     """
 
@@ -33,13 +36,22 @@ class MemoryWire:
         self.delivered = 0
 
 
+_EOF = None  # marks the end of the stream in a receive queue
+
+
 class _MemoryTransport(asyncio.Transport):
-    """The writing side of one end: bytes go through a wire into the peer's protocol."""
+    """One end of an in-memory connection, with asyncio's transport semantics.
+
+    Bytes written go through the wire into the peer's receive queue and reach the peer's
+    protocol on a later loop iteration, in order. The peer may pause reading; its queue then
+    grows until the writer's high-water mark, where the writer's protocol is told to pause
+    writing (so ``drain`` waits), as with a socket whose peer does not read.
+    """
 
     def __init__(
         self,
         loop: asyncio.AbstractEventLoop,
-        protocol: asyncio.StreamReaderProtocol,
+        protocol: asyncio.BaseProtocol,
         wire: MemoryWire,
         extra: dict[str, Any],
     ) -> None:
@@ -49,13 +61,28 @@ class _MemoryTransport(asyncio.Transport):
         self._wire = wire
         self._closing = False
         self._lost = False
+        self._reading = True
+        self._queue: deque[bytes | None] = deque()  # received, not yet delivered
+        self._queued = 0
+        self._flush_scheduled = False
+        self._high = 1 << 20
+        self._low = 1 << 18
+        self._write_paused = False
         self.peer: _MemoryTransport | None = None
+
+    # -- protocol -----------------------------------------------------------------------
+
+    def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
+        self._protocol = protocol
+
+    def get_protocol(self) -> asyncio.BaseProtocol:
+        return self._protocol
 
     # -- writing ------------------------------------------------------------------------
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         if self._closing or self._wire.closed:
-            return  # like a socket whose peer is gone: the bytes are lost
+            return  # like a socket already shut down: the bytes are lost
         chunk = bytes(data)
         if self._wire.intercept is not None:
             chunk = self._wire.intercept(chunk)
@@ -63,10 +90,12 @@ class _MemoryTransport(asyncio.Transport):
             return
         if self._wire.record is not None:
             self._wire.record += chunk
-        self._wire.delivered += len(chunk)
         peer = self.peer
         if peer is not None and not peer._lost:
-            peer._protocol.data_received(chunk)
+            peer._receive(chunk)
+            if peer._queued > self._high and not self._write_paused:
+                self._write_paused = True
+                self._protocol.pause_writing()
 
     def can_write_eof(self) -> bool:
         return True
@@ -77,27 +106,66 @@ class _MemoryTransport(asyncio.Transport):
         self._wire.closed = True
         peer = self.peer
         if peer is not None and not peer._lost:
-            self._loop.call_soon(peer._protocol.eof_received)
+            peer._receive(_EOF)
 
     def get_write_buffer_size(self) -> int:
-        return 0
+        peer = self.peer
+        return peer._queued if peer is not None and not peer._lost else 0
 
     def get_write_buffer_limits(self) -> tuple[int, int]:
-        return (0, 0)
+        return (self._low, self._high)
 
     def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
-        del high, low
+        self._high = (1 << 20) if high is None else high
+        self._low = self._high // 4 if low is None else low
 
-    # -- reading (no flow control: the reader's buffer simply grows) ----------------------
+    def _writable_again(self) -> None:
+        if self._write_paused and self.get_write_buffer_size() <= self._low:
+            self._write_paused = False
+            if not self._lost:
+                self._protocol.resume_writing()
+
+    # -- reading ------------------------------------------------------------------------
+
+    def _receive(self, item: bytes | None) -> None:
+        self._queue.append(item)
+        self._queued += len(item) if item is not None else 0
+        self._schedule_flush()
+
+    def _schedule_flush(self) -> None:
+        if not self._flush_scheduled and self._reading and self._queue:
+            self._flush_scheduled = True
+            self._loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        while self._queue and self._reading and not self._lost:
+            item = self._queue.popleft()
+            if item is _EOF:
+                keep_open = self._protocol.eof_received()  # type: ignore[attr-defined]
+                if not keep_open:
+                    self.close()
+                break
+            self._queued -= len(item)
+            self._wire_in().delivered += len(item)
+            self._protocol.data_received(item)  # type: ignore[attr-defined]
+        if self.peer is not None:
+            self.peer._writable_again()
+
+    def _wire_in(self) -> MemoryWire:
+        assert self.peer is not None
+        return self.peer._wire
 
     def pause_reading(self) -> None:
-        pass
+        self._reading = False
 
     def resume_reading(self) -> None:
-        pass
+        if not self._reading:
+            self._reading = True
+            self._schedule_flush()
 
     def is_reading(self) -> bool:
-        return not self._closing
+        return self._reading and not self._closing
 
     # -- closing ------------------------------------------------------------------------
 
@@ -117,6 +185,10 @@ class _MemoryTransport(asyncio.Transport):
     def _connection_lost(self) -> None:
         if not self._lost:
             self._lost = True
+            self._queue.clear()
+            self._queued = 0
+            if self.peer is not None:
+                self.peer._writable_again()
             self._protocol.connection_lost(None)
 
 

@@ -1,0 +1,47 @@
+"""Files sent by jobs land inside the client's directory (dispy._core.safe_local_path)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from dispy._core import safe_local_path, store_file
+
+
+def test_relative_path_lands_under_base(tmp_path):
+    assert safe_local_path(str(tmp_path), "out/result.txt") == str(tmp_path / "out" / "result.txt")
+    assert safe_local_path(str(tmp_path), "out\\r.txt") == str(tmp_path / "out" / "r.txt")
+
+
+@pytest.mark.parametrize("path", ["/etc/passwd", "\\evil"])
+def test_absolute_path_is_refused(tmp_path, path):
+    with pytest.raises(ValueError, match="absolute paths are not accepted"):
+        safe_local_path(str(tmp_path), path)
+
+
+@pytest.mark.parametrize("path", ["..", "../x", "a/../../x", "a\\..\\x", "", ".", "./"])
+def test_dot_dot_or_empty_path_is_refused(tmp_path, path):
+    with pytest.raises(ValueError, match="must stay inside"):
+        safe_local_path(str(tmp_path), path)
+
+
+def test_symlink_leading_out_is_refused(tmp_path):
+    base = tmp_path / "base"
+    base.mkdir()
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (base / "link").symlink_to(outside)
+    with pytest.raises(ValueError, match="leads outside"):
+        safe_local_path(str(base), "link/x.txt")
+
+
+def test_store_file_writes_contents_mode_and_mtime(tmp_path):
+    path = str(tmp_path / "sub" / "f.bin")
+    store_file(path, b"\x00data", 0o640, 1_700_000_000.0)
+    with open(path, "rb") as fh:
+        assert fh.read() == b"\x00data"
+    stat = os.stat(path)
+    assert stat.st_mode & 0o777 == 0o640
+    assert stat.st_mtime == 1_700_000_000.0
+    assert os.listdir(tmp_path / "sub") == ["f.bin"]  # no temporary file left behind

@@ -1,0 +1,146 @@
+"""The `dispy-node` command line (in-process, via CliRunner, with the node itself patched out)."""
+
+from __future__ import annotations
+
+import runpy
+import sys
+
+import pytest
+from typer.testing import CliRunner
+
+import dispy_node
+from dispy_node import cli
+from dispy_node.config import NodeConfig
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def captured(monkeypatch) -> list[NodeConfig]:
+    """Record the config `run` would serve with, instead of starting a node."""
+    seen: list[NodeConfig] = []
+    monkeypatch.setattr(cli, "_run", seen.append)
+    monkeypatch.setattr(cli, "_setup_logging", lambda debug: None)  # keep logging untouched
+    return seen
+
+
+def one_line(text: str) -> str:
+    return " ".join(text.split())  # Rich wraps long lines at the terminal width
+
+
+def test_version_prints_version_and_exits_0():
+    result = runner.invoke(cli.app, ["--version"])
+    assert result.exit_code == 0
+    assert result.stdout.strip() == f"dispy-node {dispy_node.__version__}"
+
+
+@pytest.mark.parametrize("flag", ["-h", "--help"])
+def test_help_lists_the_run_command(flag):
+    result = runner.invoke(cli.app, [flag])
+    assert result.exit_code == 0
+    assert "run" in result.stdout
+
+
+def test_run_defaults(captured):
+    result = runner.invoke(cli.app, ["run"])
+    assert result.exit_code == 0, result.output
+    (config,) = captured
+    assert (config.cpus, config.node_port, config.ip_addr) == (0, 51348, None)
+    assert config.max_file_size == 10 * 1024 * 1024
+    assert config.zombie_interval == 60 * 60.0  # minutes on the command line, seconds inside
+
+
+@pytest.mark.parametrize("spelling", ["--ip_addr", "--ip-addr", "-i"])
+def test_ip_addr_accepts_every_spelling(captured, spelling):
+    result = runner.invoke(cli.app, ["run", spelling, "127.0.0.1"])
+    assert result.exit_code == 0, result.output
+    assert captured[0].ip_addr == "127.0.0.1"
+
+
+@pytest.mark.parametrize("args", [["-c", "-1"], ["--cpus", "-1"], ["--cpus=-1"]])
+def test_negative_cpus_are_passed_through(captured, args):
+    result = runner.invoke(cli.app, ["run", *args])
+    assert result.exit_code == 0, result.output
+    assert captured[0].cpus == -1
+
+
+@pytest.mark.parametrize(("text", "size"), [("5m", 5242880), ("512k", 524288), ("0", 0)])
+@pytest.mark.parametrize("spelling", ["--max_file_size", "--max-file-size"])
+def test_max_file_size_is_parsed(captured, spelling, text, size):
+    result = runner.invoke(cli.app, ["run", spelling, text])
+    assert result.exit_code == 0, result.output
+    assert captured[0].max_file_size == size
+
+
+def test_invalid_max_file_size_exits_2_with_a_clear_message(captured):
+    result = runner.invoke(cli.app, ["run", "--max_file_size", "abc"])
+    assert result.exit_code == 2
+    assert captured == []
+    assert one_line(result.stderr) == (
+        "dispy-node: invalid size 'abc': give a number >= 0 with an optional suffix "
+        "k, m, g or t (e.g. 10m)"
+    )
+    assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--msg_timeout", "0"], "invalid --msg_timeout"),
+        (["--node_port", "70000"], "invalid --node_port"),
+        (["--zombie_interval", "0"], "invalid --zombie_interval"),
+        (["--cpus", "many"], "Invalid value for '-c' / '--cpus'"),
+        (["--no-such-option"], "No such option"),
+    ],
+)
+def test_bad_options_exit_2_naming_the_option(captured, args, message):
+    result = runner.invoke(cli.app, ["run", *args])
+    assert result.exit_code == 2
+    assert captured == []
+    assert message in one_line(result.stderr)
+    assert "Traceback" not in result.output
+
+
+def test_reference_spellings_of_every_option_are_accepted(captured, tmp_path):
+    args = [
+        "run",
+        "-d",
+        "--node_port", "4000",
+        "--ext_ip_addr", "203.0.113.7",
+        "--name", "node-x",
+        "--secret", "s3",
+        "--dest_path_prefix", str(tmp_path),
+        "--clean",
+        "--msg_timeout", "7.5",
+        "--zombie_interval", "2",
+        "--scheduler_node", "10.0.0.1",
+        "--scheduler_port", "4001",
+    ]  # fmt: skip
+    result = runner.invoke(cli.app, args)
+    assert result.exit_code == 0, result.output
+    (config,) = captured
+    assert (config.node_port, config.ext_ip_addr, config.name) == (4000, "203.0.113.7", "node-x")
+    assert (config.secret, config.dest_path_prefix, config.clean) == ("s3", str(tmp_path), True)
+    assert (config.msg_timeout, config.zombie_interval) == (7.5, 120.0)
+    assert (config.scheduler_node, config.scheduler_port) == ("10.0.0.1", 4001)
+
+
+def test_dash_spellings_are_accepted(captured, tmp_path):
+    args = ["run", "--node-port", "4000", "--ext-ip-addr", "203.0.113.7",
+            "--dest-path-prefix", str(tmp_path), "--msg-timeout", "2"]  # fmt: skip
+    result = runner.invoke(cli.app, args)
+    assert result.exit_code == 0, result.output
+    assert (captured[0].node_port, captured[0].msg_timeout) == (4000, 2.0)
+
+
+def test_secret_is_read_from_the_environment(captured):
+    result = runner.invoke(cli.app, ["run"], env={"DISPY_SECRET": "from-env"})
+    assert result.exit_code == 0, result.output
+    assert captured[0].secret == "from-env"
+
+
+def test_python_dash_m_runs_the_cli(monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["dispy-node", "--version"])
+    with pytest.raises(SystemExit) as excinfo:
+        runpy.run_module("dispy_node", run_name="__main__", alter_sys=True)
+    assert excinfo.value.code == 0
