@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures as cf
+import contextlib
 import gc
 import json
 import os
@@ -54,8 +55,15 @@ class Sizes:
 
 
 SMOKE = Sizes(
-    latency=30, warmup=5, throughput=500, scale=2_000, data_jobs=4, data_size=1 * MiB,
-    cpu_jobs=4, cpu_seconds=0.05, queued=500,
+    latency=30,
+    warmup=5,
+    throughput=500,
+    scale=2_000,
+    data_jobs=4,
+    data_size=1 * MiB,
+    cpu_jobs=4,
+    cpu_seconds=0.05,
+    queued=500,
 )
 
 
@@ -107,10 +115,24 @@ class Node:
         self.secret = secrets.token_hex(8)
         self.launched = time.perf_counter()
         self.proc = subprocess.Popen(
-            ["dispy-node", "run", "-i", "127.0.0.1", "-p", str(self.port), "-c", str(cpus),
-             "--dest_path_prefix", prefix, "--name", "bench"],
+            [
+                "dispy-node",
+                "run",
+                "-i",
+                "127.0.0.1",
+                "-p",
+                str(self.port),
+                "-c",
+                str(cpus),
+                "--dest_path_prefix",
+                prefix,
+                "--name",
+                "bench",
+            ],
             env={**os.environ, "DISPY_SECRET": self.secret},
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
 
     def rss(self, with_children: bool = True) -> int:
@@ -119,10 +141,8 @@ class Node:
             total = proc.memory_info().rss
             if with_children:
                 for child in proc.children(recursive=True):
-                    try:
+                    with contextlib.suppress(psutil.Error):
                         total += child.memory_info().rss
-                    except psutil.Error:
-                        pass
             return total
         except psutil.Error:
             return 0
@@ -137,8 +157,13 @@ class Node:
 
     def cluster(self, computation: Callable[..., Any], **kwargs: Any) -> dispy.JobCluster:
         return dispy.JobCluster(
-            computation, nodes=[("127.0.0.1", self.port)], ip_addr="127.0.0.1", port=0,
-            secret=self.secret, depends=[workloads], **kwargs,
+            computation,
+            nodes=[("127.0.0.1", self.port)],
+            ip_addr="127.0.0.1",
+            port=0,
+            secret=self.secret,
+            depends=[workloads],
+            **kwargs,
         )
 
 
@@ -347,7 +372,9 @@ SIZES = Sizes()
 
 def main() -> int:
     global SIZES
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
     parser.add_argument("--smoke", action="store_true", help="tiny sizes; proves the suite works")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--only", nargs="*", help="run only these (latency throughput ...)")
@@ -363,7 +390,9 @@ def main() -> int:
         "throughput": Metric(f"throughput ({SIZES.throughput} jobs)", "jobs/s", "higher"),
         "scale": Metric(f"scale ({SIZES.scale} jobs)", "jobs/s", "higher"),
         "scale_client_peak": Metric("scale: client peak RSS", "MiB", "lower"),
-        "data": Metric(f"data ({SIZES.data_jobs} x {SIZES.data_size // MiB} MiB each way)", "MiB/s", "higher"),
+        "data": Metric(
+            f"data ({SIZES.data_jobs} x {SIZES.data_size // MiB} MiB each way)", "MiB/s", "higher"
+        ),
         "cpu": Metric(f"cpu efficiency ({SIZES.cpu_jobs} x {SIZES.cpu_seconds}s)", "", "higher"),
         "startup": Metric("startup to first result", "s", "lower"),
         "node_idle_rss": Metric("node RSS idle (daemon)", "MiB", "lower"),
@@ -429,8 +458,10 @@ def main() -> int:
     }
     print_table(metrics)
     out = args.output or os.path.join(
-        os.path.dirname(os.path.abspath(__file__)), "results",
-        f"{time.strftime('%Y%m%d-%H%M%S')}-{socket.gethostname()}{'-smoke' if args.smoke else ''}.json",
+        os.path.dirname(os.path.abspath(__file__)),
+        "results",
+        time.strftime("%Y%m%d-%H%M%S")
+        + f"-{socket.gethostname()}{'-smoke' if args.smoke else ''}.json",
     )
     with open(out, "w") as fh:
         json.dump(report, fh, indent=2)

@@ -66,11 +66,6 @@ def test_jobs_inherit_node_environment(node_factory, cluster_factory):
     cluster.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: after SIGKILL of dispy-node, a worker running a job keeps running (orphaned) "
-    "until the job ends; dispy_node/_template.py main() leaves its workers alive on control EOF",
-)
 def test_sigkill_of_node_leaves_no_job_processes(node_factory, cluster_factory, tmp_path):
     node = node_factory.one(cpus=1, name="killed")
     history = History()
@@ -96,12 +91,6 @@ def test_sigkill_of_node_leaves_no_job_processes(node_factory, cluster_factory, 
     assert not leaked, f"job processes outlived the SIGKILLed node: {leaked}"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: with a TMPDIR longer than ~80 bytes the node cannot bind its worker socket "
-    "(AF_UNIX path too long, dispy_node/executor.py WorkerHub) and reports it as "
-    "'cannot listen on port N' (dispy_node/cli.py _run)",
-)
 def test_node_starts_with_long_tmpdir(node_factory, tmp_path):
     long_tmp = tmp_path / ("t" * 100)
     long_tmp.mkdir()

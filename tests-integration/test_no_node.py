@@ -74,12 +74,6 @@ def test_no_node_listening_warns_and_closes(cluster_factory, dispy_log):
     history.check(allowed={DispyJob.Cancelled, DispyJob.Abandoned})
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: the no-node warning blames node_port 51348 ('it uses another node_port (this "
-    "cluster uses 51348)', 'a firewall blocks UDP/TCP port 51348') even when every node was "
-    "listed with its own port and 51348 was never used (dispy/_core.py no_node_message)",
-)
 def test_no_node_warning_names_only_ports_in_use(cluster_factory, dispy_log):
     port = free_port()
     cluster = cluster_factory(square_plus, [("127.0.0.1", port)])

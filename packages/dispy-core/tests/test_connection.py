@@ -188,12 +188,6 @@ async def test_hello_of_another_version_is_refused_naming_both_versions():
     assert f"version {PROTOCOL_VERSION}" in replies[0].reason
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: when parse_handshake raises (e.g. VersionMismatchError for a future hello "
-    "with new fields), _handshake sends no refused message, so the peer only sees the "
-    "connection close and never learns why; send Refused(reason=str(exc)) first",
-)
 @async_test()
 async def test_unparsable_hello_of_another_version_gets_a_refusal_naming_both_versions():
     hello = {"type": "hello", "protocol": 999, "features": ["x"], "nonce": "a" * 64}
@@ -430,12 +424,6 @@ async def test_recv_reads_messages_that_arrived_before_the_peer_closed():
             await client.recv()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: Connection.serve() raises the stored ConnectionClosed before dispatching "
-    "frames that arrived before the close (connection.py serve/_fail), so a peer's last "
-    "messages and its refusal reason are lost; dispatch buffered frames first",
-)
 @async_test()
 async def test_serve_reads_messages_that_arrived_before_the_peer_closed():
     async with memory_connection_pair(SECRET) as (node, client):
@@ -448,12 +436,6 @@ async def test_serve_reads_messages_that_arrived_before_the_peer_closed():
         assert seen == [Notice(text="last words")]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: when the connection closes while a serve() handler is still running, "
-    "_fail ends serve() at once and the frames queued behind that handler are dropped "
-    "(e.g. computation.closed right after jobs.done); deliver them before the close",
-)
 @async_test()
 async def test_serve_finishes_queued_messages_when_the_peer_closes_during_a_handler():
     async with memory_connection_pair(SECRET) as (node, client):

@@ -211,11 +211,6 @@ def test_encoder_refuses_oversized_header():
         FrameEncoder().encode(b"x" * (MAX_HEADER + 1))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: FrameEncoder.encode(b'') emits a header-less frame that every decoder "
-    "refuses as the peer's fault; it should raise LocalProtocolError",
-)
 def test_encoder_refuses_empty_header():
     with pytest.raises(LocalProtocolError):
         FrameEncoder().encode(b"", b"data")
@@ -224,7 +219,7 @@ def test_encoder_refuses_empty_header():
 # --- malformed streams ----------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("first", [0x00, 0x16, ord("G"), 0xD4])
+@pytest.mark.parametrize("first", [0x00, ord("G"), 0xD4])
 def test_bad_magic_refused(first):
     with pytest.raises(RemoteProtocolError, match="not a dispy frame"):
         FrameDecoder().frames(prefix(0, 2, 0, magic=first) + b"{}")
@@ -343,3 +338,10 @@ def test_encoder_passes_the_header_through_unchanged():
     header = b'{"type":"notice"}'
     parts = FrameEncoder().encode(header, b"p")
     assert parts[1] is header
+
+
+def test_tls_record_named_when_peer_speaks_tls():
+    decoder = FrameDecoder()
+    decoder.feed(bytes([0x16, 0x03, 0x01, 0x02, 0x00]) + b"\x00" * 16)
+    with pytest.raises(RemoteProtocolError, match="peer speaks TLS"):
+        decoder.next_frame()

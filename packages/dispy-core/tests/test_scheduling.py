@@ -216,11 +216,6 @@ def test_cancel_of_unknown_or_finished_job_returns_none():
     assert s.finished(99) is None
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a job cancelled while queued leaves a stale entry in its old queue; "
-    "resubmitted with a pin, the stale unpinned entry places it on another node",
-)
 def test_job_resubmitted_with_a_pin_after_cancel_runs_only_on_its_node():
     s: Scheduler[str, str] = Scheduler()
     s.add_node("a", cpus=1)
@@ -232,11 +227,6 @@ def test_job_resubmitted_with_a_pin_after_cancel_runs_only_on_its_node():
     assert ("x", "a") not in s.assign()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a stale pinned entry left by cancel makes remove_node of the old node "
-    "report (and drop) a job that is now pinned to another node",
-)
 def test_remove_node_ignores_a_job_repinned_elsewhere_after_cancel():
     s: Scheduler[str, str] = Scheduler()
     s.add_node("a", cpus=1)

@@ -150,6 +150,7 @@ class ClusterCore:
         self._udp: socket.socket | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._pinged: list[str] = []
+        self._pinged_ports: set[int] = set()
         self._started = time.monotonic()
         self._closing = False
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -244,6 +245,7 @@ class ClusterCore:
         assert self._udp is not None
         opts = self.opts
         pinged: list[str] = []
+        self._pinged_ports = set()
         broadcast_needed = False
         for alloc in opts.nodes:
             target = alloc._target(opts.node_port)
@@ -256,6 +258,7 @@ class ClusterCore:
                 reply_port=self.port,
             )
             send_ping(self._udp, ping, target)
+            self._pinged_ports.add(target[1])
             pinged.append(f"{target[0]}:{target[1]} (unicast)")
         if broadcast_needed:
             for iface in self._broadcast_interfaces():
@@ -268,6 +271,7 @@ class ClusterCore:
                 if opts.ip_addrs and not opts.ext_ip_addrs:
                     ping = ping.model_copy(update={"reply_addr": iface.address})
                 send_ping(self._udp, ping, (iface.broadcast, opts.node_port))
+                self._pinged_ports.add(opts.node_port)
                 pinged.append(f"{iface.broadcast}:{opts.node_port} (broadcast on {iface.name})")
         self._pinged = pinged
 
@@ -313,11 +317,19 @@ class ClusterCore:
         ]
         if self.refusals:
             lines.append("  refused: " + "; ".join(f"{k}: {v}" for k, v in self.refusals.items()))
-        lines.append(
-            "  usual causes: dispy-node is not running there; it uses another node_port "
-            f"(this cluster uses {opts.node_port}) or another secret; a firewall blocks "
-            f"UDP/TCP port {opts.node_port} or port {self.port}."
+        ports = sorted(self._pinged_ports) or [opts.node_port]
+        port_text = ", ".join(str(p) for p in ports)
+        causes = (
+            "dispy-node is not running there; it uses another port "
+            f"(this cluster pinged port {port_text}) or another secret; a firewall blocks "
+            f"UDP/TCP port {port_text} or port {self.port}"
         )
+        if opts.tls.enabled:
+            causes += (
+                "; the nodes were not started with the same --certfile/--keyfile (this "
+                "cluster uses TLS, so a node without it cannot connect)"
+            )
+        lines.append(f"  usual causes: {causes}.")
         return "\n".join(lines)
 
     # -- node sessions ------------------------------------------------------------------
@@ -827,7 +839,7 @@ class ClusterCore:
             async with asyncio.timeout(max(self.opts.msg_timeout * 6, 30)):
                 return await waiter
         except (ConnectionClosed, TimeoutError) as exc:
-            return f"file not confirmed by the node: {exc or type(exc).__name__}"
+            return f"file not confirmed by the node: {str(exc) or type(exc).__name__}"
         finally:
             session.file_waiters.pop(req, None)
 

@@ -247,7 +247,7 @@ async def _recover_node(
             ssl_context=tls.client,
         )
     except (OSError, TimeoutError, ConnectionClosed, ProtocolError) as exc:
-        log.warning("recover: cannot reach node %s: %s", where, exc or type(exc).__name__)
+        log.warning("recover: cannot reach node %s: %s", where, str(exc) or type(exc).__name__)
         return
 
     async def take(msg: JobDone, payload: bytes) -> None:

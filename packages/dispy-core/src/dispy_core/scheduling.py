@@ -79,7 +79,7 @@ class Scheduler(Generic[J, N]):
         for job in lost:
             del self._placed[job]
         for job in state.pinned:
-            if job in self._queued:
+            if job in self._queued and self._pins.get(job) == node:
                 self._queued.discard(job)
                 self._pins.pop(job, None)
                 lost.append(job)
@@ -146,7 +146,8 @@ class Scheduler(Generic[J, N]):
         for node, state in self._nodes.items():
             while state.pinned and state.room > 0:
                 job = state.pinned.popleft()
-                if job in self._queued:
+                # A cancelled job may come back pinned elsewhere: skip stale entries.
+                if job in self._queued and self._pins.get(job) == node:
                     self._place(job, node, state)
                     out.append((job, node))
         while self._queue:
@@ -161,7 +162,7 @@ class Scheduler(Generic[J, N]):
             if best is None:
                 break
             job = self._queue.popleft()
-            if job not in self._queued:
+            if job not in self._queued or job in self._pins:
                 continue
             self._place(job, best[0], best[1])
             out.append((job, best[0]))

@@ -206,7 +206,10 @@ class _Worker:  # pragma: no cover - runs in a forked child
 
 
 def main() -> None:
+    # argv: hub address ('@name' = Linux abstract socket), token, directory (for ps only)
     sock_path, token_hex = sys.argv[1], sys.argv[2]
+    if sock_path.startswith("@"):
+        sock_path = "\0" + sock_path[1:]
     token = bytes.fromhex(token_hex)
     # The control channel moves off stdin/stdout so that user code printing during setup
     # cannot corrupt it.
@@ -252,6 +255,9 @@ def main() -> None:
         if ctrl.rfd not in readable:
             continue
         if not ctrl.read_available():
+            # The node is gone (even SIGKILL ends here): take the jobs down with it rather
+            # than leave orphans running.
+            _kill_children(children)
             break
         while (msg := ctrl.next()) is not None:
             op = msg[0].get("op")
@@ -294,13 +300,18 @@ def _reap(children: set[int], ctrl: _Control) -> None:
         ctrl.send({"op": "exited", "pid": pid, **info})
 
 
-def _close(bundle: dict[str, Any], children: set[int], ctrl: _Control) -> None:
+def _kill_children(children: set[int]) -> None:
     for pid in list(children):
         with contextlib.suppress(OSError):
             os.killpg(pid, signal.SIGKILL)
     for pid in list(children):
         with contextlib.suppress(ChildProcessError):
             os.waitpid(pid, 0)
+    children.clear()
+
+
+def _close(bundle: dict[str, Any], children: set[int], ctrl: _Control) -> None:
+    _kill_children(children)
     cleanup = bundle.get("cleanup")
     reason = None
     if callable(cleanup):

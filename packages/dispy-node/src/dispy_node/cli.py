@@ -151,7 +151,7 @@ def run(
 
 
 def _run(config: NodeConfig) -> None:
-    from dispy_node.node import Node
+    from dispy_node.node import Node, NodeStartError
 
     async def main() -> None:
         node = Node(config)
@@ -163,8 +163,8 @@ def _run(config: NodeConfig) -> None:
         raise _fail(str(exc)) from None
     except TLSConfigError as exc:
         raise _fail(str(exc)) from None
-    except OSError as exc:
-        raise _fail(f"cannot listen on port {config.node_port}: {exc.strerror or exc}") from None
+    except NodeStartError as exc:
+        raise _fail(str(exc)) from None
 
 
 def main() -> None:

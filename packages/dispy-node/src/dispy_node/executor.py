@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import json
 import logging
 import os
@@ -65,11 +66,22 @@ _Streams = tuple[asyncio.StreamReader, asyncio.StreamWriter]
 
 
 class WorkerHub:
-    """The Unix socket every worker of this node connects to."""
+    """The Unix socket every worker of this node connects to.
+
+    On Linux it lives in the abstract namespace (no file, no path-length limit from a long
+    TMPDIR); elsewhere in a private short directory. Either way a worker must present the
+    hub's random token, so other local processes cannot pose as workers.
+    """
 
     def __init__(self) -> None:
-        self._dir = tempfile.mkdtemp(prefix="dispy-node-")
-        self.path = os.path.join(self._dir, "workers.sock")
+        self._dir: str | None = None
+        name = f"dispy-node-{os.getpid()}-{secrets.token_hex(8)}"
+        if sys.platform.startswith("linux"):
+            self.path = "\0" + name
+            self.address = "@" + name  # how it is spelled on a command line
+        else:
+            self._dir = tempfile.mkdtemp(prefix="dispy-", dir="/tmp")
+            self.path = self.address = os.path.join(self._dir, "w.sock")
         self.token = secrets.token_bytes(16)
         self._waiting: dict[int, asyncio.Future[_Streams]] = {}
         self._server: asyncio.AbstractServer | None = None
@@ -77,14 +89,16 @@ class WorkerHub:
 
     async def start(self) -> None:
         self._server = await asyncio.start_unix_server(self._accept, path=self.path)
-        os.chmod(self.path, 0o600)
+        if self._dir is not None:
+            os.chmod(self.path, 0o600)
 
     async def stop(self) -> None:
         if self._server is not None:
             self._server.close()
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._server.wait_closed(), 1.0)
-        shutil.rmtree(self._dir, ignore_errors=True)
+        if self._dir is not None:
+            shutil.rmtree(self._dir, ignore_errors=True)
 
     def expect(self) -> tuple[int, asyncio.Future[_Streams]]:
         self._next_wid += 1
@@ -101,9 +115,12 @@ class WorkerHub:
         except (asyncio.IncompleteReadError, TimeoutError, ConnectionError):
             writer.close()
             return
+        if not hmac.compare_digest(hello[:-4], self.token):
+            writer.close()
+            return
         wid = int.from_bytes(hello[-4:], "big")
         fut = self._waiting.pop(wid, None)
-        if hello[:-4] != self.token or fut is None or fut.done():
+        if fut is None or fut.done():
             writer.close()
             return
         fut.set_result((reader, writer))
@@ -203,8 +220,9 @@ class Computation:
             sys.executable,
             "-m",
             "dispy_node._template",
-            self._hub.path,
+            self._hub.address,
             self._hub.token.hex(),
+            self.dest_path,
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
             cwd=self.dest_path,

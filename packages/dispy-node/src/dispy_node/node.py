@@ -54,6 +54,10 @@ class _HeardPing:
     when: float
 
 
+class NodeStartError(Exception):
+    """The node cannot start (its port is taken, an address is not local, ...)."""
+
+
 class Node:
     """A running dispy node; ``await node.serve()`` until :meth:`stop`."""
 
@@ -79,17 +83,26 @@ class Node:
     async def start(self) -> None:
         cfg = self.config
         await asyncio.to_thread(_prepare_prefix, cfg.dest_path_prefix, cfg.clean)
-        await self.hub.start()
+        try:
+            await self.hub.start()
+        except OSError as exc:
+            raise NodeStartError(f"cannot create the workers' socket: {exc}") from None
         host = cfg.ip_addr or ""
-        self._server = await asyncio.start_server(
-            self._accept,
-            host=host or None,
-            port=self.port,
-            ssl=self.tls.server,
-            reuse_address=True,
-        )
-        self.port = self._server.sockets[0].getsockname()[1]
-        unicast = udp_socket(host, self.port)
+        where = f"{host or '*'}:{self.port}"
+        try:
+            self._server = await asyncio.start_server(
+                self._accept,
+                host=host or None,
+                port=self.port,
+                ssl=self.tls.server,
+                reuse_address=True,
+            )
+            self.port = self._server.sockets[0].getsockname()[1]
+            where = f"{host or '*'}:{self.port}"
+            unicast = udp_socket(host, self.port)
+        except OSError as exc:
+            await self.hub.stop()
+            raise NodeStartError(f"cannot listen on {where}: {exc.strerror or exc}") from None
         self._udp.append(await listen_pings(unicast, self._on_ping))
         iface = netinfo.interface_of(cfg.ip_addr) if cfg.ip_addr else None
         if iface is not None and iface.broadcast:
@@ -186,7 +199,10 @@ class Node:
             self._offer_to_waiting()
             return
         except (OSError, TimeoutError, ConnectionClosed) as exc:
-            log.warning("cannot reach client at %s: %s", where, exc or type(exc).__name__)
+            reason = str(exc) or type(exc).__name__
+            if isinstance(exc, ConnectionClosed | ConnectionResetError) and not self.tls.enabled:
+                reason += " (does the client use TLS? both sides need the same certfile)"
+            log.warning("cannot reach client at %s: %s", where, reason)
             self._connecting = False
             self._offer_to_waiting()
             return

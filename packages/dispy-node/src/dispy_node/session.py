@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from dispy_core import availability
 from dispy_core.aio.connection import Connection, ConnectionClosed, PeerRefused
-from dispy_core.protocol.errors import ProtocolError
+from dispy_core.protocol.errors import ProtocolError, RemoteProtocolError
 from dispy_core.protocol.messages import (
     NOT_WANTED,
     CloseComputation,
@@ -364,6 +364,11 @@ class Session:
         if comp is None or comp.comp_id != msg.comp_id:
             self._send(Notice(level="error", text="jobs for an unknown computation"))
             return
+        if sum(size for _, size in msg.jobs) != len(payload):
+            raise RemoteProtocolError(
+                f"jobs.submit announces {sum(s for _, s in msg.jobs)} bytes of arguments "
+                f"but carries {len(payload)}"
+            )
         offset = 0
         view = memoryview(payload)
         failed = self._failed_job_files

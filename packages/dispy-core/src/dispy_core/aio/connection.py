@@ -78,6 +78,7 @@ class Connection(asyncio.Protocol):
         self.peer_name = peer_name
         self.closed = False
         self._error: BaseException | None = None
+        self._eof: ConnectionClosed | None = None
         self._waiter: asyncio.Future[None] | None = None
         self._handler: Handler | None = None
         self._blocked = False
@@ -122,7 +123,13 @@ class Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         where = f"{self.peer[0]}:{self.peer[1]}"
-        self._fail(ConnectionClosed(f"{where} closed the connection" if exc is None else str(exc)))
+        # Frames that arrived before the close are still handed over first (_dispatch and
+        # recv() raise this only once the decoder is empty).
+        self._eof = ConnectionClosed(f"{where} closed the connection" if exc is None else str(exc))
+        if self._handler is not None:
+            self._dispatch()
+        else:
+            self._wake()
         while self._drain_waiters:
             waiter = self._drain_waiters.popleft()
             if not waiter.done():
@@ -209,6 +216,8 @@ class Connection(asyncio.Protocol):
                 return message, frame.payload
             if self._error is not None:
                 raise self._error
+            if self._eof is not None:
+                raise self._eof
             self._waiter = asyncio.get_running_loop().create_future()
             self._resume_reading()
             try:
@@ -250,7 +259,9 @@ class Connection(asyncio.Protocol):
             try:
                 frame = self._decoder.next_frame()
                 if frame is None:
-                    return
+                    if self._eof is not None:
+                        self._fail(self._eof)
+                    break
                 message = decode(frame.header)
             except RemoteProtocolError as exc:
                 self._fail(exc)
@@ -359,6 +370,12 @@ async def _handshake(
                 send_all([exc.reply])
                 with contextlib.suppress(Exception):
                     await writer.drain()
+            raise
+        except RemoteProtocolError as exc:
+            # e.g. a peer of another protocol version: tell it why before closing
+            send_all([Refused(reason=str(exc))])
+            with contextlib.suppress(Exception):
+                await writer.drain()
             raise
         send_all(list(replies))
         await writer.drain()

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from dispy_core.protocol.errors import LocalProtocolError, RemoteProtocolError
 
 MAGIC = 0xD5
+TLS_RECORD = 0x16  # first byte of a TLS handshake record
 FLAG_MORE = 0x01
 _PREFIX = struct.Struct("!BBII")
 PREFIX_SIZE = _PREFIX.size
@@ -78,6 +79,8 @@ class FrameEncoder:
         self.authenticator: MessageAuthenticator | None = None
 
     def encode(self, header: bytes, payload: Buffer = b"") -> list[Buffer]:
+        if not header:
+            raise LocalProtocolError("a frame needs a header")
         if len(header) > MAX_HEADER:
             raise LocalProtocolError(f"header of {len(header)} bytes exceeds {MAX_HEADER}")
         view = memoryview(payload).cast("B") if payload else memoryview(b"")
@@ -161,6 +164,11 @@ class FrameDecoder:
             if len(buf) - pos < PREFIX_SIZE:
                 return None
             magic, flags, hlen, plen = _PREFIX.unpack_from(buf, pos)
+            if magic == TLS_RECORD:
+                raise RemoteProtocolError(
+                    "the peer speaks TLS and this side does not: give both sides the same "
+                    "certfile (and keyfile), or neither"
+                )
             if magic != MAGIC:
                 raise RemoteProtocolError(
                     f"not a dispy frame (first byte 0x{magic:02x}); "

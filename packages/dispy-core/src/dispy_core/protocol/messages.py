@@ -27,7 +27,8 @@ JobOutcome = Literal["finished", "terminated", "cancelled", "abandoned"]
 
 
 class _Message(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    # strict: a header says 7, not "7", 7.0 or true, where an integer is meant
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
 
 
 # --- handshake (before authentication; never carries a payload) -------------------------
@@ -149,7 +150,7 @@ class JobSubmit(_Message):
 
     type: Literal["jobs.submit"] = "jobs.submit"
     comp_id: int
-    jobs: list[tuple[int, int]]
+    jobs: list[tuple[int, Annotated[int, Field(ge=0)]]]
 
 
 class JobCancel(_Message):
