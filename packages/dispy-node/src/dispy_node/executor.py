@@ -36,6 +36,8 @@ log = logging.getLogger(__name__)
 
 WORKER_CONNECT_TIMEOUT = 30.0
 EXIT_STATUS_WAIT = 2.0
+STREAM_ABOVE = 256 << 10
+STREAM_CHUNK = 1 << 20
 
 
 SendFileHandler = Callable[[int, str, int, float, bytes], Awaitable[str | None]]
@@ -138,6 +140,7 @@ class _Worker:
     job_start: float = 0.0
     cancelling: bool = False
     retired: bool = False
+    writable: asyncio.Event = field(default_factory=asyncio.Event)
     exit_info: asyncio.Future[dict[str, Any]] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
@@ -330,9 +333,22 @@ class Computation:
             self._queued_ids.discard(job_id)
             worker.job = job_id
             worker.job_start = time.time()
-            worker.transport.writelines(
-                (_wire.TO_WORKER.pack(_wire.OP_RUN, job_id, len(payload)), payload)
-            )
+            head = _wire.TO_WORKER.pack(_wire.OP_RUN, job_id, len(payload))
+            if len(payload) <= STREAM_ABOVE:
+                worker.transport.writelines((head, payload))
+            else:
+                worker.transport.write(head)
+                self._spawn_task(self._stream_to(worker, payload))
+
+    async def _stream_to(self, worker: _Worker, payload: bytes) -> None:
+        """Write a large job in slices as the worker reads it (no second full copy)."""
+        view = memoryview(payload)
+        for start in range(0, len(view), STREAM_CHUNK):
+            if not worker.writable.is_set():
+                await worker.writable.wait()
+            if worker.transport.is_closing():
+                return
+            worker.transport.write(view[start : start + STREAM_CHUNK])
 
     # -- workers ------------------------------------------------------------------------
 
@@ -349,6 +365,7 @@ class Computation:
             self._hub.forget(wid)
             raise ComputationStartError(f"worker {wid} did not start: {exc!r}") from None
         worker = _Worker(wid, writer.transport, streams=(_reader, writer))
+        worker.writable.set()
         # From here the worker's bytes are parsed in the protocol callback itself: no task
         # wake-up between a result arriving and it being sent on.
         writer.transport.set_protocol(_WorkerProtocol(self, worker))
@@ -494,6 +511,12 @@ class _WorkerProtocol(asyncio.Protocol):
         self._worker = worker
         self._buf = bytearray()
 
+    def pause_writing(self) -> None:
+        self._worker.writable.clear()
+
+    def resume_writing(self) -> None:
+        self._worker.writable.set()
+
     def data_received(self, data: bytes) -> None:
         buf = self._buf
         buf += data
@@ -511,4 +534,5 @@ class _WorkerProtocol(asyncio.Protocol):
             del buf[:pos]
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self._worker.writable.set()  # lets a streaming task see the closed transport
         self._comp._spawn_task(self._comp._worker_lost(self._worker))

@@ -38,6 +38,10 @@ READ_SIZE = 1 << 18
 PAUSE_READING_AT = 32 << 20
 # A peer that does not take our bytes for this long is treated as gone.
 WRITE_TIMEOUT = 60.0
+# Payloads above this are streamed in frames as the peer takes them.
+STREAM_ABOVE = 256 << 10
+WRITE_HIGH = 1 << 20
+CLOSE_FLUSH_TIMEOUT = 5.0
 
 Handler = Callable[[Message, bytes], Awaitable[Any] | None]
 
@@ -86,8 +90,12 @@ class Connection(asyncio.Protocol):
         self._paused_reading = False
         self._paused_writing = False
         self._drain_waiters: deque[asyncio.Future[None]] = deque()
+        self._flushed_waiters: deque[asyncio.Future[None]] = deque()
+        self._outq: deque[list[framing.Buffer]] = deque()
+        self._streamer: asyncio.Task[None] | None = None
         self._lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         transport.set_protocol(self)
+        transport.set_write_buffer_limits(high=WRITE_HIGH, low=WRITE_HIGH // 4)
         if leftover:
             self._decoder.feed(leftover)
         if not transport.is_reading() and not transport.is_closing():
@@ -134,6 +142,8 @@ class Connection(asyncio.Protocol):
             waiter = self._drain_waiters.popleft()
             if not waiter.done():
                 waiter.set_exception(ConnectionClosed(f"connection to {where} lost"))
+        self._outq.clear()
+        self._wake_flushed()
         if not self._lost.done():
             self._lost.set_result(None)
 
@@ -150,21 +160,43 @@ class Connection(asyncio.Protocol):
     # -- sending ------------------------------------------------------------------------
 
     def send_nowait(self, message: _Message, payload: framing.Buffer = b"") -> None:
-        """Queue one message for sending; call :meth:`drain` to respect flow control."""
+        """Queue one message for sending; call :meth:`drain` to respect flow control.
+
+        Small messages go straight to the transport. A large payload is streamed frame by
+        frame as the peer takes it (messages queued after it wait their turn), so neither
+        side ever buffers a whole large payload a second time.
+        """
         if self.closed or self._transport.is_closing():
             raise ConnectionClosed(f"connection to {self.peer[0]}:{self.peer[1]} is closed")
-        self._transport.writelines(self._encoder.encode(encode(message), payload))
-
-    async def send(self, message: _Message, payload: framing.Buffer = b"") -> None:
-        self.send_nowait(message, payload)
-        await self.drain()
-
-    async def drain(self) -> None:
-        """Wait until the transport's buffer is below its limit (bounded by WRITE_TIMEOUT)."""
-        if self.closed:
-            raise ConnectionClosed(f"connection to {self.peer[0]}:{self.peer[1]} is closed")
-        if not self._paused_writing:
+        frames = self._encoder.encode_frames(encode(message), payload)
+        if not self._outq and not self._paused_writing and len(payload) <= STREAM_ABOVE:
+            self._transport.writelines([buf for frame in frames for buf in frame])
             return
+        self._outq.extend(frames)
+        if self._streamer is None:
+            self._streamer = asyncio.get_running_loop().create_task(self._stream())
+
+    async def _stream(self) -> None:
+        try:
+            while self._outq:
+                if self._paused_writing:
+                    await self._wait_writable()
+                self._transport.writelines(self._outq.popleft())
+        except (ConnectionClosed, OSError) as exc:
+            self._outq.clear()
+            self._fail(ConnectionClosed(str(exc)))
+        finally:
+            self._streamer = None
+            if not self._outq:
+                self._wake_flushed()
+
+    def _wake_flushed(self) -> None:
+        while self._flushed_waiters:
+            waiter = self._flushed_waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+
+    async def _wait_writable(self) -> None:
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._drain_waiters.append(waiter)
         try:
@@ -175,6 +207,24 @@ class Connection(asyncio.Protocol):
             raise ConnectionClosed(
                 f"{self.peer[0]}:{self.peer[1]} took no data for {WRITE_TIMEOUT:.0f} s"
             ) from None
+
+    async def send(self, message: _Message, payload: framing.Buffer = b"") -> None:
+        self.send_nowait(message, payload)
+        await self.drain()
+
+    async def drain(self) -> None:
+        """Wait until queued frames are handed to the transport and its buffer is below its
+        limit (bounded by WRITE_TIMEOUT)."""
+        if self.closed:
+            raise ConnectionClosed(f"connection to {self.peer[0]}:{self.peer[1]} is closed")
+        if self._outq:
+            waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._flushed_waiters.append(waiter)
+            await waiter
+        if self._paused_writing:
+            await self._wait_writable()
+        if self.closed:
+            raise ConnectionClosed(f"connection to {self.peer[0]}:{self.peer[1]} is closed")
 
     # -- receiving ----------------------------------------------------------------------
 
@@ -305,11 +355,14 @@ class Connection(asyncio.Protocol):
     async def refuse(self, reason: str) -> None:
         """Tell the peer why the session ends, then close."""
         with contextlib.suppress(Exception):
-            if not self.closed and not self._transport.is_closing():
-                self._transport.writelines(self._encoder.encode(encode(Refused(reason=reason))))
+            self.send_nowait(Refused(reason=reason))
         await self.close()
 
     async def close(self) -> None:
+        """Close after handing over what is queued (briefly: a stuck peer is cut off)."""
+        if self._outq and not self.closed:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.drain(), CLOSE_FLUSH_TIMEOUT)
         self.closed = True
         if not self._transport.is_closing():
             self._transport.close()

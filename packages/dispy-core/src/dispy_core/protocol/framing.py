@@ -32,7 +32,8 @@ PREFIX_SIZE = _PREFIX.size
 MAC_SIZE = 32
 
 MAX_HEADER = 1 << 20
-DEFAULT_MAX_CHUNK = 4 << 20
+DEFAULT_MAX_CHUNK = 4 << 20  # largest chunk a decoder accepts
+SEND_CHUNK = 1 << 20  # chunk size an encoder produces: small enough to stream with flow control
 DEFAULT_MAX_MESSAGE = 1 << 30
 HANDSHAKE_MAX_HEADER = 4096
 
@@ -74,17 +75,25 @@ class MessageAuthenticator:
 class FrameEncoder:
     """Turns a header and payload into the buffers to write, without copying the payload."""
 
-    def __init__(self, max_chunk: int = DEFAULT_MAX_CHUNK) -> None:
+    def __init__(self, max_chunk: int = SEND_CHUNK) -> None:
         self.max_chunk = max_chunk
         self.authenticator: MessageAuthenticator | None = None
 
     def encode(self, header: bytes, payload: Buffer = b"") -> list[Buffer]:
+        """All buffers of the message's frames, in order (for one ``writelines``)."""
+        return [buf for frame in self.encode_frames(header, payload) for buf in frame]
+
+    def encode_frames(self, header: bytes, payload: Buffer = b"") -> list[list[Buffer]]:
+        """The message's frames, each as the list of buffers to write.
+
+        Frames are signed here, in order, so they must be written in the order returned.
+        """
         if not header:
             raise LocalProtocolError("a frame needs a header")
         if len(header) > MAX_HEADER:
             raise LocalProtocolError(f"header of {len(header)} bytes exceeds {MAX_HEADER}")
         view = memoryview(payload).cast("B") if payload else memoryview(b"")
-        out: list[Buffer] = []
+        out: list[list[Buffer]] = []
         first = True
         offset = 0
         total = len(view)
@@ -94,13 +103,14 @@ class FrameEncoder:
             more = offset < total
             head = header if first else b""
             prefix = _PREFIX.pack(MAGIC, FLAG_MORE if more else 0, len(head), len(chunk))
-            out.append(prefix)
+            frame: list[Buffer] = [prefix]
             if head:
-                out.append(head)
+                frame.append(head)
             if len(chunk):
-                out.append(chunk)
+                frame.append(chunk)
             if self.authenticator is not None:
-                out.append(self.authenticator.sign([prefix, head, chunk]))
+                frame.append(self.authenticator.sign([prefix, head, chunk]))
+            out.append(frame)
             first = False
             if not more:
                 return out
