@@ -25,6 +25,7 @@ import subprocess
 import sys
 import threading
 import time
+import tracemalloc
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -346,17 +347,21 @@ def pool_startup() -> float:
 
 
 def dispy_memory(node: Node, sizes: Sizes) -> tuple[int, int, int, int]:
-    """(client RSS before, client RSS with jobs queued, node RSS idle, node RSS queued)."""
+    """(client bytes before, client bytes with jobs queued, node RSS idle, node RSS queued)."""
     cluster = node.cluster(busy)
     try:
         cluster.submit(0.001)()  # type: ignore[union-attr]
         idle_node = node.rss(with_children=False)
         blockers = [cluster.submit(1.5) for _ in range(4)]
         gc.collect()
-        before = psutil.Process().memory_info().rss
+        # tracemalloc counts what the queued jobs hold (RSS would hide it behind memory the
+        # allocator kept from earlier measurements).
+        tracemalloc.start()
+        before = tracemalloc.get_traced_memory()[0]
         jobs = [cluster.submit(0) for _ in range(sizes.queued)]
         time.sleep(0.3)
-        during = psutil.Process().memory_info().rss
+        during = tracemalloc.get_traced_memory()[0]
+        tracemalloc.stop()
         node_during = node.rss(with_children=False)
         for job in blockers + jobs:
             job()  # type: ignore[union-attr]

@@ -296,9 +296,9 @@ def test_dropped_frame_fails_authentication_of_the_next():
 
 def test_frame_keyed_for_the_other_direction_fails_authentication():
     enc = FrameEncoder()
-    enc.authenticator = MessageAuthenticator(b"send key")
+    enc.authenticator = MessageAuthenticator(b"s" * 32)
     dec = FrameDecoder()
-    dec.authenticator = MessageAuthenticator(b"another key")
+    dec.authenticator = MessageAuthenticator(b"a" * 32)
     with pytest.raises(RemoteProtocolError, match="authentication failed"):
         dec.frames(wire(enc.encode(b"{}")))
 
@@ -345,3 +345,8 @@ def test_tls_record_named_when_peer_speaks_tls():
     decoder.feed(bytes([0x16, 0x03, 0x01, 0x02, 0x00]) + b"\x00" * 16)
     with pytest.raises(RemoteProtocolError, match="peer speaks TLS"):
         decoder.next_frame()
+
+
+def test_mac_key_must_be_32_bytes():
+    with pytest.raises(LocalProtocolError, match="32 bytes"):
+        MessageAuthenticator(b"short")

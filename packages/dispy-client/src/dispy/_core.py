@@ -80,7 +80,8 @@ QUEUE_SECONDS = 0.02  # work to keep queued on a node, per CPU
 MAX_DEPTH = 32
 DEFAULT_PULSE = 10.0
 DEFAULT_DEAD_AFTER = 60.0
-EARLY_REPINGS = (0.25, 0.5, 1.0, 2.0)
+# Pings are tiny: retry often at first so a node started with the client joins at once.
+EARLY_REPINGS = (0.1,) * 10 + (0.5, 1.0, 2.0)
 NO_NODE_WARNING_REPEAT = 30.0
 MAX_JOBS_PER_FRAME = 1024
 MAX_BYTES_PER_FRAME = 8 << 20
