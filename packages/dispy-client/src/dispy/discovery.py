@@ -1,0 +1,97 @@
+"""Find the dispy nodes that answer a ping, without running anything on them."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+from dataclasses import dataclass
+
+from dispy_core import netinfo
+from dispy_core.aio.connection import ConnectionClosed, accept_connection
+from dispy_core.aio.discovery import send_ping, udp_socket
+from dispy_core.config import MSG_TIMEOUT, NODE_PORT
+from dispy_core.protocol.discovery import Ping, is_pattern
+from dispy_core.protocol.errors import ProtocolError
+from dispy_core.protocol.messages import NOT_WANTED, NodeInfo
+from dispy_core.security import TLSConfig
+
+
+@dataclass(frozen=True)
+class FoundNode:
+    """A node that answered: its announced address, port and what it offers."""
+
+    ip_addr: str
+    port: int
+    name: str
+    cpus: int
+    platform: str
+    version: str
+    error: str | None = None  # set when it answered but the handshake failed
+
+
+async def discover(
+    nodes: list[str | tuple[str, int]],
+    *,
+    ip_addr: str,
+    node_port: int = NODE_PORT,
+    secret: str = "",
+    certfile: str | None = None,
+    keyfile: str | None = None,
+    timeout: float = 2.0,
+) -> list[FoundNode]:
+    """Ping ``nodes`` (addresses, ``(host, port)`` or ``'*'`` patterns) and collect answers.
+
+    Nodes that answer are told they are not needed, so they stay free for real clients.
+    """
+    tls = TLSConfig(certfile, keyfile)
+    found: list[FoundNode] = []
+    token = os.urandom(12).hex()
+
+    async def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        peer = writer.get_extra_info("peername") or ("?", 0)
+        try:
+            conn = await accept_connection(
+                reader,
+                writer,
+                secret=secret,
+                role="client",
+                name="dispy nodes",
+                timeout=MSG_TIMEOUT,
+            )
+        except (ProtocolError, OSError, TimeoutError, ConnectionClosed) as exc:
+            found.append(FoundNode(str(peer[0]), 0, "?", 0, "", "", str(exc) or type(exc).__name__))
+            writer.close()
+            return
+        try:
+            async with asyncio.timeout(MSG_TIMEOUT):
+                msg, _ = await conn.recv()
+            if isinstance(msg, NodeInfo):
+                found.append(
+                    FoundNode(msg.ip_addr, msg.port, msg.name, msg.cpus, msg.platform, msg.version)
+                )
+        except (ProtocolError, TimeoutError, ConnectionClosed):
+            pass
+        await conn.refuse(NOT_WANTED)
+
+    server = await asyncio.start_server(on_connect, host=ip_addr, port=0, ssl=tls.server)
+    port = server.sockets[0].getsockname()[1]
+    udp = udp_socket(ip_addr, 0)
+    try:
+        ping = Ping(cluster=token, reply_addr=ip_addr, reply_port=port)
+        iface = netinfo.interface_of(ip_addr)
+        for _ in range(3):
+            for item in nodes:
+                host, nport = (item, node_port) if isinstance(item, str) else item
+                if is_pattern(host):
+                    if iface is not None and iface.broadcast:
+                        send_ping(udp, ping, (iface.broadcast, nport))
+                else:
+                    send_ping(udp, ping, (netinfo.resolve(host), nport))
+            await asyncio.sleep(timeout / 3)
+    finally:
+        udp.close()
+        server.close()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(server.wait_closed(), 1.0)
+    return sorted(found, key=lambda n: (n.ip_addr, n.port))
