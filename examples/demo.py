@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 
 import dispy
@@ -33,6 +35,7 @@ def free_port() -> int:
 def main(jobs: int = 1000) -> int:
     port = free_port()
     secret = secrets.token_hex(8)
+    workdir = tempfile.mkdtemp(prefix="dispy-demo-")
     node = subprocess.Popen(
         [
             "dispy-node",
@@ -78,6 +81,7 @@ def main(jobs: int = 1000) -> int:
             node.wait(10)
         except subprocess.TimeoutExpired:
             node.kill()
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
 if __name__ == "__main__":
