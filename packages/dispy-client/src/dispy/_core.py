@@ -206,11 +206,16 @@ class ClusterCore:
         sessions = list(self.sessions.values())
         for session in sessions:
             with contextlib.suppress(Exception):
-                await session.conn.send(CloseComputation(comp_id=self.comp_id, terminate=terminate))
-        for session in sessions:
+                session.conn.send_nowait(
+                    CloseComputation(comp_id=self.comp_id, terminate=terminate)
+                )
+        # All nodes at once, and a hung node costs msg_timeout, not more.
+        if sessions:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(session.closed.wait(), self.opts.msg_timeout * 2)
-            await session.conn.close()
+                await asyncio.wait_for(
+                    asyncio.gather(*(s.closed.wait() for s in sessions)), self.opts.msg_timeout
+                )
+        await asyncio.gather(*(s.conn.close() for s in sessions))
         if self._server is not None:
             self._server.close()
         if self._udp is not None:

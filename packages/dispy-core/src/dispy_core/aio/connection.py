@@ -366,8 +366,13 @@ class Connection(asyncio.Protocol):
         self.closed = True
         if not self._transport.is_closing():
             self._transport.close()
-        with contextlib.suppress(Exception):
+        try:
             await asyncio.wait_for(asyncio.shield(self._lost), 1.0)
+        except TimeoutError:
+            # The peer takes no more bytes (a stopped process): drop what is buffered.
+            self._transport.abort()
+        except Exception:
+            pass
 
 
 async def _read_frame(reader: asyncio.StreamReader, decoder: FrameDecoder) -> Frame:
