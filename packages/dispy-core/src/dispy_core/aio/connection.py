@@ -371,8 +371,6 @@ class Connection(asyncio.Protocol):
         except TimeoutError:
             # The peer takes no more bytes (a stopped process): drop what is buffered.
             self._transport.abort()
-        except Exception:
-            pass
 
 
 async def _read_frame(reader: asyncio.StreamReader, decoder: FrameDecoder) -> Frame:
