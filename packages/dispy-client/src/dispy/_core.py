@@ -147,7 +147,7 @@ class ClusterCore:
         self._incoming_scheduled = False
         self._pump_scheduled = False
         self._housekeeping_scheduled = False
-        self._server: asyncio.AbstractServer | None = None
+        self._servers: list[asyncio.Server] = []
         self._udp: socket.socket | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._pinged: list[str] = []
@@ -161,15 +161,31 @@ class ClusterCore:
     async def start(self) -> None:
         self.loop = asyncio.get_running_loop()
         opts = self.opts
-        hosts = opts.ip_addrs or [""]
-        self._server = await asyncio.start_server(
-            self._accept,
-            host=[h for h in hosts if h] or None,
-            port=opts.port,
-            ssl=opts.tls.server,
-            reuse_address=True,
-        )
-        self.port = self._server.sockets[0].getsockname()[1]
+        # Every address listens on the same port (the one nodes are told), even with port=0.
+        hosts: list[str | None] = list(opts.ip_addrs) or [None]
+        first, *others = hosts
+        servers: list[asyncio.Server] = [
+            await asyncio.start_server(
+                self._accept, host=first, port=opts.port, ssl=opts.tls.server, reuse_address=True
+            )
+        ]
+        self.port = servers[0].sockets[0].getsockname()[1]
+        try:
+            for host in others:
+                servers.append(
+                    await asyncio.start_server(
+                        self._accept,
+                        host=host,
+                        port=self.port,
+                        ssl=opts.tls.server,
+                        reuse_address=True,
+                    )
+                )
+        except OSError:
+            for server in servers:
+                server.close()
+            raise
+        self._servers = servers
         self.recovery = RecoveryLog(
             opts.recover_file,
             {
@@ -216,8 +232,8 @@ class ClusterCore:
                     asyncio.gather(*(s.closed.wait() for s in sessions)), self.opts.msg_timeout
                 )
         await asyncio.gather(*(s.conn.close() for s in sessions))
-        if self._server is not None:
-            self._server.close()
+        for server in self._servers:
+            server.close()
         if self._udp is not None:
             self._udp.close()
         for task in list(self._tasks):

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import inspect
 import os
+import sys
+import sysconfig
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
@@ -59,6 +61,29 @@ def _module_files(module: ModuleType) -> list[FileSpec]:
     if filename.endswith((".pyc", ".pyo")):
         filename = filename[:-1]
     return [_read(filename, os.path.basename(filename))]
+
+
+def _installed_roots() -> tuple[str, ...]:
+    paths = sysconfig.get_paths()
+    roots = {paths[k] for k in ("stdlib", "platstdlib", "purelib", "platlib") if k in paths}
+    return tuple(os.path.realpath(r) + os.sep for r in roots)
+
+
+def user_modules(objects: list[Any]) -> list[ModuleType]:
+    """Modules (other than ``__main__``) that define these objects and are the user's own
+    code, not the standard library or an installed package: they must travel by value."""
+    roots = _installed_roots()
+    out: list[ModuleType] = []
+    for obj in objects:
+        target = obj if inspect.isfunction(obj) or inspect.isclass(obj) else type(obj)
+        module = sys.modules.get(getattr(target, "__module__", "") or "")
+        if module is None or module.__name__ == "__main__" or module in out:
+            continue
+        filename = getattr(module, "__file__", None)
+        if not filename or os.path.realpath(filename).startswith(roots):
+            continue
+        out.append(module)
+    return out
 
 
 def split_depends(

@@ -18,7 +18,7 @@ from typing import Any
 
 from dispy._callbacks import CallbackRunner
 from dispy._core import ClusterCore, ClusterOptions
-from dispy._depends import DependencyError, FileSpec, split_depends
+from dispy._depends import DependencyError, FileSpec, split_depends, user_modules
 from dispy.jobs import DispyJob
 from dispy.nodes import DispyNode, NodeAllocate, to_allocate
 from dispy.recovery import default_recover_file
@@ -138,6 +138,8 @@ class JobCluster:
             ).encode()
         else:
             name = getattr(computation, "__name__", "computation")
+            for module in user_modules(objects):
+                serialize.pickle_by_value(module)
             start_payload = serialize.dumps(
                 {
                     "computation": computation,
@@ -167,7 +169,7 @@ class JobCluster:
             msg_timeout=msg_timeout,
             callback=callback,
             cluster_status=cluster_status,
-            recover_file=recover_file or default_recover_file(),
+            recover_file=os.path.abspath(recover_file) if recover_file else default_recover_file(),
         )
         self._callbacks = CallbackRunner(name)
         self._core = ClusterCore(self._options, self._callbacks, self)

@@ -51,7 +51,8 @@ OUTCOMES = {
 
 
 def default_recover_file() -> str:
-    base = time.strftime("_dispy_%Y%m%d%H%M%S")
+    # Absolute: the program may change directory before close() removes it.
+    base = os.path.abspath(time.strftime("_dispy_%Y%m%d%H%M%S"))
     path = base
     n = 0
     while os.path.exists(path):

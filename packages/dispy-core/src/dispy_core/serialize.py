@@ -7,6 +7,7 @@ process this node started itself): unpickling runs code.
 from __future__ import annotations
 
 import pickle
+from types import ModuleType
 from typing import Any
 
 import cloudpickle
@@ -31,6 +32,14 @@ def dumps(obj: Any) -> bytes:
         raise SerializationError(
             f"cannot serialize {type(obj).__name__} object: {type(exc).__name__}: {exc}"
         ) from exc
+
+
+def pickle_by_value(module: ModuleType) -> None:
+    """Send ``module``'s functions and classes by value from now on (this process).
+
+    For code the nodes do not have: without it, cloudpickle refers to them by module name.
+    """
+    cloudpickle.register_pickle_by_value(module)
 
 
 def dumps_plain(obj: Any) -> bytes:

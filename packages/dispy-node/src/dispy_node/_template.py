@@ -276,6 +276,10 @@ def main() -> None:
                         _Worker(computation, sock_path, token, wid, max_file_size).run()
                     finally:
                         os._exit(0)
+                # The child makes itself a group leader too; doing it here as well closes
+                # the window in which a killpg() would miss a child that has not yet.
+                with contextlib.suppress(OSError):
+                    os.setpgid(pid, pid)
                 children.add(pid)
                 ctrl.send({"op": "spawned", "wid": wid, "pid": pid})
             elif op == "close":
@@ -304,6 +308,8 @@ def _kill_children(children: set[int]) -> None:
     for pid in list(children):
         with contextlib.suppress(OSError):
             os.killpg(pid, signal.SIGKILL)
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
     for pid in list(children):
         with contextlib.suppress(ChildProcessError):
             os.waitpid(pid, 0)

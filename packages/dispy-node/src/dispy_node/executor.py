@@ -366,6 +366,11 @@ class Computation:
             raise ComputationStartError(f"worker {wid} did not start: {exc!r}") from None
         worker = _Worker(wid, writer.transport, streams=(_reader, writer))
         worker.writable.set()
+        if len(self._workers) >= self.cpus or self.closing:
+            # set_cpus() lowered the count while this worker was starting
+            worker.retired = True
+            writer.transport.close()
+            return
         # From here the worker's bytes are parsed in the protocol callback itself: no task
         # wake-up between a result arriving and it being sent on.
         writer.transport.set_protocol(_WorkerProtocol(self, worker))

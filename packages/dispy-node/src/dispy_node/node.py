@@ -293,7 +293,10 @@ class Node:
         await self._after_session(session, outcome)
 
     async def _after_session(self, session: Session, outcome: str) -> None:
-        if outcome == "lost" and not session.ended and (session.has_work() or session.unacked):
+        # Only a computation that is still there (not closed) and has jobs or unacknowledged
+        # results is worth keeping for its client; anything else frees the node now.
+        alive = session.computation is not None and not session.ended
+        if outcome == "lost" and alive and (session.has_work() or session.unacked):
             session.orphan()
             return
         await session.finish()
@@ -329,9 +332,7 @@ class Node:
             log.info("recovering computation %d for %s", msg.comp_id, conn.peer_name)
             outcome = await active.recover(conn)
             await conn.close()
-            if outcome != "lost":
-                await active.finish()
-                self.session_ended(active)
+            await self._after_session(active, outcome)
             return
         await serve_stored(self.store, conn, msg.comp_id)
 

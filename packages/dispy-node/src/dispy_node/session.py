@@ -102,6 +102,7 @@ class Session:
         self.conn: Connection | None = None
         self.ended = False
         self._unacked: dict[int, Reply] = {}
+        self._stored = False  # some results of this session went to the ResultStore
         self.setup: ComputationSetup | None = None
         self.dest: str | None = None
         self.setup_error: str | None = None
@@ -163,6 +164,7 @@ class Session:
         if setup is None:
             return
         store = self.node.store
+        self._stored = True
         store.save_meta(setup.comp_id, {"name": setup.name, "comp_id": setup.comp_id})
         pending = list(self._unacked.values()) + self._outbox
         self._unacked.clear()
@@ -183,6 +185,7 @@ class Session:
         comp = self.computation
         pending = comp.pending_ids() if comp is not None else []
         stored = self.node.store.load(setup.comp_id)
+        self._stored = self._stored or bool(stored)
         await conn.send(
             RecoverStatus(comp_id=setup.comp_id, known=True, pending=pending, stored=len(stored))
         )
@@ -232,12 +235,11 @@ class Session:
         conn.finish("closed")
 
     def _acked(self, job_ids: list[int]) -> None:
-        stored: list[int] = []
         for job_id in job_ids:
-            if self._unacked.pop(job_id, None) is None:
-                stored.append(job_id)
-        if stored and self.setup is not None:
-            self.node.store.remove(self.setup.comp_id, stored)
+            self._unacked.pop(job_id, None)
+        # Results that went through the disk (orphaned, then recovered) are deleted there too.
+        if self._stored and self.setup is not None:
+            self.node.store.remove(self.setup.comp_id, job_ids)
 
     # -- setup --------------------------------------------------------------------------
 
@@ -408,6 +410,7 @@ class Session:
         replies, self._outbox = self._outbox, []
         conn = self.conn
         if conn is None or conn.closed:
+            self._stored = True
             self.node.store.save(self.setup.comp_id, replies)
             return
         reports = [
