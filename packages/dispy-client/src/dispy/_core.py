@@ -58,6 +58,7 @@ from dispy_core.protocol.messages import (
     JobCancel,
     JobDone,
     JobProvisional,
+    JobStarted,
     JobSubmit,
     Message,
     NodeInfo,
@@ -123,6 +124,7 @@ class _NodeSession:
     zombie_interval: float = 3600.0
     cpus_waiter: asyncio.Future[int] | None = None
     acks: list[int] = field(default_factory=list)
+    waiting: set[int] = field(default_factory=set)  # sent ahead, not started yet
     job_time: float = 0.0  # moving average of job run time on this node
     file_waiters: dict[int, asyncio.Future[str | None]] = field(default_factory=dict)
 
@@ -497,6 +499,8 @@ class ClusterCore:
                 )
                 self._status(NodeStatus.Initialized, session.node, None)
                 self._pump()
+            elif isinstance(msg, JobStarted):
+                self._jobs_started(session, msg.job_ids)
             elif isinstance(msg, JobProvisional):
                 self._provisional(session, msg, payload)
             elif isinstance(msg, FilePut):
@@ -651,23 +655,46 @@ class ClusterCore:
         by_node: dict[NodeKey, list[DispyJob]] = {}
         for uid, key in assignments:
             job = self.jobs[uid]
-            job.status = JobStatus.Running
-            job.start_time = now
             job.ip_addr = key[0]
             by_node.setdefault(key, []).append(job)
-        notify = self.opts.cluster_status is not None
+        report = self.opts.cluster_status is not None
         for key, jobs in by_node.items():
             self.recovery.sent(key, jobs)
         self._housekeeping_soon()
         for key, jobs in by_node.items():
             session = self.sessions[key]
-            session.node.busy += len(jobs)
-            self._send_jobs(session, jobs)
-            if notify:
-                for job in jobs:
-                    self._status(JobStatus.Running, session.node, job)
+            node = session.node
+            # Jobs that fill free CPUs run now; the rest wait on the node (so its CPUs never
+            # wait for the network) and the node says when each of them starts.
+            free = max(0, node.cpus - node.busy)
+            running, ahead = jobs[:free], jobs[free:]
+            for job in running:
+                job.status = JobStatus.Running
+                job.start_time = now
+            node.busy += len(running)
+            for job in ahead:
+                session.waiting.add(job._uid)
+            self._send_jobs(session, jobs, [job._uid for job in ahead])
+            if report:
+                for job in running:
+                    self._status(JobStatus.Running, node, job)
 
-    def _send_jobs(self, session: _NodeSession, jobs: list[DispyJob]) -> None:
+    def _jobs_started(self, session: _NodeSession, job_ids: list[int]) -> None:
+        now = time.time()
+        for uid in job_ids:
+            if uid not in session.waiting:
+                continue
+            session.waiting.discard(uid)
+            job = self.jobs.get(uid)
+            if job is None or job._done:
+                continue
+            job.status = JobStatus.Running
+            job.start_time = now
+            session.node.busy += 1
+            if self.opts.cluster_status is not None:
+                self._status(JobStatus.Running, session.node, job)
+
+    def _send_jobs(self, session: _NodeSession, jobs: list[DispyJob], ahead: list[int]) -> None:
         for job in jobs:
             if job._files:
                 for spec in job._files:
@@ -688,8 +715,9 @@ class ClusterCore:
                 if size >= MAX_BYTES_PER_FRAME:
                     break
             start += len(batch)
+            notify = [uid for uid, _ in batch if uid in session.waiting] if ahead else []
             try:
-                submit = JobSubmit(comp_id=self.comp_id, jobs=batch)
+                submit = JobSubmit(comp_id=self.comp_id, jobs=batch, notify=notify)
                 session.conn.send_nowait(submit, b"".join(parts))
             except ConnectionClosed:
                 return
@@ -712,7 +740,10 @@ class ClusterCore:
             self.engine.finished(report.job_id)
             if job is None:
                 continue
-            node.busy = max(0, node.busy - 1)
+            if report.job_id in session.waiting:
+                session.waiting.discard(report.job_id)
+            else:
+                node.busy = max(0, node.busy - 1)
             try:
                 result, stdout, stderr, exc_text = serialize.loads(data)
             except serialize.SerializationError as exc:
@@ -892,7 +923,14 @@ class ClusterCore:
         self._pump()
 
     def node_jobs(self, key: NodeKey) -> list[DispyJob]:
-        return [self.jobs[uid] for uid in self.engine.jobs_on(key) if uid in self.jobs]
+        """Jobs running on the node now (not those waiting there for a CPU)."""
+        session = self.sessions.get(key)
+        waiting = session.waiting if session is not None else set()
+        return [
+            self.jobs[uid]
+            for uid in self.engine.jobs_on(key)
+            if uid in self.jobs and uid not in waiting
+        ]
 
     def allocate(self, alloc: NodeAllocate) -> None:
         self.opts.nodes.append(alloc)

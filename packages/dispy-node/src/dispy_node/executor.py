@@ -176,6 +176,7 @@ class Computation:
         on_reply: Callable[[Reply], None],
         on_provisional: Callable[[int, bytes], None],
         on_send_file: SendFileHandler | None = None,
+        on_started: Callable[[int], None] = lambda job_id: None,
         cleanup_files: bool = True,
         max_file_size: int = 0,
     ) -> None:
@@ -189,6 +190,8 @@ class Computation:
         self._on_reply = on_reply
         self._on_provisional = on_provisional
         self._on_send_file = on_send_file
+        self._on_started = on_started
+        self._notify: set[int] = set()
         self.max_file_size = max_file_size
         self._proc: asyncio.subprocess.Process | None = None
         self._queue: deque[tuple[int, bytes]] = deque()
@@ -300,7 +303,10 @@ class Computation:
 
     # -- jobs ---------------------------------------------------------------------------
 
-    def submit(self, job_id: int, payload: bytes) -> None:
+    def submit(self, job_id: int, payload: bytes, notify: bool = False) -> None:
+        """Queue a job; with ``notify`` report (``on_started``) when it starts."""
+        if notify:
+            self._notify.add(job_id)
         self._queue.append((job_id, payload))
         self._queued_ids.add(job_id)
         self._dispatch()
@@ -333,6 +339,9 @@ class Computation:
             self._queued_ids.discard(job_id)
             worker.job = job_id
             worker.job_start = time.time()
+            if self._notify and job_id in self._notify:
+                self._notify.discard(job_id)
+                self._on_started(job_id)
             head = _wire.TO_WORKER.pack(_wire.OP_RUN, job_id, len(payload))
             if len(payload) <= STREAM_ABOVE:
                 worker.transport.writelines((head, payload))

@@ -41,6 +41,7 @@ class ProgramComputation:
         dest_path: str,
         spec: bytes,
         on_reply: Callable[[Reply], None],
+        on_started: Callable[[int], None] = lambda job_id: None,
         cleanup_files: bool = True,
     ) -> None:
         self.comp_id = comp_id
@@ -50,6 +51,8 @@ class ProgramComputation:
         self.cleanup_files = cleanup_files
         self._spec = spec
         self._on_reply = on_reply
+        self._on_started = on_started
+        self._notify: set[int] = set()
         self._argv: list[str] = []
         self._queue: deque[tuple[int, bytes]] = deque()
         self._procs: dict[int, asyncio.subprocess.Process] = {}
@@ -82,7 +85,9 @@ class ProgramComputation:
         else:
             self._argv = [program]
 
-    def submit(self, job_id: int, payload: bytes) -> None:
+    def submit(self, job_id: int, payload: bytes, notify: bool = False) -> None:
+        if notify:
+            self._notify.add(job_id)
         self._queue.append((job_id, payload))
         self._dispatch()
 
@@ -93,6 +98,9 @@ class ProgramComputation:
     def _dispatch(self) -> None:
         while self._queue and len(self._tasks) < self.cpus and not self.closing:
             job_id, payload = self._queue.popleft()
+            if job_id in self._notify:
+                self._notify.discard(job_id)
+                self._on_started(job_id)
             task = asyncio.get_running_loop().create_task(self._run(job_id, payload))
             self._tasks.add(task)
             task.add_done_callback(self._task_done)

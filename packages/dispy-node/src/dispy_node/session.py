@@ -51,6 +51,7 @@ from dispy_core.protocol.messages import (
     JobDone,
     JobProvisional,
     JobReport,
+    JobStarted,
     JobSubmit,
     Message,
     Notice,
@@ -87,7 +88,7 @@ class _Runner(Protocol):
     def queued(self) -> int: ...
 
     async def start(self) -> None: ...
-    def submit(self, job_id: int, payload: bytes) -> None: ...
+    def submit(self, job_id: int, payload: bytes, notify: bool = False) -> None: ...
     def cancel(self, job_id: int) -> bool: ...
     def pending_ids(self) -> list[int]: ...
     def set_cpus(self, cpus: int) -> None: ...
@@ -112,6 +113,7 @@ class Session:
         self._job_files: dict[int, list[str]] = {}
         self._failed_job_files: dict[int, str] = {}
         self._outbox: list[Reply] = []
+        self._started: list[int] = []
         self._flush_scheduled = False
         self._tasks: set[asyncio.Task[None]] = set()
         self._send_file_req = 0
@@ -315,6 +317,7 @@ class Session:
                 dest_path=self.dest,
                 spec=payload,
                 on_reply=self._on_reply,
+                on_started=self._on_started,
                 cleanup_files=setup.cleanup,
             )
         else:
@@ -328,6 +331,7 @@ class Session:
                 on_reply=self._on_reply,
                 on_provisional=self._on_provisional,
                 on_send_file=self._on_send_file,
+                on_started=self._on_started,
                 cleanup_files=setup.cleanup,
                 max_file_size=node.config.max_file_size,
             )
@@ -374,6 +378,7 @@ class Session:
         offset = 0
         view = memoryview(payload)
         failed = self._failed_job_files
+        notify = set(msg.notify)
         for job_id, size in msg.jobs:
             data = bytes(view[offset : offset + size])
             offset += size
@@ -382,7 +387,7 @@ class Session:
                 reason = f"a file of this job was refused: {error}"
                 self._on_reply(local_reply(job_id, "terminated", reason, time.time()))
                 continue
-            comp.submit(job_id, data)
+            comp.submit(job_id, data, job_id in notify)
 
     def _on_reply(self, reply: Reply) -> None:
         files = self._job_files.pop(reply.job_id, None)
@@ -391,6 +396,9 @@ class Session:
                 with contextlib.suppress(OSError):
                     os.remove(path)
         self._outbox.append(reply)
+        self._schedule_flush()
+
+    def _schedule_flush(self) -> None:
         if not self._flush_scheduled:
             self._flush_scheduled = True
             loop = asyncio.get_running_loop()
@@ -403,12 +411,23 @@ class Session:
         elif len(self._outbox) >= MAX_BATCH:
             self._flush()
 
+    def _on_started(self, job_id: int) -> None:
+        self._started.append(job_id)
+        self._schedule_flush()
+
     def _flush(self) -> None:
         self._flush_scheduled = False
-        if not self._outbox or self.setup is None:
+        if self.setup is None:
+            return
+        conn = self.conn
+        if self._started:
+            started, self._started = self._started, []
+            if conn is not None:
+                with contextlib.suppress(ConnectionClosed):
+                    conn.send_nowait(JobStarted(comp_id=self.setup.comp_id, job_ids=started))
+        if not self._outbox:
             return
         replies, self._outbox = self._outbox, []
-        conn = self.conn
         if conn is None or conn.closed:
             self._stored = True
             self.node.store.save(self.setup.comp_id, replies)

@@ -151,6 +151,8 @@ class JobSubmit(_Message):
     type: Literal["jobs.submit"] = "jobs.submit"
     comp_id: int
     jobs: list[tuple[int, Annotated[int, Field(ge=0)]]]
+    # Jobs the client sends ahead of a free CPU: the node reports when each one starts.
+    notify: list[int] = []
 
 
 class JobCancel(_Message):
@@ -160,7 +162,8 @@ class JobCancel(_Message):
 
 
 class JobStarted(_Message):
-    """Jobs that a worker began running (sent only when asked for, see ``track_start``)."""
+    """Jobs that began running; sent only for the jobs a ``jobs.submit`` listed in
+    ``notify`` (jobs queued on the node until a CPU frees up)."""
 
     type: Literal["jobs.started"] = "jobs.started"
     comp_id: int
