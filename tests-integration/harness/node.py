@@ -187,14 +187,20 @@ class NodeProcess:
         return f"{self.cpus} CPU(s)" if self.cpus > 0 else "CPU(s)"
 
     def is_ready(self, *, probe_tcp: bool = False) -> bool:
+        # Only the log of the current start counts: a restarted node's old "serving" line
+        # must not make it look ready.
+        text = self.log_text(squash=True)
+        marker = f"===== start #{self.starts}:"
+        if marker in text:
+            text = text[text.rindex(marker) :]
         if self.cpus > 0:
-            ready = self.ready_line() in self.log_text(squash=True)
+            ready = self.ready_line() in text
         else:
             ready = (
                 re.search(
                     rf"dispy-node {re.escape(self.name)} serving \d+ CPU\(s\) at "
                     rf"{re.escape(LOOPBACK)}:{self.port}\b",
-                    self.log_text(squash=True),
+                    text,
                 )
                 is not None
             )
