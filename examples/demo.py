@@ -49,7 +49,7 @@ def main(jobs: int = 1000) -> int:
             "--name",
             "demo-node",
             "--dest_path_prefix",
-            os.path.join(os.getcwd(), ".dispy-demo"),
+            workdir,
         ],
         env={**os.environ, "DISPY_SECRET": secret},
         stdin=subprocess.DEVNULL,

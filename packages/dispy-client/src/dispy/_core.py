@@ -631,6 +631,15 @@ class ClusterCore:
             self._housekeeping_scheduled = True
             self.loop.call_later(HOUSEKEEPING_DELAY, self._housekeeping)
 
+    def id_changed(self, job: DispyJob) -> None:
+        """A job's ``id`` was set (user's thread): record it for recover_jobs.
+
+        Until its first record is written the job's id is read then, so the usual
+        ``job.id = n`` right after submit() costs nothing here.
+        """
+        if job._logged:
+            self.recovery.ids([job])
+
     def _housekeeping(self) -> None:
         """Flush the recover file, then acknowledge results no jobs.submit carried.
 
@@ -798,6 +807,7 @@ class ClusterCore:
     ) -> None:
         if job._done:
             return
+        job._on_id = None
         job.status = status
         if exception is not None:
             job.exception = exception

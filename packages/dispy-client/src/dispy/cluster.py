@@ -248,6 +248,7 @@ class JobCluster:
             log.error("submit: job not created: %s", exc)
             return None
         job._pinned = pin
+        job._on_id = self._core.id_changed
         with self._lock:
             self._pending += 1
         self._core.submit_threadsafe(job)

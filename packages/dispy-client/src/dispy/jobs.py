@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from dispy_core.protocol.jobs import JobStatus
@@ -27,13 +28,15 @@ class DispyJob:
         "_done",
         "_event",
         "_files",
+        "_id",
+        "_logged",
+        "_on_id",
         "_payload",
         "_pinned",
         "_uid",
         "args",
         "end_time",
         "exception",
-        "id",
         "ip_addr",
         "kwargs",
         "result",
@@ -47,7 +50,9 @@ class DispyJob:
 
     def __init__(self, uid: int, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         self._uid = uid
-        self.id: Any = None
+        self._id: Any = None
+        self._on_id: Callable[[DispyJob], None] | None = None
+        self._logged = False  # a record with its id is in the recover file
         self.args = args
         self.kwargs = kwargs
         self.status: int = JobStatus.Created
@@ -63,6 +68,18 @@ class DispyJob:
         self._files: list[Any] | None = None
         self._done = False
         self._event: threading.Event | None = None
+
+    @property
+    def id(self) -> Any:
+        """Yours to set: any value that tells your jobs apart (kept by recover_jobs)."""
+        return self._id
+
+    @id.setter
+    def id(self, value: Any) -> None:
+        self._id = value
+        on_id = self._on_id
+        if on_id is not None:
+            on_id(self)
 
     def __repr__(self) -> str:
         ident = self.id if self.id is not None else self._uid

@@ -19,8 +19,9 @@ import contextlib
 import json
 import logging
 import os
+import threading
 import time
-from typing import Any
+from typing import Any, TextIO
 
 from dispy.jobs import DispyJob
 from dispy_core import serialize
@@ -68,7 +69,12 @@ def _json_id(value: Any) -> Any:
 
 
 class RecoveryLog:
-    """Appends what ``recover_jobs`` needs; every method is cheap and never raises."""
+    """Appends what ``recover_jobs`` needs; every method is cheap and never raises.
+
+    Records of submitted and sent jobs are kept as references and written at the next
+    :meth:`flush`, so a job's ``id`` set by the program right after ``submit()`` (as the
+    reference's examples do) is the one recorded.
+    """
 
     def __init__(self, path: str, header: dict[str, Any]) -> None:
         self.path = path
@@ -77,25 +83,54 @@ class RecoveryLog:
         self._write({"format": FORMAT, **header})
         self._fh.flush()
         self._broken = False
+        self._pending: list[tuple[str, tuple[str, int] | None, list[DispyJob]]] = []
+        self._lock = threading.Lock()  # the program's thread writes id records too
 
     def _write(self, record: dict[str, Any]) -> None:
         self._fh.write(json.dumps(record, separators=(",", ":")) + "\n")
 
     def created(self, jobs: list[DispyJob]) -> None:
-        self._guarded({"c": [[j._uid, _json_id(j.id)] for j in jobs]})
+        with self._lock:
+            self._pending.append(("c", None, jobs))
 
     def sent(self, node: tuple[str, int], jobs: list[DispyJob]) -> None:
-        self._guarded(
-            {"s": list(node), "j": [j._uid for j in jobs], "i": [_json_id(j.id) for j in jobs]}
-        )
+        with self._lock:
+            self._pending.append(("s", node, jobs))
+
+    def _write_pending(self) -> None:
+        pending, self._pending = self._pending, []
+        for kind, node, jobs in pending:
+            for job in jobs:
+                job._logged = True
+            if kind == "c":
+                self._guarded({"c": [[j._uid, _json_id(j.id)] for j in jobs]})
+            else:
+                assert node is not None
+                self._guarded(
+                    {
+                        "s": list(node),
+                        "j": [j._uid for j in jobs],
+                        "i": [_json_id(j.id) for j in jobs],
+                    }
+                )
 
     def node(self, key: tuple[str, int]) -> None:
         """A node joined: recovery asks every such node, so this one is flushed at once."""
-        self._guarded({"n": list(key)})
-        self.flush()
+        with self._lock:
+            self._guarded({"n": list(key)})
+            self._flush_locked()
+
+    def ids(self, jobs: list[DispyJob]) -> None:
+        """Jobs whose ``id`` the program set after they were recorded (any thread): written
+        and flushed at once, since the program may die any moment after."""
+        with self._lock:
+            self._guarded({"i": [[j._uid, _json_id(j.id)] for j in jobs]})
+            self._flush_locked()
 
     def done(self, uids: list[int]) -> None:
-        self._guarded({"d": uids})
+        with self._lock:
+            self._write_pending()  # a job's "sent" record precedes its "done"
+            self._guarded({"d": uids})
 
     def _guarded(self, record: dict[str, Any]) -> None:
         if self._broken:
@@ -111,8 +146,13 @@ class RecoveryLog:
 
         Called before the frames they describe are written to a socket.
         """
+        with self._lock:
+            self._flush_locked()
+
+    def _flush_locked(self) -> None:
         if self._broken:
             return
+        self._write_pending()
         try:
             self._fh.flush()
         except (OSError, ValueError) as exc:
@@ -120,9 +160,10 @@ class RecoveryLog:
             log.warning("recover file %s can no longer be written: %s", self.path, exc)
 
     def close(self, remove: bool) -> None:
-        self._broken = True  # later writes (a timer firing after close) are no-ops
-        with contextlib.suppress(OSError, ValueError):
-            self._fh.close()
+        with self._lock:
+            self._broken = True  # later writes (a timer firing after close) are no-ops
+            with contextlib.suppress(OSError, ValueError):
+                self._fh.close()
         if remove:
             with contextlib.suppress(OSError):
                 os.remove(self.path)
@@ -158,6 +199,9 @@ class _Plan:
                 for uid, ident in zip(record["j"], record.get("i", []), strict=False):
                     if ident is not None:
                         self.ids[uid] = ident
+            elif "i" in record and "s" not in record:
+                for uid, ident in record["i"]:
+                    self.ids[uid] = ident
             elif "n" in record:
                 self.nodes.add((str(record["n"][0]), int(record["n"][1])))
             elif "d" in record:
@@ -183,14 +227,16 @@ def recover_jobs(
         for.
     """
     plan = _Plan(recover_file)
-    jobs = asyncio.run(_recover(plan, timeout, terminate_pending))
+    jobs = asyncio.run(_recover(plan, timeout, terminate_pending, recover_file))
     if all(j.status != JobStatus.Running for j in jobs):
         with contextlib.suppress(OSError):
             os.remove(recover_file)
     return jobs
 
 
-async def _recover(plan: _Plan, timeout: float | None, terminate: bool) -> list[DispyJob]:
+async def _recover(
+    plan: _Plan, timeout: float | None, terminate: bool, path: str
+) -> list[DispyJob]:
     header = plan.header
     jobs: dict[int, DispyJob] = {}
     for uid in sorted(set(plan.ids) | set(plan.where)):
@@ -206,12 +252,15 @@ async def _recover(plan: _Plan, timeout: float | None, terminate: bool) -> list[
     deadline = None if timeout is None else time.monotonic() + timeout
     wanted = set(jobs)
     pending: set[int] = set()
-    await asyncio.gather(
-        *(
-            _recover_node(header, tls, node, wanted, pending, jobs, deadline, terminate)
-            for node in sorted(plan.nodes)
+    # Jobs handed back here are marked done in the file before the nodes may forget them,
+    # so a later recover_jobs (for jobs still running now) does not ask for them again.
+    with open(path, "a") as ledger:  # noqa: ASYNC230 - a few small appends, flushed
+        await asyncio.gather(
+            *(
+                _recover_node(header, tls, node, wanted, pending, jobs, deadline, terminate, ledger)
+                for node in sorted(plan.nodes)
+            )
         )
-    )
     for uid in sorted(wanted - pending):
         job = jobs[uid]
         job.status = JobStatus.Abandoned
@@ -233,6 +282,7 @@ async def _recover_node(
     jobs: dict[int, DispyJob],
     deadline: float | None,
     terminate: bool,
+    ledger: TextIO,
 ) -> None:
     comp_id = int(header["comp_id"])
     msg_timeout = float(header.get("msg_timeout", 5.0))
@@ -253,6 +303,8 @@ async def _recover_node(
 
     async def take(msg: JobDone, payload: bytes) -> None:
         _apply(msg, payload, jobs, node, wanted)
+        ledger.write(json.dumps({"d": [r.job_id for r in msg.jobs]}) + "\n")
+        ledger.flush()
         for report in msg.jobs:
             pending.discard(report.job_id)
             pending_anywhere.discard(report.job_id)
