@@ -548,7 +548,10 @@ class ClusterCore:
             job = self.jobs.get(uid)
             if job is None:
                 continue
-            if self.opts.reentrant and job._pinned is None and not self._closing:
+            # A job that was only waiting in that node's queue never ran: it is safe to run
+            # it elsewhere whatever `reentrant` says.
+            never_ran = uid in session.waiting
+            if (self.opts.reentrant or never_ran) and job._pinned is None and not self._closing:
                 job.status = JobStatus.Created
                 job.ip_addr = None
                 self.engine.submit(uid, front=True)

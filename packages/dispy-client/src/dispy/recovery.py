@@ -25,7 +25,7 @@ from typing import Any, TextIO
 
 from dispy.jobs import DispyJob
 from dispy_core import serialize
-from dispy_core.aio.connection import ConnectionClosed, open_connection
+from dispy_core.aio.connection import Connection, ConnectionClosed, PeerRefused, open_connection
 from dispy_core.protocol.errors import ProtocolError
 from dispy_core.protocol.jobs import JobStatus
 from dispy_core.protocol.messages import (
@@ -287,19 +287,10 @@ async def _recover_node(
     comp_id = int(header["comp_id"])
     msg_timeout = float(header.get("msg_timeout", 5.0))
     where = f"{node[0]}:{node[1]}"
-    try:
-        conn = await open_connection(
-            node[0],
-            node[1],
-            secret=header.get("secret", ""),
-            role="recover",
-            name=str(header.get("name", "recover")),
-            timeout=msg_timeout,
-            ssl_context=tls.client,
-        )
-    except (OSError, TimeoutError, ConnectionClosed, ProtocolError) as exc:
-        log.warning("recover: cannot reach node %s: %s", where, str(exc) or type(exc).__name__)
+    opened = await _open_recovery(header, tls, node, comp_id, msg_timeout)
+    if opened is None:
         return
+    conn, status = opened
 
     async def take(msg: JobDone, payload: bytes) -> None:
         _apply(msg, payload, jobs, node, wanted)
@@ -312,11 +303,6 @@ async def _recover_node(
 
     pending: set[int] = set()
     try:
-        await conn.send(RecoverRequest(comp_id=comp_id))
-        async with asyncio.timeout(msg_timeout):
-            status, _ = await conn.recv()
-        if not isinstance(status, RecoverStatus):
-            raise ProtocolError(f"unexpected {status.type}")
         pending = set(status.pending)
         pending_anywhere.update(pending & wanted)
         expected = status.stored
@@ -353,6 +339,49 @@ async def _recover_node(
         log.warning("recover: node %s: %s", where, exc)
     finally:
         await conn.close()
+
+
+async def _open_recovery(
+    header: dict[str, Any],
+    tls: TLSConfig,
+    node: tuple[str, int],
+    comp_id: int,
+    msg_timeout: float,
+) -> tuple[Connection, RecoverStatus] | None:
+    """Connect and ask; retry while the node has not yet noticed its client is gone."""
+    where = f"{node[0]}:{node[1]}"
+    deadline = time.monotonic() + max(2 * msg_timeout, 5.0)
+    while True:
+        conn: Connection | None = None
+        try:
+            conn = await open_connection(
+                node[0],
+                node[1],
+                secret=header.get("secret", ""),
+                role="recover",
+                name=str(header.get("name", "recover")),
+                timeout=msg_timeout,
+                ssl_context=tls.client,
+            )
+            await conn.send(RecoverRequest(comp_id=comp_id))
+            async with asyncio.timeout(msg_timeout):
+                status, _ = await conn.recv()
+            if not isinstance(status, RecoverStatus):
+                raise ProtocolError(f"unexpected {status.type}")
+            return conn, status
+        except PeerRefused as exc:
+            if conn is not None:
+                await conn.close()
+            if "still connected" in exc.reason and time.monotonic() < deadline:
+                await asyncio.sleep(0.2)
+                continue
+            log.warning("recover: node %s: %s", where, exc.reason)
+            return None
+        except (OSError, TimeoutError, ConnectionClosed, ProtocolError) as exc:
+            if conn is not None:
+                await conn.close()
+            log.warning("recover: cannot reach node %s: %s", where, str(exc) or type(exc).__name__)
+            return None
 
 
 def _apply(
