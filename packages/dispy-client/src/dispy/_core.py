@@ -40,6 +40,7 @@ from dispy_core.aio.connection import (
     accept_connection,
 )
 from dispy_core.aio.discovery import send_ping, udp_socket
+from dispy_core.config import DEFAULT_PULSE, dead_after
 from dispy_core.protocol.discovery import Ping
 from dispy_core.protocol.errors import ProtocolError
 from dispy_core.protocol.jobs import JobStatus, NodeStatus
@@ -79,8 +80,6 @@ NO_NODE_WARNING_DELAY = 5.0
 HOUSEKEEPING_DELAY = 0.02
 QUEUE_SECONDS = 0.02  # work to keep queued on a node, per CPU
 MAX_DEPTH = 32
-DEFAULT_PULSE = 10.0
-DEFAULT_DEAD_AFTER = 60.0
 # Pings are tiny: retry often at first so a node started with the client joins at once.
 EARLY_REPINGS = (0.1,) * 10 + (0.5, 1.0, 2.0)
 NO_NODE_WARNING_REPEAT = 30.0
@@ -548,10 +547,10 @@ class ClusterCore:
             job = self.jobs.get(uid)
             if job is None:
                 continue
-            # A job that was only waiting in that node's queue never ran: it is safe to run
-            # it elsewhere whatever `reentrant` says.
-            never_ran = uid in session.waiting
-            if (self.opts.reentrant or never_ran) and job._pinned is None and not self._closing:
+            # Even a job the client saw only as queued there may have started just before the
+            # node stopped (its jobs.started not yet sent): without `reentrant` it is not run
+            # again, as the reference says of jobs scheduled on a dead node.
+            if self.opts.reentrant and job._pinned is None and not self._closing:
                 job.status = JobStatus.Created
                 job.ip_addr = None
                 self.engine.submit(uid, front=True)
@@ -573,7 +572,7 @@ class ClusterCore:
         # Without pulse_interval nodes still pulse every DEFAULT_PULSE seconds, and a node
         # silent for much longer than that is taken for dead, so no job waits forever on a
         # hung node.
-        limit = 5 * interval if interval else DEFAULT_DEAD_AFTER
+        limit = dead_after(interval)
         while True:
             await asyncio.sleep(min(interval or DEFAULT_PULSE, limit / 5))
             now = time.monotonic()
@@ -950,7 +949,10 @@ class ClusterCore:
         self._ping_all()
 
     async def _keepalive(self, session: _NodeSession) -> None:
-        interval = min(max(session.zombie_interval / 3, 0.5), 60.0)
+        # Often enough for the node's zombie_interval and for its lease on queued jobs
+        # (it starts them only while it hears from us within dead_after()).
+        pulse = self.opts.pulse_interval or DEFAULT_PULSE
+        interval = max(min(session.zombie_interval / 3, pulse), 0.5)
         while True:
             await asyncio.sleep(interval)
             with contextlib.suppress(ConnectionClosed):

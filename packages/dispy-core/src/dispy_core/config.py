@@ -9,6 +9,14 @@ NODE_PORT = 51348
 SCHEDULER_PORT = 51349
 MSG_TIMEOUT = 5.0
 MAX_FILE_SIZE = 10 * 1024 * 1024
+DEFAULT_PULSE = 10.0  # nodes pulse this often when the cluster sets no pulse_interval
+
+
+def dead_after(pulse_interval: float | None) -> float:
+    """Silence after which a client takes a node for dead (and a node stops starting the
+    jobs queued for that client): 5 x pulse_interval, or 60 s without one."""
+    return 5 * pulse_interval if pulse_interval else 60.0
+
 
 _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)b?\s*$", re.IGNORECASE)

@@ -177,6 +177,7 @@ class Computation:
         on_provisional: Callable[[int, bytes], None],
         on_send_file: SendFileHandler | None = None,
         on_started: Callable[[int], None] = lambda job_id: None,
+        may_start: Callable[[], bool] = lambda: True,
         cleanup_files: bool = True,
         max_file_size: int = 0,
     ) -> None:
@@ -191,6 +192,8 @@ class Computation:
         self._on_provisional = on_provisional
         self._on_send_file = on_send_file
         self._on_started = on_started
+        self._may_start = may_start
+        self.held = False  # queued jobs waiting for may_start()
         self._notify: set[int] = set()
         self.max_file_size = max_file_size
         self._proc: asyncio.subprocess.Process | None = None
@@ -332,7 +335,14 @@ class Computation:
                 return True
         return False
 
+    def kick(self) -> None:
+        """Try again to start queued jobs (after may_start() said no)."""
+        self._dispatch()
+
     def _dispatch(self) -> None:
+        if self._queue and self._idle and not self._may_start():
+            self.held = True
+            return
         while self._idle and self._queue:
             worker = self._idle.pop()
             job_id, payload = self._queue.popleft()

@@ -42,6 +42,7 @@ class ProgramComputation:
         spec: bytes,
         on_reply: Callable[[Reply], None],
         on_started: Callable[[int], None] = lambda job_id: None,
+        may_start: Callable[[], bool] = lambda: True,
         cleanup_files: bool = True,
     ) -> None:
         self.comp_id = comp_id
@@ -52,6 +53,8 @@ class ProgramComputation:
         self._spec = spec
         self._on_reply = on_reply
         self._on_started = on_started
+        self._may_start = may_start
+        self.held = False  # queued jobs waiting for may_start()
         self._notify: set[int] = set()
         self._argv: list[str] = []
         self._queue: deque[tuple[int, bytes]] = deque()
@@ -95,7 +98,14 @@ class ProgramComputation:
         self.cpus = cpus
         self._dispatch()
 
+    def kick(self) -> None:
+        """Try again to start queued jobs (after may_start() said no)."""
+        self._dispatch()
+
     def _dispatch(self) -> None:
+        if self._queue and len(self._tasks) < self.cpus and not self._may_start():
+            self.held = True
+            return
         while self._queue and len(self._tasks) < self.cpus and not self.closing:
             job_id, payload = self._queue.popleft()
             if job_id in self._notify:

@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from dispy_core import availability
 from dispy_core.aio.connection import Connection, ConnectionClosed, PeerRefused
+from dispy_core.config import DEFAULT_PULSE, dead_after
 from dispy_core.protocol.errors import ProtocolError, RemoteProtocolError
 from dispy_core.protocol.messages import (
     NOT_WANTED,
@@ -69,7 +70,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("dispy_node")
 
-DEFAULT_PULSE = 10.0
 BATCH_DELAY = 0.002
 MAX_BATCH = 512
 
@@ -88,7 +88,11 @@ class _Runner(Protocol):
     def queued(self) -> int: ...
 
     async def start(self) -> None: ...
+
+    held: bool
+
     def submit(self, job_id: int, payload: bytes, notify: bool = False) -> None: ...
+    def kick(self) -> None: ...
     def cancel(self, job_id: int) -> bool: ...
     def pending_ids(self) -> list[int]: ...
     def set_cpus(self, cpus: int) -> None: ...
@@ -160,11 +164,26 @@ class Session:
             if self.conn is conn:
                 self.conn = None
 
+    def may_start(self) -> bool:
+        """Whether queued jobs may start now.
+
+        While the client is connected, only if it was heard from within dead_after(): a
+        client that took this node for dead (it was stopped, say) runs those jobs elsewhere,
+        so starting them here on waking up would run them twice. Without a client (it
+        crashed) the jobs run, for recover_jobs.
+        """
+        if self.conn is None or self.setup is None:
+            return True
+        return time.monotonic() - self.last_heard < dead_after(self.setup.pulse_interval)
+
     def orphan(self) -> None:
         """The client is gone but jobs remain: keep every result on disk from now on."""
         setup = self.setup
         if setup is None:
             return
+        if self.computation is not None:
+            self.computation.held = False
+            self.computation.kick()
         store = self.node.store
         self._stored = True
         store.save_meta(setup.comp_id, {"name": setup.name, "comp_id": setup.comp_id})
@@ -202,6 +221,10 @@ class Session:
             # Runs inside the connection's protocol callback; an awaitable returned here
             # holds back later messages until it is done, so order is kept.
             self.last_heard = time.monotonic()
+            comp = self.computation
+            if comp is not None and comp.held:
+                comp.held = False
+                comp.kick()
             if isinstance(msg, JobSubmit):
                 self._submit(msg, payload)
             elif isinstance(msg, JobAck):
@@ -318,6 +341,7 @@ class Session:
                 spec=payload,
                 on_reply=self._on_reply,
                 on_started=self._on_started,
+                may_start=self.may_start,
                 cleanup_files=setup.cleanup,
             )
         else:
@@ -332,6 +356,7 @@ class Session:
                 on_provisional=self._on_provisional,
                 on_send_file=self._on_send_file,
                 on_started=self._on_started,
+                may_start=self.may_start,
                 cleanup_files=setup.cleanup,
                 max_file_size=node.config.max_file_size,
             )
