@@ -326,15 +326,18 @@ def pool_cpu(pool: cf.ProcessPoolExecutor, sizes: Sizes) -> float:
     return sizes.cpu_jobs * single / (2 * (time.perf_counter() - t0))
 
 
-def dispy_startup(prefix: str) -> float:
+def dispy_startup(prefix: str) -> tuple[float, int]:
+    """(seconds from launching a node to the first result, that node's RSS once idle)."""
     node = Node(2, prefix)
     try:
         cluster = node.cluster(noop)
         try:
             assert cluster.submit(1)() == 1  # type: ignore[union-attr]
-            return time.perf_counter() - node.launched
+            took = time.perf_counter() - node.launched
         finally:
             cluster.close()
+        time.sleep(0.2)
+        return took, node.rss(with_children=False)
     finally:
         node.stop()
 
@@ -399,8 +402,8 @@ def main() -> int:
             f"data ({SIZES.data_jobs} x {SIZES.data_size // MiB} MiB each way)", "MiB/s", "higher"
         ),
         "cpu": Metric(f"cpu efficiency ({SIZES.cpu_jobs} x {SIZES.cpu_seconds}s)", "", "higher"),
-        "startup": Metric("startup to first result", "s", "lower"),
-        "node_idle_rss": Metric("node RSS idle (daemon)", "MiB", "lower"),
+        "startup": Metric("startup: node launch to first result", "s", "lower"),
+        "node_idle_rss": Metric("node RSS idle (fresh daemon, one job served)", "MiB", "lower"),
         "node_queued_rss": Metric(f"node RSS, {SIZES.queued} queued", "MiB", "lower"),
         "client_per_job": Metric("client memory per queued job", "KiB", "lower"),
     }
@@ -441,13 +444,14 @@ def main() -> int:
                     metrics["cpu"].dispy.append(dispy_cpu(node, SIZES))
                     metrics["cpu"].pool.append(pool_cpu(pool, SIZES))
                 if want("memory"):
-                    before, during, idle, queued = dispy_memory(node, SIZES)
+                    before, during, _idle, queued = dispy_memory(node, SIZES)
                     metrics["client_per_job"].dispy.append((during - before) / 1024 / SIZES.queued)
-                    metrics["node_idle_rss"].dispy.append(idle / MiB)
                     metrics["node_queued_rss"].dispy.append(queued / MiB)
         if want("startup"):
             for _ in range(repeat):
-                metrics["startup"].dispy.append(dispy_startup(prefix + "-startup"))
+                took, idle_rss = dispy_startup(prefix + "-startup")
+                metrics["startup"].dispy.append(took)
+                metrics["node_idle_rss"].dispy.append(idle_rss / MiB)
                 metrics["startup"].pool.append(pool_startup())
     finally:
         node.stop()

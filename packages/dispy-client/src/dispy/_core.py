@@ -43,6 +43,7 @@ from dispy_core.aio.discovery import send_ping, udp_socket
 from dispy_core.config import DEFAULT_PULSE, dead_after
 from dispy_core.protocol.discovery import Ping
 from dispy_core.protocol.errors import ProtocolError
+from dispy_core.protocol.framing import Payload
 from dispy_core.protocol.jobs import JobStatus, NodeStatus
 from dispy_core.protocol.messages import (
     NOT_WANTED,
@@ -475,7 +476,7 @@ class ClusterCore:
     async def _read_node(self, session: _NodeSession) -> None:
         conn = session.conn
 
-        def handle(msg: Message, payload: bytes) -> Awaitable[None] | None:
+        def handle(msg: Message, payload: Payload) -> Awaitable[None] | None:
             # Runs inside the connection's protocol callback: results are handled in the
             # same loop turn they arrive in.
             session.last_heard = time.monotonic()
@@ -729,11 +730,11 @@ class ClusterCore:
             notify = [uid for uid, _ in batch if uid in session.waiting] if ahead else []
             try:
                 submit = JobSubmit(comp_id=self.comp_id, jobs=batch, notify=notify)
-                session.conn.send_nowait(submit, b"".join(parts))
+                session.conn.send_nowait(submit, parts[0] if len(parts) == 1 else b"".join(parts))
             except ConnectionClosed:
                 return
 
-    def _job_replies(self, session: _NodeSession, msg: JobDone, payload: bytes) -> None:
+    def _job_replies(self, session: _NodeSession, msg: JobDone, payload: Payload) -> None:
         view = memoryview(payload)
         offset = 0
         node = session.node
@@ -856,7 +857,7 @@ class ClusterCore:
             req=req,
         )
 
-    def _provisional(self, session: _NodeSession, msg: JobProvisional, payload: bytes) -> None:
+    def _provisional(self, session: _NodeSession, msg: JobProvisional, payload: Payload) -> None:
         job = self.jobs.get(msg.job_id)
         if job is None:
             return
@@ -877,7 +878,7 @@ class ClusterCore:
         if self.opts.callback is not None:
             self.callbacks.post(self.opts.callback, snapshot)
 
-    async def _receive_file(self, session: _NodeSession, msg: FilePut, payload: bytes) -> None:
+    async def _receive_file(self, session: _NodeSession, msg: FilePut, payload: Payload) -> None:
         error: str | None = None
         try:
             target = safe_local_path(os.getcwd(), msg.path)
@@ -977,7 +978,7 @@ def safe_local_path(base: str, relative: str) -> str:
     return path
 
 
-def store_file(path: str, data: bytes, mode: int, mtime: float | None) -> None:
+def store_file(path: str, data: Payload, mode: int, mtime: float | None) -> None:
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     tmp = f"{path}.dispy-part"
     with open(tmp, "wb") as fh:

@@ -27,6 +27,7 @@ from dispy.jobs import DispyJob
 from dispy_core import serialize
 from dispy_core.aio.connection import Connection, ConnectionClosed, PeerRefused, open_connection
 from dispy_core.protocol.errors import ProtocolError
+from dispy_core.protocol.framing import Payload
 from dispy_core.protocol.jobs import JobStatus
 from dispy_core.protocol.messages import (
     CloseComputation,
@@ -292,7 +293,7 @@ async def _recover_node(
         return
     conn, status = opened
 
-    async def take(msg: JobDone, payload: bytes) -> None:
+    async def take(msg: JobDone, payload: Payload) -> None:
         _apply(msg, payload, jobs, node, wanted)
         ledger.write(json.dumps({"d": [r.job_id for r in msg.jobs]}) + "\n")
         ledger.flush()
@@ -386,7 +387,7 @@ async def _open_recovery(
 
 def _apply(
     msg: JobDone,
-    payload: bytes,
+    payload: Payload,
     jobs: dict[int, DispyJob],
     node: tuple[str, int],
     wanted: set[int],

@@ -47,7 +47,7 @@ def dumps_plain(obj: Any) -> bytes:
     return pickle.dumps(obj, protocol=PROTOCOL)
 
 
-def loads(data: bytes | memoryview) -> Any:
+def loads(data: bytes | bytearray | memoryview) -> Any:
     """Unpickle an authenticated payload.
 
     Raises:

@@ -34,6 +34,6 @@ OUTCOME_FINISHED = 0
 OUTCOME_TERMINATED = 1
 
 
-def control_frame(obj: dict[str, Any], payload: bytes = b"") -> bytes:
+def control_frame(obj: dict[str, Any], payload: bytes | bytearray = b"") -> bytes:
     head = json.dumps(obj).encode()
     return CONTROL.pack(len(head), len(payload)) + head + payload

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dispy_core import serialize
+from dispy_core.protocol.framing import Payload
 from dispy_core.protocol.messages import JobOutcome
 from dispy_node import _wire
 
@@ -37,10 +38,11 @@ log = logging.getLogger(__name__)
 WORKER_CONNECT_TIMEOUT = 30.0
 EXIT_STATUS_WAIT = 2.0
 STREAM_ABOVE = 256 << 10
+BIG_REPLY = 1 << 20
 STREAM_CHUNK = 1 << 20
 
 
-SendFileHandler = Callable[[int, str, int, float, bytes], Awaitable[str | None]]
+SendFileHandler = Callable[[int, str, int, float, Payload], Awaitable[str | None]]
 
 
 class ComputationStartError(Exception):
@@ -55,7 +57,7 @@ class Reply:
     outcome: JobOutcome
     start: float
     end: float
-    payload: bytes
+    payload: Payload
 
 
 def local_reply(job_id: int, outcome: JobOutcome, text: str | None, start: float) -> Reply:
@@ -171,10 +173,10 @@ class Computation:
         name: str,
         cpus: int,
         dest_path: str,
-        bundle: bytes,
+        bundle: Payload,
         hub: WorkerHub,
         on_reply: Callable[[Reply], None],
-        on_provisional: Callable[[int, bytes], None],
+        on_provisional: Callable[[int, Payload], None],
         on_send_file: SendFileHandler | None = None,
         on_started: Callable[[int], None] = lambda job_id: None,
         may_start: Callable[[], bool] = lambda: True,
@@ -197,7 +199,7 @@ class Computation:
         self._notify: set[int] = set()
         self.max_file_size = max_file_size
         self._proc: asyncio.subprocess.Process | None = None
-        self._queue: deque[tuple[int, bytes]] = deque()
+        self._queue: deque[tuple[int, Payload]] = deque()
         self._queued_ids: set[int] = set()
         self._idle: list[_Worker] = []
         self._workers: dict[int, _Worker] = {}
@@ -306,7 +308,7 @@ class Computation:
 
     # -- jobs ---------------------------------------------------------------------------
 
-    def submit(self, job_id: int, payload: bytes, notify: bool = False) -> None:
+    def submit(self, job_id: int, payload: Payload, notify: bool = False) -> None:
         """Queue a job; with ``notify`` report (``on_started``) when it starts."""
         if notify:
             self._notify.add(job_id)
@@ -359,7 +361,7 @@ class Computation:
                 worker.transport.write(head)
                 self._spawn_task(self._stream_to(worker, payload))
 
-    async def _stream_to(self, worker: _Worker, payload: bytes) -> None:
+    async def _stream_to(self, worker: _Worker, payload: Payload) -> None:
         """Write a large job in slices as the worker reads it (no second full copy)."""
         view = memoryview(payload)
         for start in range(0, len(view), STREAM_CHUNK):
@@ -409,7 +411,7 @@ class Computation:
         job_id: int,
         start: float,
         end: float,
-        payload: bytes,
+        payload: Payload,
     ) -> None:
         if op == _wire.OP_DONE:
             if worker.job != job_id:
@@ -431,14 +433,14 @@ class Computation:
         elif op == _wire.OP_SEND_FILE:
             self._spawn_task(self._send_file(worker, job_id, payload))
 
-    async def _send_file(self, worker: _Worker, job_id: int, payload: bytes) -> None:
+    async def _send_file(self, worker: _Worker, job_id: int, payload: Payload) -> None:
         error = await self._forward_file(job_id, payload)
         answer = error.encode() if error else b""
         worker.transport.writelines(
             (_wire.TO_WORKER.pack(_wire.OP_ACK, job_id, len(answer)), answer)
         )
 
-    async def _forward_file(self, job_id: int, payload: bytes) -> str | None:
+    async def _forward_file(self, job_id: int, payload: Payload) -> str | None:
         if self._on_send_file is None:
             return "this node cannot send files for this computation"
         head = _wire.SEND_FILE.size
@@ -534,6 +536,8 @@ class _WorkerProtocol(asyncio.Protocol):
         self._comp = computation
         self._worker = worker
         self._buf = bytearray()
+        # a large reply being received: (header fields, its buffer, bytes filled)
+        self._big: tuple[tuple[int, int, int, float, float], bytearray, int] | None = None
 
     def pause_writing(self) -> None:
         self._worker.writable.clear()
@@ -542,20 +546,56 @@ class _WorkerProtocol(asyncio.Protocol):
         self._worker.writable.set()
 
     def data_received(self, data: bytes) -> None:
+        view = memoryview(data)
+        if self._big is not None:
+            view = self._fill(view)
+            if not view:
+                return
         buf = self._buf
-        buf += data
+        buf += view
         head = _wire.FROM_WORKER
         pos = 0
         while len(buf) - pos >= head.size:
             op, outcome, job_id, start, end, length = head.unpack_from(buf, pos)
             stop = pos + head.size + length
             if len(buf) < stop:
+                if length > BIG_REPLY:
+                    # Receive the rest straight into a buffer of the right size rather than
+                    # growing (and later copying) this one.
+                    have = bytes(buf[pos + head.size :])
+                    target = bytearray(length)
+                    target[: len(have)] = have
+                    self._big = ((op, outcome, job_id, start, end), target, len(have))
+                    buf.clear()
+                    return
                 break
             payload = bytes(buf[pos + head.size : stop])
             pos = stop
             self._comp._worker_message(self._worker, op, outcome, job_id, start, end, payload)
         if pos:
             del buf[:pos]
+
+    def _fill(self, view: memoryview) -> memoryview:
+        assert self._big is not None
+        fields, target, filled = self._big
+        take = min(len(target) - filled, len(view))
+        target[filled : filled + take] = view[:take]
+        filled += take
+        if filled < len(target):
+            self._big = (fields, target, filled)
+            return view[len(view) :]
+        self._big = None
+        op, outcome, job_id, start, end = fields
+        self._comp._worker_message(
+            self._worker,
+            op,
+            outcome,
+            job_id,
+            start,
+            end,
+            target,
+        )
+        return view[take:]
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._worker.writable.set()  # lets a streaming task see the closed transport

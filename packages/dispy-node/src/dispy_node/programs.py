@@ -23,6 +23,7 @@ from collections.abc import Callable
 from typing import Any
 
 from dispy_core import serialize
+from dispy_core.protocol.framing import Payload
 from dispy_node._paths import safe_join
 from dispy_node.executor import ComputationStartError, Reply, local_reply
 
@@ -39,7 +40,7 @@ class ProgramComputation:
         name: str,
         cpus: int,
         dest_path: str,
-        spec: bytes,
+        spec: Payload,
         on_reply: Callable[[Reply], None],
         on_started: Callable[[int], None] = lambda job_id: None,
         may_start: Callable[[], bool] = lambda: True,
@@ -57,7 +58,7 @@ class ProgramComputation:
         self.held = False  # queued jobs waiting for may_start()
         self._notify: set[int] = set()
         self._argv: list[str] = []
-        self._queue: deque[tuple[int, bytes]] = deque()
+        self._queue: deque[tuple[int, Payload]] = deque()
         self._procs: dict[int, asyncio.subprocess.Process] = {}
         self._cancelled: set[int] = set()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -88,7 +89,7 @@ class ProgramComputation:
         else:
             self._argv = [program]
 
-    def submit(self, job_id: int, payload: bytes, notify: bool = False) -> None:
+    def submit(self, job_id: int, payload: Payload, notify: bool = False) -> None:
         if notify:
             self._notify.add(job_id)
         self._queue.append((job_id, payload))
@@ -120,7 +121,7 @@ class ProgramComputation:
         self._job_ended.set()
         self._dispatch()
 
-    async def _run(self, job_id: int, payload: bytes) -> None:
+    async def _run(self, job_id: int, payload: Payload) -> None:
         start = time.time()
         try:
             args = json.loads(payload)

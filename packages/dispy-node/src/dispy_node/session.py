@@ -36,6 +36,7 @@ from dispy_core import availability
 from dispy_core.aio.connection import Connection, ConnectionClosed, PeerRefused
 from dispy_core.config import DEFAULT_PULSE, dead_after
 from dispy_core.protocol.errors import ProtocolError, RemoteProtocolError
+from dispy_core.protocol.framing import Payload
 from dispy_core.protocol.messages import (
     NOT_WANTED,
     CloseComputation,
@@ -91,7 +92,7 @@ class _Runner(Protocol):
 
     held: bool
 
-    def submit(self, job_id: int, payload: bytes, notify: bool = False) -> None: ...
+    def submit(self, job_id: int, payload: Payload, notify: bool = False) -> None: ...
     def kick(self) -> None: ...
     def cancel(self, job_id: int) -> bool: ...
     def pending_ids(self) -> list[int]: ...
@@ -217,7 +218,7 @@ class Session:
         return await self.serve(conn)
 
     async def _serve(self, conn: Connection) -> str:
-        def handle(msg: Message, payload: bytes) -> Awaitable[None] | None:
+        def handle(msg: Message, payload: Payload) -> Awaitable[None] | None:
             # Runs inside the connection's protocol callback; an awaitable returned here
             # holds back later messages until it is done, so order is kept.
             self.last_heard = time.monotonic()
@@ -268,7 +269,7 @@ class Session:
 
     # -- setup --------------------------------------------------------------------------
 
-    def _send(self, message: Any, payload: bytes = b"") -> None:
+    def _send(self, message: Any, payload: Payload = b"") -> None:
         if self.conn is not None:
             with contextlib.suppress(ConnectionClosed):
                 self.conn.send_nowait(message, payload)
@@ -289,7 +290,7 @@ class Session:
         except (UnsafePathError, OSError) as exc:
             self.setup_error = f"dest_path {msg.dest_path!r} refused: {exc}"
 
-    async def _file_put(self, msg: FilePut, payload: bytes) -> None:
+    async def _file_put(self, msg: FilePut, payload: Payload) -> None:
         error = await self._write_file(msg, payload)
         if error is not None:
             log.warning("file %r refused: %s", msg.path, error)
@@ -301,7 +302,7 @@ class Session:
         if msg.req:
             self._send(FileAck(comp_id=msg.comp_id, req=msg.req, error=error))
 
-    async def _write_file(self, msg: FilePut, payload: bytes) -> str | None:
+    async def _write_file(self, msg: FilePut, payload: Payload) -> str | None:
         if self.dest is None or self.setup is None or msg.comp_id != self.setup.comp_id:
             return "no computation to receive the file"
         limit = self.node.config.max_file_size
@@ -320,7 +321,7 @@ class Session:
             self._job_files.setdefault(msg.job_id, []).append(path)
         return None
 
-    async def _start(self, msg: ComputationStart, payload: bytes) -> None:
+    async def _start(self, msg: ComputationStart, payload: Payload) -> None:
         setup = self.setup
         if setup is None or setup.comp_id != msg.comp_id or self.dest is None:
             reason = self.setup_error or "computation.start without computation"
@@ -390,7 +391,7 @@ class Session:
 
     # -- jobs ---------------------------------------------------------------------------
 
-    def _submit(self, msg: JobSubmit, payload: bytes) -> None:
+    def _submit(self, msg: JobSubmit, payload: Payload) -> None:
         comp = self.computation
         if comp is None or comp.comp_id != msg.comp_id:
             self._send(Notice(level="error", text="jobs for an unknown computation"))
@@ -404,8 +405,10 @@ class Session:
         view = memoryview(payload)
         failed = self._failed_job_files
         notify = set(msg.notify)
+        whole = len(msg.jobs) == 1
         for job_id, size in msg.jobs:
-            data = bytes(view[offset : offset + size])
+            # one job (the large-argument case): its arguments are the payload, no copy
+            data = payload if whole else bytes(view[offset : offset + size])
             offset += size
             error = failed.pop(job_id, None) if failed else None
             if error is not None:
@@ -466,13 +469,11 @@ class Session:
         for reply in replies:
             self._unacked[reply.job_id] = reply
         # On failure the replies stay in _unacked and go to disk when the session is orphaned.
+        data = replies[0].payload if len(replies) == 1 else b"".join(r.payload for r in replies)
         with contextlib.suppress(ConnectionClosed):
-            conn.send_nowait(
-                JobDone(comp_id=self.setup.comp_id, jobs=reports),
-                b"".join(r.payload for r in replies),
-            )
+            conn.send_nowait(JobDone(comp_id=self.setup.comp_id, jobs=reports), data)
 
-    def _on_provisional(self, job_id: int, payload: bytes) -> None:
+    def _on_provisional(self, job_id: int, payload: Payload) -> None:
         if self.setup is None or self.conn is None:
             return
         self._flush()
@@ -481,7 +482,7 @@ class Session:
             self.conn.send_nowait(message, payload)
 
     async def _on_send_file(
-        self, job_id: int, path: str, mode: int, mtime: float, data: bytes
+        self, job_id: int, path: str, mode: int, mtime: float, data: Payload
     ) -> str | None:
         conn = self.conn
         if self.setup is None or conn is None:
@@ -574,7 +575,7 @@ class Session:
         await self._close(terminate=True)
 
 
-def _store(path: str, data: bytes, mode: int, mtime: float | None) -> None:
+def _store(path: str, data: Payload, mode: int, mtime: float | None) -> None:
     os.makedirs(os.path.dirname(path), exist_ok=True)
     tmp = f"{path}.dispy-part"
     with open(tmp, "wb") as fh:

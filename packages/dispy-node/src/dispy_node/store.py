@@ -16,6 +16,7 @@ import shutil
 import time
 from typing import Any
 
+from dispy_core.protocol.framing import Payload
 from dispy_node.executor import Reply
 
 log = logging.getLogger("dispy_node")
@@ -100,7 +101,7 @@ class ResultStore:
             return 0
 
 
-def _atomic_write(path: str, data: bytes) -> None:
+def _atomic_write(path: str, data: Payload) -> None:
     tmp = f"{path}.tmp"
     with open(tmp, "wb") as fh:
         fh.write(data)

@@ -27,6 +27,7 @@ from dispy_core.protocol.framing import (
     FrameDecoder,
     FrameEncoder,
     MessageAuthenticator,
+    Payload,
 )
 from dispy_core.protocol.handshake import Handshake, HandshakeFailed, parse_handshake
 from dispy_core.protocol.messages import Message, Refused, Role, _Message, decode, encode
@@ -43,7 +44,7 @@ STREAM_ABOVE = 256 << 10
 WRITE_HIGH = 1 << 20
 CLOSE_FLUSH_TIMEOUT = 5.0
 
-Handler = Callable[[Message, bytes], Awaitable[Any] | None]
+Handler = Callable[[Message, Payload], Awaitable[Any] | None]
 
 
 class ConnectionClosed(ConnectionError):
@@ -246,7 +247,7 @@ class Connection(asyncio.Protocol):
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
-    async def recv(self) -> tuple[Message, bytes]:
+    async def recv(self) -> tuple[Message, Payload]:
         """The next message and its payload.
 
         Raises:

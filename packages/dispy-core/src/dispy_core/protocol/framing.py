@@ -39,6 +39,7 @@ DEFAULT_MAX_MESSAGE = 1 << 30
 HANDSHAKE_MAX_HEADER = 4096
 
 Buffer = bytes | bytearray | memoryview
+Payload = bytes | bytearray  # a received payload: bytes, or the buffer a chunked one filled
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,7 +47,7 @@ class Frame:
     """One whole message: its header bytes and its (reassembled) payload."""
 
     header: bytes
-    payload: bytes
+    payload: Payload
 
 
 class MessageAuthenticator:
@@ -143,7 +144,7 @@ class FrameDecoder:
         self._buf = bytearray()
         self._pos = 0
         self._partial_header: bytes | None = None
-        self._partial_chunks: list[bytes] = []
+        self._partial = bytearray()  # a chunked message's payload, filled chunk by chunk
         self._partial_size = 0
 
     def feed(self, data: Buffer) -> None:
@@ -209,24 +210,32 @@ class FrameDecoder:
             if len(buf) < end:
                 return None
             hstart = pos + PREFIX_SIZE
-            header = bytes(buf[hstart : hstart + hlen])
-            payload = bytes(buf[hstart + hlen : hstart + hlen + plen])
-            if self.authenticator is not None:
-                prefix = bytes(buf[pos:hstart])
-                self.authenticator.verify([prefix, header, payload], buf[end - MAC_SIZE : end])
+            pstart = hstart + hlen
+            header = bytes(buf[hstart:pstart])
+            with memoryview(buf) as view:
+                # The MAC is checked on views of the receive buffer, and a chunk is copied
+                # once, into the message's payload, never into a bytes object of its own.
+                chunk = view[pstart : pstart + plen]
+                if self.authenticator is not None:
+                    self.authenticator.verify(
+                        [view[pos:hstart], header, chunk], view[end - MAC_SIZE : end]
+                    )
+                if not (flags & FLAG_MORE) and not continuing:
+                    payload = bytes(chunk)
+                else:
+                    self._partial += chunk
+                    self._partial_size += plen
+                chunk.release()
             self._pos = end
             if flags & FLAG_MORE:
                 if not continuing:
                     self._partial_header = header
-                self._partial_chunks.append(payload)
-                self._partial_size += plen
                 continue
             if continuing:
                 assert self._partial_header is not None
-                self._partial_chunks.append(payload)
-                frame = Frame(self._partial_header, b"".join(self._partial_chunks))
+                frame = Frame(self._partial_header, self._partial)
                 self._partial_header = None
-                self._partial_chunks = []
+                self._partial = bytearray()
                 self._partial_size = 0
                 return frame
             return Frame(header, payload)
