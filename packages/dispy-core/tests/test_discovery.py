@@ -13,7 +13,6 @@ from dispy_core.protocol.discovery import (
     Ping,
     decode_ping,
     encode_ping,
-    is_ip_address,
     is_pattern,
     matches,
 )
@@ -121,14 +120,6 @@ def test_pattern_matching(pattern, address, expected):
 )
 def test_is_pattern(host, expected):
     assert is_pattern(host) is expected
-
-
-@pytest.mark.parametrize(
-    ("host", "expected"),
-    [("10.0.0.1", True), ("::1", True), ("10.0.0.*", False), ("localhost", False)],
-)
-def test_is_ip_address(host, expected):
-    assert is_ip_address(host) is expected
 
 
 # --- the UDP endpoint on loopback -------------------------------------------------------------

@@ -10,7 +10,6 @@ datagram, decides whether the two trust each other, so a ping carries no secret 
 from __future__ import annotations
 
 import fnmatch
-import ipaddress
 import re
 from functools import lru_cache
 from typing import Literal
@@ -76,11 +75,3 @@ def matches(pattern: str, address: str) -> bool:
     if not is_pattern(pattern):
         return pattern == address
     return _compiled(pattern).match(address) is not None
-
-
-def is_ip_address(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
