@@ -1,4 +1,4 @@
-"""Files sent by jobs land inside the client's directory (dispy._core.safe_local_path)."""
+"""Files sent by jobs land inside the client's directory (dispy._files.safe_local_path)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from dispy._core import safe_local_path, store_file
+from dispy._files import safe_local_path, store_file
 
 
 def test_relative_path_lands_under_base(tmp_path):

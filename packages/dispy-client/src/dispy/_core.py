@@ -21,7 +21,6 @@ import contextlib
 import copy
 import logging
 import os
-import socket
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -29,19 +28,19 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from dispy._depends import FileSpec
+from dispy._files import safe_local_path, store_file
+from dispy._pinger import Pinger
 from dispy.jobs import DispyJob
 from dispy.nodes import DispyNode, DispyNodeAvailInfo, NodeAllocate
 from dispy.recovery import RecoveryLog
-from dispy_core import netinfo, serialize
+from dispy_core import serialize
 from dispy_core.aio.connection import (
     Connection,
     ConnectionClosed,
     PeerRefused,
     accept_connection,
 )
-from dispy_core.aio.discovery import send_ping, udp_socket
 from dispy_core.config import DEFAULT_PULSE, dead_after
-from dispy_core.protocol.discovery import Ping
 from dispy_core.protocol.errors import ProtocolError
 from dispy_core.protocol.framing import Payload
 from dispy_core.protocol.jobs import JobStatus, NodeStatus
@@ -150,10 +149,8 @@ class ClusterCore:
         self._pump_scheduled = False
         self._housekeeping_scheduled = False
         self._servers: list[asyncio.Server] = []
-        self._udp: socket.socket | None = None
+        self.pinger = Pinger(opts, self.cluster_token)
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._pinged: list[str] = []
-        self._pinged_ports: set[int] = set()
         self._started = time.monotonic()
         self._closing = False
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -201,8 +198,8 @@ class ClusterCore:
                 "started": time.time(),
             },
         )
-        self._udp = udp_socket(opts.ip_addrs[0] if opts.ip_addrs else "", 0)
-        self._ping_all()
+        self.pinger.start(self.port)
+        self.pinger.ping_all()
         self._spawn(self._watchdog())
         if opts.ping_interval:
             self._spawn(self._ping_loop(opts.ping_interval))
@@ -236,8 +233,7 @@ class ClusterCore:
         await asyncio.gather(*(s.conn.close() for s in sessions))
         for server in self._servers:
             server.close()
-        if self._udp is not None:
-            self._udp.close()
+        self.pinger.close()
         for task in list(self._tasks):
             task.cancel()
         left = list(self.jobs.items())
@@ -248,67 +244,10 @@ class ClusterCore:
 
     # -- discovery ----------------------------------------------------------------------
 
-    def _reply_addr(self, target: str | None) -> str:
-        opts = self.opts
-        if opts.ext_ip_addrs:
-            return opts.ext_ip_addrs[0]
-        if opts.ip_addrs:
-            return opts.ip_addrs[0]
-        if target:
-            probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-            try:
-                probe.connect((target, 9))  # no packet is sent; this asks for a route
-                return str(probe.getsockname()[0])
-            except OSError:
-                pass
-            finally:
-                probe.close()
-        return netinfo.default_address()
-
-    def _ping_all(self) -> None:
-        assert self._udp is not None
-        opts = self.opts
-        pinged: list[str] = []
-        self._pinged_ports = set()
-        broadcast_needed = False
-        for alloc in opts.nodes:
-            target = alloc._target(opts.node_port)
-            if target is None:
-                broadcast_needed = True
-                continue
-            ping = Ping(
-                cluster=self.cluster_token,
-                reply_addr=self._reply_addr(target[0]),
-                reply_port=self.port,
-            )
-            send_ping(self._udp, ping, target)
-            self._pinged_ports.add(target[1])
-            pinged.append(f"{target[0]}:{target[1]} (unicast)")
-        if broadcast_needed:
-            for iface in self._broadcast_interfaces():
-                assert iface.broadcast is not None
-                ping = Ping(
-                    cluster=self.cluster_token,
-                    reply_addr=self._reply_addr(iface.address),
-                    reply_port=self.port,
-                )
-                if opts.ip_addrs and not opts.ext_ip_addrs:
-                    ping = ping.model_copy(update={"reply_addr": iface.address})
-                send_ping(self._udp, ping, (iface.broadcast, opts.node_port))
-                self._pinged_ports.add(opts.node_port)
-                pinged.append(f"{iface.broadcast}:{opts.node_port} (broadcast on {iface.name})")
-        self._pinged = pinged
-
-    def _broadcast_interfaces(self) -> list[netinfo.Interface]:
-        ifaces = [i for i in netinfo.ipv4_interfaces() if i.broadcast]
-        if self.opts.ip_addrs:
-            ifaces = [i for i in ifaces if i.address in self.opts.ip_addrs]
-        return ifaces
-
     async def _ping_loop(self, interval: float) -> None:
         while True:
             await asyncio.sleep(interval)
-            self._ping_all()
+            self.pinger.ping_all()
 
     async def _watchdog(self) -> None:
         # Nodes started together with the client may miss the first ping: ping again a few
@@ -318,43 +257,22 @@ class ClusterCore:
             await asyncio.sleep(delay)
             waited += delay
             if not self.sessions:
-                self._ping_all()
+                self.pinger.ping_all()
         await asyncio.sleep(max(0.0, NO_NODE_WARNING_DELAY - waited))
         while True:
             if not any(s.ready for s in self.sessions.values()) and not self._closing:
                 log.warning(self.no_node_message())
-                self._ping_all()
+                self.pinger.ping_all()
                 await asyncio.sleep(NO_NODE_WARNING_REPEAT)
             else:
                 await asyncio.sleep(1.0)
 
     def no_node_message(self) -> str:
-        opts = self.opts
-        waited = time.monotonic() - self._started
-        listen = ", ".join(opts.ip_addrs) or "all interfaces"
-        lines = [
-            f"no dispy node has joined cluster {opts.name!r} after {waited:.0f} s "
-            f"({len(self.jobs)} job(s) waiting).",
-            f"  pinged: {', '.join(self._pinged) or 'nothing (no nodes listed)'}",
-            f"  listening for nodes on {listen} port {self.port}"
-            f"{' with TLS' if opts.tls.enabled else ''}",
-        ]
-        if self.refusals:
-            lines.append("  refused: " + "; ".join(f"{k}: {v}" for k, v in self.refusals.items()))
-        ports = sorted(self._pinged_ports) or [opts.node_port]
-        port_text = ", ".join(str(p) for p in ports)
-        causes = (
-            "dispy-node is not running there; it uses another port "
-            f"(this cluster pinged port {port_text}) or another secret; a firewall blocks "
-            f"UDP/TCP port {port_text} or port {self.port}"
+        return self.pinger.no_node_message(
+            waited=time.monotonic() - self._started,
+            waiting=len(self.jobs),
+            refusals=self.refusals,
         )
-        if opts.tls.enabled:
-            causes += (
-                "; the nodes were not started with the same --certfile/--keyfile (this "
-                "cluster uses TLS, so a node without it cannot connect)"
-            )
-        lines.append(f"  usual causes: {causes}.")
-        return "\n".join(lines)
 
     # -- node sessions ------------------------------------------------------------------
 
@@ -947,7 +865,7 @@ class ClusterCore:
 
     def allocate(self, alloc: NodeAllocate) -> None:
         self.opts.nodes.append(alloc)
-        self._ping_all()
+        self.pinger.ping_all()
 
     async def _keepalive(self, session: _NodeSession) -> None:
         # Often enough for the node's zombie_interval and for its lease on queued jobs
@@ -958,32 +876,3 @@ class ClusterCore:
             await asyncio.sleep(interval)
             with contextlib.suppress(ConnectionClosed):
                 session.conn.send_nowait(Pulse())
-
-
-def safe_local_path(base: str, relative: str) -> str:
-    """Where a file sent by a job lands under ``base``; refuses escapes.
-
-    Raises:
-        ValueError: absolute path, '..', or a link leading outside ``base``.
-    """
-    if os.path.isabs(relative) or relative.startswith(("/", "\\")):
-        raise ValueError("absolute paths are not accepted")
-    parts = [p for p in relative.replace("\\", "/").split("/") if p not in ("", ".")]
-    if not parts or ".." in parts:
-        raise ValueError("the path must stay inside the client's directory")
-    path = os.path.join(base, *parts)
-    real_base = os.path.realpath(base)
-    if not os.path.realpath(path).startswith(real_base + os.sep):
-        raise ValueError("the path leads outside the client's directory")
-    return path
-
-
-def store_file(path: str, data: Payload, mode: int, mtime: float | None) -> None:
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    tmp = f"{path}.dispy-part"
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-    os.chmod(tmp, mode & 0o777)
-    os.replace(tmp, path)
-    if mtime is not None:
-        os.utime(path, (mtime, mtime))
