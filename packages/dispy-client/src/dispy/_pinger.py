@@ -1,8 +1,8 @@
 """Announcing a cluster to nodes, and explaining what was tried when none joins.
 
 Listed nodes get a unicast ping on their port; wildcard patterns get a directed broadcast on
-the interfaces of ``ip_addr`` (from psutil's interface table, never 255.255.255.255). A node
-that hears a ping connects back to the address and port the ping names.
+the interfaces of ``ip_addr`` (from psutil's interface table; never the limited broadcast
+address). A node that hears a ping connects back to the address and port the ping names.
 """
 
 from __future__ import annotations

@@ -208,7 +208,6 @@ class Computation:
         self._control_events: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         self._tasks: set[asyncio.Task[None]] = set()
         self.closing = False
-        self.jobs_done = 0
         self._job_ended = asyncio.Event()
 
     @property
@@ -417,7 +416,6 @@ class Computation:
             if worker.job != job_id:
                 return
             worker.job = None
-            self.jobs_done += 1
             self._job_ended.set()
             kind: JobOutcome = "finished" if outcome == _wire.OUTCOME_FINISHED else "terminated"
             self._on_reply(Reply(job_id, kind, start, end, payload))

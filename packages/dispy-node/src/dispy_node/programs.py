@@ -64,7 +64,6 @@ class ProgramComputation:
         self._tasks: set[asyncio.Task[None]] = set()
         self._job_ended = asyncio.Event()
         self.closing = False
-        self.jobs_done = 0
 
     @property
     def running(self) -> int:
@@ -151,7 +150,6 @@ class ProgramComputation:
         finally:
             self._procs.pop(job_id, None)
         end = time.time()
-        self.jobs_done += 1
         if job_id in self._cancelled:
             self._cancelled.discard(job_id)
             reply: Any = (None, _text(out), _text(err), "Cancelled")

@@ -113,7 +113,6 @@ class Session:
         self.dest: str | None = None
         self.setup_error: str | None = None
         self.computation: _Runner | None = None
-        self.declined = False
         self.last_heard = time.monotonic()
         self._job_files: dict[int, list[str]] = {}
         self._failed_job_files: dict[int, str] = {}
