@@ -85,3 +85,16 @@ def pid_and_value(n: int) -> tuple[int, int]:
     import os
 
     return (os.getpid(), n + 1)
+
+
+def reshape(data: Any, extra: dict[str, Any] | None = None) -> Any:
+    """Return large arguments in a few shapes: bare, in a tuple, in a dict, nested deep."""
+    import hashlib
+
+    digest = hashlib.sha256(data).hexdigest() if isinstance(data, bytes | bytearray) else None
+    return (data, {"again": data, "extra": extra}, [[[data]]], digest)
+
+
+def echo_len(tag: int, data: bytes) -> tuple[int, int, bytes]:
+    """Echo ``data`` with its tag and length."""
+    return (tag, len(data), data)

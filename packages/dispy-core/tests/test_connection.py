@@ -61,6 +61,56 @@ async def test_ten_mib_payload_crosses_intact():
     assert pair.to_acceptor.delivered > len(payload)  # prefixes and MACs on top
 
 
+async def _loopback_pair(allocate=None) -> tuple[Connection, Connection, asyncio.Server]:
+    accepted: asyncio.Queue[Connection] = asyncio.Queue()
+
+    async def on_client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        conn = await accept_connection(
+            reader, writer, secret=SECRET, role="client", name="c", timeout=5.0, allocate=allocate
+        )
+        await accepted.put(conn)
+
+    server = await asyncio.start_server(on_client, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    node = await open_connection(
+        "127.0.0.1", port, secret=SECRET, role="node", name="n", timeout=5.0
+    )
+    client = await asyncio.wait_for(accepted.get(), 5.0)
+    return node, client, server
+
+
+@pytest.mark.parametrize("pooled", [False, True], ids=["fresh-buffers", "buffer-pool"])
+@async_test(timeout=60)
+async def test_large_payloads_in_parts_cross_loopback_between_small_messages(pooled):
+    from dispy_core.buffers import BufferPool
+
+    pool = BufferPool() if pooled else None
+    node, client, server = await _loopback_pair(pool.take if pool else None)
+    try:
+        expected = []
+        for i in range(12):
+            # distinct contents each time: a reused receive buffer must not leak old bytes
+            big = hashlib.sha256(str(i).encode()).digest() * ((3 << 20) // 32 + i)
+            parts = [b"head", big, memoryview(b"tail-%d" % i)]
+            node.send_nowait(ComputationClosed(comp_id=i), parts)
+            node.send_nowait(Notice(text=f"small {i}"))
+            expected.append((ComputationClosed(comp_id=i), b"".join(bytes(p) for p in parts)))
+            expected.append((Notice(text=f"small {i}"), b""))
+        drained = asyncio.ensure_future(node.drain())
+        for want in expected:
+            message, payload = await asyncio.wait_for(client.recv(), 30)
+            assert (message, bytes(payload)) == want
+            del payload  # lets the pool hand its buffer out again
+        await asyncio.wait_for(drained, 30)
+        if pool is not None:
+            # each payload went into a buffer the previous ones had used
+            assert 0 < pool.kept_bytes <= 2 * (4 << 20)
+    finally:
+        await node.close()
+        await client.close()
+        server.close()
+
+
 @async_test()
 async def test_many_queued_messages_arrive_in_order():
     async with memory_connection_pair(SECRET) as (node, client):
@@ -137,7 +187,7 @@ async def test_garbage_before_the_handshake_is_rejected():
 @async_test()
 async def test_payload_during_the_handshake_is_rejected():
     frame = b"".join(FrameEncoder().encode(encode(Welcome()), b"unauthenticated bytes"))
-    with pytest.raises(RemoteProtocolError, match="exceeds 0"):
+    with pytest.raises(RemoteProtocolError, match="exceeds the limit of 0 bytes"):
         await accept_after(frame)
 
 
@@ -172,7 +222,7 @@ async def refusal_after_hello(hello: dict) -> tuple[BaseException, list]:
         raise AssertionError("the acceptor took a hello of another version")
     finally:
         writer.close()
-    decoder = FrameDecoder(max_chunk=0, max_message=0)
+    decoder = FrameDecoder(max_message=0)
     frames = decoder.frames(await peer_reader.read())
     peer.close()
     return error, [parse_handshake(f.header) for f in frames]

@@ -1,4 +1,4 @@
-"""Frames: layout, chunking, size limits and per-frame MACs (dispy_core.protocol.framing)."""
+"""Frames: layout, large payloads, size limits and per-frame MACs (dispy_core.protocol.framing)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from dispy_core.protocol.errors import LocalProtocolError, RemoteProtocolError
 from dispy_core.protocol.framing import (
-    FLAG_MORE,
+    DIRECT_PAYLOAD,
     MAC_SIZE,
     MAGIC,
     MAX_HEADER,
@@ -28,10 +28,10 @@ def wire(parts) -> bytes:
     return b"".join(bytes(p) for p in parts)
 
 
-def keyed(max_chunk: int = 1 << 20, max_message: int = 1 << 24):
+def keyed(max_message: int = 1 << 24):
     """An encoder and a decoder sharing one direction's key, as after a handshake."""
-    enc = FrameEncoder(max_chunk=max_chunk)
-    dec = FrameDecoder(max_chunk=max_chunk, max_message=max_message)
+    enc = FrameEncoder()
+    dec = FrameDecoder(max_message=max_message)
     enc.authenticator = MessageAuthenticator(KEY)
     dec.authenticator = MessageAuthenticator(KEY)
     return enc, dec
@@ -93,37 +93,60 @@ def test_partial_frame_waits_for_more_bytes():
     assert dec.buffered == 0
 
 
-# --- chunking ----------------------------------------------------------------------------
+# --- large payloads ------------------------------------------------------------------------
 
 
-def test_payload_larger_than_chunk_is_split_with_more_flag():
-    enc = FrameEncoder(max_chunk=10)
-    parts = enc.encode(b"{}", bytes(range(35)))
-    data = wire(parts)
-    # four frames: header + 10 bytes, then 10, 10 and 5 bytes with empty headers
-    frames = []
-    pos = 0
-    while pos < len(data):
-        _magic, flags, hlen, plen = struct.unpack_from("!BBII", data, pos)
-        frames.append((flags, hlen, plen))
-        pos += PREFIX_SIZE + hlen + plen
-    assert frames == [(FLAG_MORE, 2, 10), (FLAG_MORE, 0, 10), (FLAG_MORE, 0, 10), (0, 0, 5)]
+def test_large_payload_is_one_frame():
+    parts = FrameEncoder().encode(b"{}", bytes(5 << 20))
+    assert wire(parts)[:PREFIX_SIZE] == prefix(0, 2, 5 << 20)
 
 
-def test_payload_of_exactly_one_chunk_is_not_split():
-    parts = FrameEncoder(max_chunk=8).encode(b"{}", b"12345678")
-    assert wire(parts)[:PREFIX_SIZE] == prefix(0, 2, 8)
+def test_payload_given_in_parts_is_sent_as_one():
+    enc, dec = keyed()
+    parts = enc.encode(b"{}", [b"ab", bytearray(b"cd"), memoryview(b"ef")])
+    assert dec.frames(wire(parts)) == [Frame(b"{}", b"abcdef")]
 
 
-def test_chunked_message_reassembled_when_fed_byte_by_byte():
-    enc, dec = keyed(max_chunk=7)
-    payload = bytes(range(256)) * 3
+@pytest.mark.parametrize("authenticated", [False, True])
+def test_large_payload_received_straight_into_its_own_buffer(authenticated):
+    enc = FrameEncoder()
+    dec = FrameDecoder()
+    if authenticated:
+        enc.authenticator = MessageAuthenticator(KEY)
+        dec.authenticator = MessageAuthenticator(KEY)
+    payload = bytes(range(256)) * (DIRECT_PAYLOAD // 64)
+    data = wire(enc.encode(b'{"a":1}', payload)) + wire(enc.encode(b'{"b":2}', b"tail"))
+    dec.feed(data[: PREFIX_SIZE + 7 + 100])
+    assert dec.next_frame() is None
+    # the socket now writes into the payload's own buffer, up to the payload's end
+    target = dec.get_buffer()
+    assert len(target) == len(payload) - 100
+    rest = memoryview(data)[PREFIX_SIZE + 7 + 100 :]
+    target[:] = rest[: len(target)]
+    dec.buffer_updated(len(target))
+    dec.feed(rest[len(target) :])
+    frames = [dec.next_frame(), dec.next_frame()]
+    assert frames == [Frame(b'{"a":1}', payload), Frame(b'{"b":2}', b"tail")]
+    assert dec.next_frame() is None
+    assert dec.buffered == 0
+
+
+def test_large_message_reassembled_when_fed_in_small_pieces():
+    enc, dec = keyed()
+    payload = bytes(range(256)) * 300
     data = wire(enc.encode(b'{"a":1}', payload)) + wire(enc.encode(b'{"b":2}', b"tail"))
     out = []
-    for i in range(len(data)):
-        out.extend(dec.frames(data[i : i + 1]))
+    for i in range(0, len(data), 777):
+        out.extend(dec.frames(data[i : i + 777]))
     assert out == [Frame(b'{"a":1}', payload), Frame(b'{"b":2}', b"tail")]
     assert dec.buffered == 0
+
+
+def test_header_larger_than_the_scratch_buffer_is_received():
+    header = b'{"h":"' + b"x" * (600 << 10) + b'"}'
+    enc, dec = keyed()
+    data = wire(enc.encode(header, b"p")) + wire(enc.encode(b"{}"))
+    assert dec.frames(data) == [Frame(header, b"p"), Frame(b"{}", b"")]
 
 
 messages_st = st.lists(
@@ -133,13 +156,12 @@ messages_st = st.lists(
 
 @given(
     messages=messages_st,
-    max_chunk=st.integers(min_value=1, max_value=64),
     authenticated=st.booleans(),
     data=st.data(),
 )
-def test_messages_reassembled_for_any_split_of_the_stream(messages, max_chunk, authenticated, data):
-    enc = FrameEncoder(max_chunk=max_chunk)
-    dec = FrameDecoder(max_chunk=max_chunk)
+def test_messages_reassembled_for_any_split_of_the_stream(messages, authenticated, data):
+    enc = FrameEncoder()
+    dec = FrameDecoder()
     if authenticated:
         enc.authenticator = MessageAuthenticator(KEY)
         dec.authenticator = MessageAuthenticator(KEY)
@@ -165,9 +187,9 @@ def test_oversized_header_refused_from_prefix_alone():
         dec.frames(prefix(0, 101, 0))  # none of the 101 header bytes has arrived
 
 
-def test_oversized_chunk_refused_from_prefix_alone():
-    dec = FrameDecoder(max_chunk=1000)
-    with pytest.raises(RemoteProtocolError, match="payload of 1001 bytes exceeds 1000"):
+def test_oversized_payload_refused_from_prefix_alone():
+    dec = FrameDecoder(max_message=1000)
+    with pytest.raises(RemoteProtocolError, match="payload of 1001 bytes exceeds the limit"):
         dec.frames(prefix(0, 2, 1001))
 
 
@@ -176,33 +198,24 @@ def test_default_limits_refuse_a_4gib_announcement():
         FrameDecoder().frames(prefix(0, 2, 0xFFFFFFFF))
 
 
-def test_oversized_message_refused_before_its_last_chunk_arrives():
-    enc = FrameEncoder(max_chunk=10)
-    dec = FrameDecoder(max_chunk=10, max_message=25)
-    data = wire(enc.encode(b"{}", b"x" * 30))
-    third = 3 * PREFIX_SIZE + 2 + 20  # the first two frames and the third prefix
-    with pytest.raises(RemoteProtocolError, match="exceeds the limit of 25 bytes"):
-        dec.frames(data[:third])
-
-
 def test_single_frame_over_message_limit_refused():
     with pytest.raises(RemoteProtocolError, match="exceeds the limit of 4 bytes"):
         FrameDecoder(max_message=4).frames(prefix(0, 2, 5))
 
 
 def test_handshake_limits_refuse_any_payload():
-    dec = FrameDecoder(max_chunk=0, max_message=0, max_header=4096)
-    with pytest.raises(RemoteProtocolError, match="exceeds 0"):
+    dec = FrameDecoder(max_message=0, max_header=4096)
+    with pytest.raises(RemoteProtocolError, match="exceeds the limit of 0 bytes"):
         dec.frames(prefix(0, 2, 1))
 
 
 def test_limits_changed_between_frames_apply_to_the_next_frame():
     enc = FrameEncoder()
     data = wire(enc.encode(b"{}")) + wire(enc.encode(b"{}", b"later"))
-    dec = FrameDecoder(max_chunk=0, max_message=0)
+    dec = FrameDecoder(max_message=0)
     dec.feed(data)
     assert dec.next_frame() == Frame(b"{}", b"")
-    dec.max_chunk = dec.max_message = 100
+    dec.max_message = 100
     assert dec.next_frame() == Frame(b"{}", b"later")
 
 
@@ -235,12 +248,6 @@ def test_frame_without_header_refused():
         FrameDecoder().frames(prefix(0, 0, 3) + b"abc")
 
 
-def test_continuation_frame_with_a_header_refused():
-    data = prefix(FLAG_MORE, 2, 1) + b"{}a" + prefix(0, 2, 1) + b"{}b"
-    with pytest.raises(RemoteProtocolError, match="continuation frame carries a header"):
-        FrameDecoder().frames(data)
-
-
 # --- MAC: tampering, replay, reordering ------------------------------------------------------
 
 
@@ -264,11 +271,12 @@ def test_tampered_frame_fails_authentication(where, index):
         dec.frames(_tamper(data, index))
 
 
-def test_tampered_later_chunk_fails_authentication():
-    enc, dec = keyed(max_chunk=4)
-    data = wire(enc.encode(b"{}", b"0123456789"))
+@pytest.mark.parametrize("index", [PREFIX_SIZE + 2, -MAC_SIZE - 1, -1])
+def test_tampered_large_payload_fails_authentication(index):
+    enc, dec = keyed()
+    data = wire(enc.encode(b"{}", bytes(DIRECT_PAYLOAD * 3)))
     with pytest.raises(RemoteProtocolError, match="authentication failed"):
-        dec.frames(_tamper(data, len(data) - MAC_SIZE - 1))
+        dec.frames(_tamper(data, index % len(data)))
 
 
 def test_replayed_frame_fails_authentication():
@@ -324,14 +332,12 @@ def test_mac_covers_an_implicit_sequence_number():
 # --- zero copy ---------------------------------------------------------------------------
 
 
-def test_encoder_returns_views_of_the_payload_without_copying():
+def test_encoder_passes_payload_buffers_through_without_copying():
     payload = bytearray(b"a" * 25)
-    parts = FrameEncoder(max_chunk=10).encode(b"{}", payload)
-    views = [p for p in parts if isinstance(p, memoryview)]
-    assert [len(v) for v in views] == [10, 10, 5]
-    assert all(v.obj is payload for v in views)
-    payload[0:1] = b"Z"  # a view sees the change: nothing was copied
-    assert bytes(views[0])[:1] == b"Z"
+    second = b"b" * 10
+    parts = FrameEncoder().encode(b"{}", [payload, second])
+    assert parts[2] is payload
+    assert parts[3] is second
 
 
 def test_encoder_passes_the_header_through_unchanged():

@@ -40,9 +40,10 @@ from dispy_core.aio.connection import (
     PeerRefused,
     accept_connection,
 )
+from dispy_core.buffers import BufferPool
 from dispy_core.config import DEFAULT_PULSE, dead_after
 from dispy_core.protocol.errors import ProtocolError
-from dispy_core.protocol.framing import Payload
+from dispy_core.protocol.framing import Buffer, Outgoing, Payload, nbytes
 from dispy_core.protocol.jobs import JobStatus, NodeStatus
 from dispy_core.protocol.messages import (
     NOT_WANTED,
@@ -80,6 +81,8 @@ NO_NODE_WARNING_DELAY = 5.0
 HOUSEKEEPING_DELAY = 0.02
 QUEUE_SECONDS = 0.02  # work to keep queued on a node, per CPU
 MAX_DEPTH = 32
+RESULT_BUFFERS = 64 << 20  # receive buffers kept for reuse
+QUEUE_BYTES = 8 << 20  # arguments to keep queued on a node, per CPU, beyond one job
 # Pings are tiny: retry often at first so a node started with the client joins at once.
 EARLY_REPINGS = (0.1,) * 10 + (0.5, 1.0, 2.0)
 NO_NODE_WARNING_REPEAT = 30.0
@@ -91,7 +94,7 @@ MAX_BYTES_PER_FRAME = 8 << 20
 class ClusterOptions:
     name: str
     kind: str
-    start_payload: bytes
+    start_payload: Outgoing
     files: list[FileSpec]
     nodes: list[NodeAllocate]
     ip_addrs: list[str]
@@ -148,7 +151,13 @@ class ClusterCore:
         self._incoming_scheduled = False
         self._pump_scheduled = False
         self._housekeeping_scheduled = False
+        # Moving size of jobs' arguments: up at once, down slowly. Queue depths on nodes
+        # were last set for _depth_bytes.
+        self._job_bytes = 0.0
+        self._depth_bytes = 0.0
         self._servers: list[asyncio.Server] = []
+        # Results are unpickled as they arrive, so their buffers come back at once.
+        self.buffers = BufferPool(max_bytes=RESULT_BUFFERS)
         self.pinger = Pinger(opts, self.cluster_token)
         self._tasks: set[asyncio.Task[Any]] = set()
         self._started = time.monotonic()
@@ -241,6 +250,7 @@ class ClusterCore:
             self._finish(job, JobStatus.Abandoned, exception="cluster closed")
             self.jobs.pop(uid, None)
         self.recovery.close(remove=True)
+        self.buffers.clear()
 
     # -- discovery ----------------------------------------------------------------------
 
@@ -287,6 +297,7 @@ class ClusterCore:
                 role="client",
                 name=self.opts.name,
                 timeout=self.opts.msg_timeout,
+                allocate=self.buffers.take,
             )
         except ProtocolError as exc:
             log.warning("node at %s: %s", where, exc)
@@ -531,9 +542,18 @@ class ClusterCore:
                 self.jobs.pop(job._uid, None)
                 continue
             self.engine.submit(job._uid, pin)
+            payload = job._payload
+            if payload is not None:
+                size = len(payload) if isinstance(payload, bytes) else nbytes(payload)
+                self._job_bytes = max(size, 0.9 * self._job_bytes + 0.1 * size)
             created.append(job)
             if self.opts.cluster_status is not None:
                 self._status(JobStatus.Created, None, job)
+        if self._job_bytes > 2 * self._depth_bytes + QUEUE_BYTES // MAX_DEPTH:
+            # Larger jobs than the queues on nodes were sized for: shorten them before
+            # these jobs are handed out.
+            for session in self.sessions.values():
+                self._set_depth(session)
         if created:
             self.recovery.created(created)
             self._housekeeping_soon()
@@ -635,20 +655,25 @@ class ClusterCore:
         start = 0
         while start < len(jobs):
             batch: list[tuple[int, int]] = []
-            parts: list[bytes] = []
+            parts: list[Buffer] = []
             size = 0
             for job in jobs[start : start + MAX_JOBS_PER_FRAME]:
                 payload = job._payload or b""
-                batch.append((job._uid, len(payload)))
-                parts.append(payload)
-                size += len(payload)
+                if isinstance(payload, bytes):
+                    length = len(payload)
+                    parts.append(payload)
+                else:  # arguments with large bytes sent out of band: several buffers
+                    length = nbytes(payload)
+                    parts.extend(payload)
+                batch.append((job._uid, length))
+                size += length
                 if size >= MAX_BYTES_PER_FRAME:
                     break
             start += len(batch)
             notify = [uid for uid, _ in batch if uid in session.waiting] if ahead else []
             try:
                 submit = JobSubmit(comp_id=self.comp_id, jobs=batch, notify=notify)
-                session.conn.send_nowait(submit, parts[0] if len(parts) == 1 else b"".join(parts))
+                session.conn.send_nowait(submit, parts)
             except ConnectionClosed:
                 return
 
@@ -705,18 +730,28 @@ class ClusterCore:
         self._do_pump()
 
     def _adapt_depth(self, session: _NodeSession, msg: JobDone) -> None:
-        """Keep enough jobs queued on a node that its CPUs never wait for the network.
-
-        Short jobs get a deeper queue (up to MAX_DEPTH per CPU: bigger batches, fewer
-        frames); long jobs keep one extra per CPU so load stays balanced across nodes.
-        """
         for report in msg.jobs:
             took = max(0.0, report.end - report.start)
             session.job_time = took if not session.job_time else 0.8 * session.job_time + 0.2 * took
-        per_cpu = 1 + min(MAX_DEPTH - 1, int(QUEUE_SECONDS / max(session.job_time, 1e-6)))
-        if self.engine.has_node(session.key):
-            cpus = session.node.cpus
-            self.engine.add_node(session.key, cpus, extra=cpus * per_cpu)
+        self._set_depth(session)
+
+    def _set_depth(self, session: _NodeSession) -> None:
+        """Keep enough jobs queued on a node that its CPUs never wait for the network.
+
+        Short jobs get a deeper queue (up to MAX_DEPTH per CPU: bigger batches, fewer
+        frames); long jobs, and jobs with large arguments, keep one extra per CPU so load
+        stays balanced across nodes and a node does not hold many large jobs in memory.
+        """
+        self._depth_bytes = self._job_bytes
+        if not self.engine.has_node(session.key) or not session.job_time:
+            return
+        per_cpu = 1 + min(
+            MAX_DEPTH - 1,
+            int(QUEUE_SECONDS / max(session.job_time, 1e-6)),
+            int(QUEUE_BYTES / max(self._job_bytes, 1.0)),
+        )
+        cpus = session.node.cpus
+        self.engine.add_node(session.key, cpus, extra=cpus * per_cpu)
 
     def _finish(
         self,

@@ -133,7 +133,7 @@ class JobCluster:
             transferred = os.path.isfile(computation)
             if transferred:
                 files.append(_program_file(computation))
-            start_payload = json.dumps(
+            start_payload: serialize.Pickled = json.dumps(
                 {"program": name if transferred else computation, "transferred": transferred}
             ).encode()
         else:
@@ -256,7 +256,7 @@ class JobCluster:
 
     def _job_payload(
         self, args: tuple[Any, ...], kwargs: dict[str, Any], objects: list[Any]
-    ) -> bytes:
+    ) -> serialize.Pickled:
         if self._program:
             if kwargs:
                 raise ValueError("a program computation takes no keyword arguments")

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 from dispy_core.protocol.jobs import JobStatus
+from dispy_core.serialize import Pickled
 
 
 class DispyJob:
@@ -63,7 +64,7 @@ class DispyJob:
         self.exception: str | None = None
         self.start_time: float | None = None
         self.end_time: float | None = None
-        self._payload: bytes | None = None
+        self._payload: Pickled | None = None
         self._pinned: tuple[str, int] | None = None
         self._files: list[Any] | None = None
         self._done = False

@@ -112,24 +112,66 @@ class _Worker:  # pragma: no cover - runs in a forked child
         self.computation = computation
         self.max_file_size = max_file_size
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        _wire.widen(self.sock)
         self.sock.connect(sock_path)
         self.sock.sendall(token + wid.to_bytes(4, "big"))
-        self.rfile = self.sock.makefile("rb", buffering=1 << 16)
+        self.inbox = bytearray()  # bytes read past the last frame
+        # Jobs' arguments are read into this buffer, reused from job to job (a fresh large
+        # buffer per job would cost a page fault per 4 KiB).
+        self.job_buffer = bytearray(1 << 16)
         self.job_id = 0
         self.home = os.getcwd()
 
-    def send(self, op: int, outcome: int, start: float, end: float, data: bytes) -> None:
-        head = _wire.FROM_WORKER.pack(op, outcome, self.job_id, start, end, len(data))
-        self.sock.sendall(head + data if len(data) < 65536 else head)
-        if len(data) >= 65536:
-            self.sock.sendall(data)
+    def send(
+        self, op: int, outcome: int, start: float, end: float, data: serialize.Pickled
+    ) -> None:
+        parts = [data] if isinstance(data, bytes) else data
+        size = sum(memoryview(p).nbytes for p in parts)
+        head = _wire.FROM_WORKER.pack(op, outcome, self.job_id, start, end, size)
+        if size < 65536:
+            self.sock.sendall(b"".join([head, *parts]))
+            return
+        views = [memoryview(head), *(memoryview(p).cast("B") for p in parts)]
+        while views:
+            sent = self.sock.sendmsg(views)
+            while sent:
+                if sent >= len(views[0]):
+                    sent -= len(views.pop(0))
+                else:
+                    views[0] = views[0][sent:]
+                    sent = 0
 
-    def read_frame(self) -> tuple[int, int, bytes]:
-        head = self.rfile.read(_wire.TO_WORKER.size)
-        if len(head) < _wire.TO_WORKER.size:
-            os._exit(0)
-        op, job_id, length = _wire.TO_WORKER.unpack(head)
-        return op, job_id, self.rfile.read(length) if length else b""
+    def _fill(self, view: memoryview) -> None:
+        """Fill ``view`` from what was read ahead, then from the socket."""
+        got = min(len(self.inbox), len(view))
+        if got:
+            view[:got] = self.inbox[:got]
+            del self.inbox[:got]
+        while got < len(view):
+            if len(view) - got < 65536:
+                chunk = self.sock.recv(65536)
+                if not chunk:
+                    os._exit(0)
+                take = min(len(chunk), len(view) - got)
+                view[got : got + take] = chunk[:take]
+                self.inbox += chunk[take:]
+                got += take
+                continue
+            count = self.sock.recv_into(view[got:])
+            if not count:
+                os._exit(0)
+            got += count
+
+    def read_frame(self) -> tuple[int, int, memoryview]:
+        """The next frame from the daemon; its payload is valid until the next call."""
+        with memoryview(bytearray(_wire.TO_WORKER.size)) as head:
+            self._fill(head)
+            op, job_id, length = _wire.TO_WORKER.unpack(head)
+        if len(self.job_buffer) < length:
+            self.job_buffer = bytearray(length)
+        payload = memoryview(self.job_buffer)[:length]
+        self._fill(payload)
+        return op, job_id, payload
 
     def provisional_result(self, result: Any, timeout: float | None = None) -> int:
         del timeout
@@ -158,12 +200,12 @@ class _Worker:  # pragma: no cover - runs in a forked child
         encoded = rel.encode()
         head = _wire.SEND_FILE.pack(len(encoded), stat.st_mode & 0o7777, stat.st_mtime)
         now = time.time()
-        self.send(_wire.OP_SEND_FILE, 0, now, now, head + encoded + data)
+        self.send(_wire.OP_SEND_FILE, 0, now, now, [head, encoded, data])
         op, _, reply = self.read_frame()
         if op != _wire.OP_ACK:
             raise RuntimeError("dispy_send_file: unexpected answer from the node")
         if reply:
-            raise OSError(f"dispy_send_file: {reply.decode(errors='replace')}")
+            raise OSError(f"dispy_send_file: {bytes(reply).decode(errors='replace')}")
         return 0
 
     def run(self) -> None:

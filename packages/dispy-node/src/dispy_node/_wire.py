@@ -13,7 +13,9 @@ A job's ``dispy_send_file`` sends ``OP_SEND_FILE`` and blocks until the daemon a
 
 from __future__ import annotations
 
+import contextlib
 import json
+import socket
 import struct
 from typing import Any
 
@@ -30,10 +32,23 @@ OP_ACK = 5
 # payload of OP_SEND_FILE: path_len:u16 | mode:u32 | mtime:f64 | path (utf-8) | contents
 SEND_FILE = struct.Struct("!HId")
 
+# Socket buffers of a worker's link: large jobs and results cross in fewer, larger steps
+# (fewer wake-ups of daemon and worker). The kernel caps them at its own maximum.
+SOCKET_BUFFER = 4 << 20
+
 OUTCOME_FINISHED = 0
 OUTCOME_TERMINATED = 1
 
 
-def control_frame(obj: dict[str, Any], payload: bytes | bytearray = b"") -> bytes:
+def control_frame(obj: dict[str, Any], payload: bytes | bytearray | memoryview = b"") -> bytes:
     head = json.dumps(obj).encode()
     return CONTROL.pack(len(head), len(payload)) + head + payload
+
+
+def widen(sock: Any) -> None:
+    """Give a worker link's socket larger send and receive buffers (best effort)."""
+    if sock is None:
+        return
+    for option in (socket.SO_SNDBUF, socket.SO_RCVBUF):
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, option, SOCKET_BUFFER)

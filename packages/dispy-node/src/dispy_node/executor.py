@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dispy_core import serialize
-from dispy_core.protocol.framing import Payload
+from dispy_core.protocol.framing import DIRECT_PAYLOAD, Payload
 from dispy_core.protocol.messages import JobOutcome
 from dispy_node import _wire
 
@@ -38,8 +38,8 @@ log = logging.getLogger(__name__)
 WORKER_CONNECT_TIMEOUT = 30.0
 EXIT_STATUS_WAIT = 2.0
 STREAM_ABOVE = 256 << 10
-BIG_REPLY = 1 << 20
-STREAM_CHUNK = 1 << 20
+STREAM_SLICE = 256 << 10
+SCRATCH_SIZE = 64 << 10
 
 
 SendFileHandler = Callable[[int, str, int, float, Payload], Awaitable[str | None]]
@@ -182,8 +182,10 @@ class Computation:
         may_start: Callable[[], bool] = lambda: True,
         cleanup_files: bool = True,
         max_file_size: int = 0,
+        allocate: Callable[[int], bytearray | memoryview] = bytearray,
     ) -> None:
         self.comp_id = comp_id
+        self.allocate = allocate  # buffers for large results
         self.name = name
         self.cpus = cpus
         self.dest_path = dest_path
@@ -361,14 +363,15 @@ class Computation:
                 self._spawn_task(self._stream_to(worker, payload))
 
     async def _stream_to(self, worker: _Worker, payload: Payload) -> None:
-        """Write a large job in slices as the worker reads it (no second full copy)."""
-        view = memoryview(payload)
-        for start in range(0, len(view), STREAM_CHUNK):
-            if not worker.writable.is_set():
-                await worker.writable.wait()
-            if worker.transport.is_closing():
-                return
-            worker.transport.write(view[start : start + STREAM_CHUNK])
+        """Write a large job in slices as the worker reads it (never copied whole)."""
+        with memoryview(payload) as whole:
+            view = whole.cast("B")
+            for start in range(0, len(view), STREAM_SLICE):
+                if not worker.writable.is_set():
+                    await worker.writable.wait()
+                if worker.transport.is_closing():
+                    return
+                worker.transport.write(view[start : start + STREAM_SLICE])
 
     # -- workers ------------------------------------------------------------------------
 
@@ -386,6 +389,10 @@ class Computation:
             raise ComputationStartError(f"worker {wid} did not start: {exc!r}") from None
         worker = _Worker(wid, writer.transport, streams=(_reader, writer))
         worker.writable.set()
+        # Paused while the transport holds anything, so a large job goes to the socket
+        # slice by slice, never copied into the transport's buffer.
+        writer.transport.set_write_buffer_limits(high=1, low=0)
+        _wire.widen(writer.transport.get_extra_info("socket"))
         if len(self._workers) >= self.cpus or self.closing:
             # set_cpus() lowered the count while this worker was starting
             worker.retired = True
@@ -444,7 +451,7 @@ class Computation:
         head = _wire.SEND_FILE.size
         try:
             path_len, mode, mtime = _wire.SEND_FILE.unpack_from(payload)
-            path = payload[head : head + path_len].decode()
+            path = bytes(payload[head : head + path_len]).decode()
         except (ValueError, UnicodeDecodeError, struct.error):
             return "malformed file from the job"
         data = payload[head + path_len :]
@@ -527,15 +534,22 @@ class Computation:
             self._control_events.put_nowait({"op": "eof"})
 
 
-class _WorkerProtocol(asyncio.Protocol):
-    """Parses a worker's frames as they arrive and hands them to its computation."""
+class _WorkerProtocol(asyncio.BufferedProtocol):
+    """Parses a worker's frames as they arrive and hands them to its computation.
+
+    Small frames are read into a scratch buffer; a large result is read by the socket
+    straight into a buffer of its own, which then travels on to the client as it is.
+    """
 
     def __init__(self, computation: Computation, worker: _Worker) -> None:
         self._comp = computation
         self._worker = worker
-        self._buf = bytearray()
-        # a large reply being received: (header fields, its buffer, bytes filled)
-        self._big: tuple[tuple[int, int, int, float, float], bytearray, int] | None = None
+        self._buf = bytearray(SCRATCH_SIZE)
+        self._start = 0
+        self._end = 0
+        # a large reply being received: its header fields, its buffer, bytes filled
+        self._big: tuple[tuple[int, int, int, float, float], bytearray | memoryview] | None = None
+        self._filled = 0
 
     def pause_writing(self) -> None:
         self._worker.writable.clear()
@@ -543,57 +557,56 @@ class _WorkerProtocol(asyncio.Protocol):
     def resume_writing(self) -> None:
         self._worker.writable.set()
 
-    def data_received(self, data: bytes) -> None:
-        view = memoryview(data)
+    def get_buffer(self, sizehint: int) -> memoryview:
         if self._big is not None:
-            view = self._fill(view)
-            if not view:
-                return
-        buf = self._buf
-        buf += view
-        head = _wire.FROM_WORKER
-        pos = 0
-        while len(buf) - pos >= head.size:
-            op, outcome, job_id, start, end, length = head.unpack_from(buf, pos)
-            stop = pos + head.size + length
-            if len(buf) < stop:
-                if length > BIG_REPLY:
-                    # Receive the rest straight into a buffer of the right size rather than
-                    # growing (and later copying) this one.
-                    have = bytes(buf[pos + head.size :])
-                    target = bytearray(length)
-                    target[: len(have)] = have
-                    self._big = ((op, outcome, job_id, start, end), target, len(have))
-                    buf.clear()
-                    return
-                break
-            payload = bytes(buf[pos + head.size : stop])
-            pos = stop
-            self._comp._worker_message(self._worker, op, outcome, job_id, start, end, payload)
-        if pos:
-            del buf[:pos]
+            return memoryview(self._big[1])[self._filled :]
+        if self._end == len(self._buf):
+            self._make_room()
+        return memoryview(self._buf)[self._end :]
 
-    def _fill(self, view: memoryview) -> memoryview:
-        assert self._big is not None
-        fields, target, filled = self._big
-        take = min(len(target) - filled, len(view))
-        target[filled : filled + take] = view[:take]
-        filled += take
-        if filled < len(target):
-            self._big = (fields, target, filled)
-            return view[len(view) :]
-        self._big = None
-        op, outcome, job_id, start, end = fields
-        self._comp._worker_message(
-            self._worker,
-            op,
-            outcome,
-            job_id,
-            start,
-            end,
-            target,
-        )
-        return view[take:]
+    def buffer_updated(self, nbytes: int) -> None:
+        if self._big is None:
+            self._end += nbytes
+            self._parse()
+            return
+        self._filled += nbytes
+        fields, target = self._big
+        if self._filled == len(target):
+            self._big = None
+            self._comp._worker_message(self._worker, *fields, target)
+
+    def _make_room(self) -> None:
+        # A new buffer, not a resize: the transport may still hold a view of this one.
+        pending = self._end - self._start
+        size = len(self._buf) * (2 if pending > len(self._buf) // 2 else 1)
+        fresh = bytearray(size)
+        fresh[:pending] = self._buf[self._start : self._end]
+        self._buf = fresh
+        self._start = 0
+        self._end = pending
+
+    def _parse(self) -> None:
+        head = _wire.FROM_WORKER
+        buf = self._buf
+        while self._end - self._start >= head.size:
+            op, outcome, job_id, start, end, length = head.unpack_from(buf, self._start)
+            body = self._start + head.size
+            have = self._end - body
+            if have >= length:
+                payload = bytes(buf[body : body + length])
+                self._start = body + length
+                self._comp._worker_message(self._worker, op, outcome, job_id, start, end, payload)
+                continue
+            if length >= DIRECT_PAYLOAD:
+                target = self._comp.allocate(length)
+                target[:have] = buf[body : self._end]
+                self._big = ((op, outcome, job_id, start, end), target)
+                self._filled = have
+                self._start = self._end = 0
+                return
+            break
+        if self._start == self._end:
+            self._start = self._end = 0
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._worker.writable.set()  # lets a streaming task see the closed transport

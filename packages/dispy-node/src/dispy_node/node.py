@@ -33,6 +33,7 @@ from dispy_core.aio.connection import (
     open_connection,
 )
 from dispy_core.aio.discovery import listen_pings, udp_socket
+from dispy_core.buffers import BufferPool
 from dispy_core.protocol.discovery import Ping
 from dispy_core.protocol.errors import ProtocolError
 from dispy_core.protocol.messages import NodeInfo, RecoverRequest
@@ -67,6 +68,8 @@ class Node:
         self.tls = TLSConfig(config.certfile, config.keyfile)
         self.port = config.node_port
         self.hub = WorkerHub()
+        # Receive buffers for large jobs and results, reused while a cluster is served.
+        self.buffers = BufferPool()
         self.store = ResultStore(config.dest_path_prefix)
         self._server: asyncio.AbstractServer | None = None
         self._udp: list[asyncio.DatagramTransport] = []
@@ -191,6 +194,7 @@ class Node:
                 timeout=self.config.msg_timeout,
                 ssl_context=self.tls.client,
                 local_addr=self.config.ip_addr,
+                allocate=self.buffers.take,
             )
         except ProtocolError as exc:
             log.warning("client at %s: %s", where, exc)
@@ -232,6 +236,7 @@ class Node:
                 role="node",
                 name=self.config.name,
                 timeout=self.config.msg_timeout,
+                allocate=self.buffers.take,
             )
         except ProtocolError as exc:
             log.warning("connection from %s:%s refused: %s", peer[0], peer[1], exc)
@@ -307,6 +312,7 @@ class Node:
         if self._active is not session:
             return
         self._active = None
+        self.buffers.clear()
         if self._serving is not None:
             self._heard.pop(self._serving, None)
         self._serving = None

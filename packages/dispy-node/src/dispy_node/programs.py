@@ -75,7 +75,7 @@ class ProgramComputation:
 
     async def start(self) -> None:
         try:
-            spec = json.loads(self._spec)
+            spec = json.loads(bytes(self._spec))
             program = str(spec["program"])
             transferred = bool(spec.get("transferred"))
         except (ValueError, KeyError, TypeError) as exc:
@@ -123,7 +123,7 @@ class ProgramComputation:
     async def _run(self, job_id: int, payload: Payload) -> None:
         start = time.time()
         try:
-            args = json.loads(payload)
+            args = json.loads(bytes(payload))
             if not isinstance(args, list) or not all(isinstance(a, str) for a in args):
                 raise ValueError("program arguments must be strings")
         except ValueError as exc:

@@ -36,7 +36,7 @@ from dispy_core import availability
 from dispy_core.aio.connection import Connection, ConnectionClosed, PeerRefused
 from dispy_core.config import DEFAULT_PULSE, dead_after
 from dispy_core.protocol.errors import ProtocolError, RemoteProtocolError
-from dispy_core.protocol.framing import Payload
+from dispy_core.protocol.framing import DIRECT_PAYLOAD, Payload
 from dispy_core.protocol.messages import (
     NOT_WANTED,
     CloseComputation,
@@ -359,6 +359,7 @@ class Session:
                 may_start=self.may_start,
                 cleanup_files=setup.cleanup,
                 max_file_size=node.config.max_file_size,
+                allocate=node.buffers.take,
             )
         try:
             await runner.start()
@@ -406,8 +407,14 @@ class Session:
         notify = set(msg.notify)
         whole = len(msg.jobs) == 1
         for job_id, size in msg.jobs:
-            # one job (the large-argument case): its arguments are the payload, no copy
-            data = payload if whole else bytes(view[offset : offset + size])
+            # A job's arguments are the payload itself or, batched, a slice of it: a large
+            # one as a view (no copy), small ones copied so the batch need not stay alive.
+            if whole:
+                data: Payload = payload
+            elif size >= DIRECT_PAYLOAD:
+                data = view[offset : offset + size]
+            else:
+                data = bytes(view[offset : offset + size])
             offset += size
             error = failed.pop(job_id, None) if failed else None
             if error is not None:
@@ -468,9 +475,10 @@ class Session:
         for reply in replies:
             self._unacked[reply.job_id] = reply
         # On failure the replies stay in _unacked and go to disk when the session is orphaned.
-        data = replies[0].payload if len(replies) == 1 else b"".join(r.payload for r in replies)
         with contextlib.suppress(ConnectionClosed):
-            conn.send_nowait(JobDone(comp_id=self.setup.comp_id, jobs=reports), data)
+            conn.send_nowait(
+                JobDone(comp_id=self.setup.comp_id, jobs=reports), [r.payload for r in replies]
+            )
 
     def _on_provisional(self, job_id: int, payload: Payload) -> None:
         if self.setup is None or self.conn is None:
@@ -605,9 +613,7 @@ async def serve_stored(store: ResultStore, conn: Connection, comp_id: int) -> No
                 )
                 for r in replies
             ]
-            await conn.send(
-                JobDone(comp_id=comp_id, jobs=reports), b"".join(r.payload for r in replies)
-            )
+            await conn.send(JobDone(comp_id=comp_id, jobs=reports), [r.payload for r in replies])
         while True:
             msg, _ = await conn.recv()
             if isinstance(msg, JobAck):

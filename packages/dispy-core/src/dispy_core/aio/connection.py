@@ -27,6 +27,7 @@ from dispy_core.protocol.framing import (
     FrameDecoder,
     FrameEncoder,
     MessageAuthenticator,
+    Outgoing,
     Payload,
 )
 from dispy_core.protocol.handshake import Handshake, HandshakeFailed, parse_handshake
@@ -39,9 +40,9 @@ READ_SIZE = 1 << 18
 PAUSE_READING_AT = 32 << 20
 # A peer that does not take our bytes for this long is treated as gone.
 WRITE_TIMEOUT = 60.0
-# Payloads above this are streamed in frames as the peer takes them.
+# Frames above this are streamed, slice by slice, as the peer takes them.
 STREAM_ABOVE = 256 << 10
-WRITE_HIGH = 1 << 20
+STREAM_SLICE = 256 << 10
 CLOSE_FLUSH_TIMEOUT = 5.0
 
 Handler = Callable[[Message, Payload], Awaitable[Any] | None]
@@ -59,7 +60,7 @@ class PeerRefused(RemoteProtocolError):
         self.reason = reason
 
 
-class Connection(asyncio.Protocol):
+class Connection(asyncio.BufferedProtocol):
     """One authenticated connection: send messages with payloads, receive them in order."""
 
     def __init__(
@@ -92,11 +93,14 @@ class Connection(asyncio.Protocol):
         self._paused_writing = False
         self._drain_waiters: deque[asyncio.Future[None]] = deque()
         self._flushed_waiters: deque[asyncio.Future[None]] = deque()
-        self._outq: deque[list[framing.Buffer]] = deque()
+        self._outq: deque[framing.Buffer] = deque()
         self._streamer: asyncio.Task[None] | None = None
         self._lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         transport.set_protocol(self)
-        transport.set_write_buffer_limits(high=WRITE_HIGH, low=WRITE_HIGH // 4)
+        # Pause as soon as the transport holds anything (high=1, not 0: a TLS transport
+        # pauses at size >= high): the next slice is written only once the socket has taken
+        # the last, so large payloads are never copied into the transport's own buffer.
+        transport.set_write_buffer_limits(high=1, low=0)
         if leftover:
             self._decoder.feed(leftover)
         if not transport.is_reading() and not transport.is_closing():
@@ -112,8 +116,11 @@ class Connection(asyncio.Protocol):
 
     # -- asyncio.Protocol ---------------------------------------------------------------
 
-    def data_received(self, data: bytes) -> None:
-        self._decoder.feed(data)
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self._decoder.get_buffer()
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self._decoder.buffer_updated(nbytes)
         if self._handler is not None:
             self._dispatch()
         else:
@@ -160,29 +167,48 @@ class Connection(asyncio.Protocol):
 
     # -- sending ------------------------------------------------------------------------
 
-    def send_nowait(self, message: _Message, payload: framing.Buffer = b"") -> None:
+    def send_nowait(self, message: _Message, payload: Outgoing = b"") -> None:
         """Queue one message for sending; call :meth:`drain` to respect flow control.
 
-        Small messages go straight to the transport. A large payload is streamed frame by
-        frame as the peer takes it (messages queued after it wait their turn), so neither
-        side ever buffers a whole large payload a second time.
+        ``payload`` is one buffer or a sequence of buffers sent one after the other (none
+        is copied). Small messages go straight to the transport. A large payload is
+        streamed slice by slice as the peer takes it (messages queued after it wait their
+        turn), so it is never buffered a second time.
         """
         if self.closed or self._transport.is_closing():
             raise ConnectionClosed(f"connection to {self.peer[0]}:{self.peer[1]} is closed")
-        frames = self._encoder.encode_frames(encode(message), payload)
-        if not self._outq and not self._paused_writing and len(payload) <= STREAM_ABOVE:
-            self._transport.writelines([buf for frame in frames for buf in frame])
-            return
-        self._outq.extend(frames)
+        buffers = self._encoder.encode(encode(message), payload)
+        if not self._outq and not self._paused_writing:
+            size = 0
+            for buf in buffers:
+                size += len(buf)
+            if size <= STREAM_ABOVE:
+                self._transport.write(b"".join(buffers))
+                return
+        self._outq.extend(buffers)
         if self._streamer is None:
             self._streamer = asyncio.get_running_loop().create_task(self._stream())
 
     async def _stream(self) -> None:
         try:
-            while self._outq:
+            outq = self._outq
+            while outq:
                 if self._paused_writing:
                     await self._wait_writable()
-                self._transport.writelines(self._outq.popleft())
+                buf = outq.popleft()
+                if len(buf) <= STREAM_SLICE:
+                    # gather the small buffers that follow into one write
+                    small = [buf]
+                    while outq and len(outq[0]) <= STREAM_SLICE:
+                        small.append(outq.popleft())
+                    self._transport.write(b"".join(small) if len(small) > 1 else buf)
+                    continue
+                with memoryview(buf) as view:
+                    view = view.cast("B")
+                    for start in range(0, len(view), STREAM_SLICE):
+                        if self._paused_writing:
+                            await self._wait_writable()
+                        self._transport.write(view[start : start + STREAM_SLICE])
         except (ConnectionClosed, OSError) as exc:
             self._outq.clear()
             self._fail(ConnectionClosed(str(exc)))
@@ -209,7 +235,7 @@ class Connection(asyncio.Protocol):
                 f"{self.peer[0]}:{self.peer[1]} took no data for {WRITE_TIMEOUT:.0f} s"
             ) from None
 
-    async def send(self, message: _Message, payload: framing.Buffer = b"") -> None:
+    async def send(self, message: _Message, payload: Outgoing = b"") -> None:
         self.send_nowait(message, payload)
         await self.drain()
 
@@ -399,12 +425,13 @@ async def _handshake(
     name: str,
     tls: bool,
     max_message: int,
+    allocate: Callable[[int], bytearray | memoryview] | None,
 ) -> Connection:
     peername = writer.get_extra_info("peername") or ("?", 0)
     peer = (str(peername[0]), int(peername[1]))
     shake = Handshake(connector=connector, secret=secret, role=role, name=name)
     # Before authentication only tiny, payload-free frames are accepted.
-    decoder = FrameDecoder(max_chunk=0, max_message=0, max_header=framing.HANDSHAKE_MAX_HEADER)
+    decoder = FrameDecoder(max_message=0, max_header=framing.HANDSHAKE_MAX_HEADER)
     encoder = FrameEncoder()
 
     def send_all(messages: list[_Message]) -> None:
@@ -438,9 +465,10 @@ async def _handshake(
         await writer.drain()
     assert shake.peer_role is not None
     assert shake.peer_name is not None
-    decoder.max_chunk = framing.DEFAULT_MAX_CHUNK
     decoder.max_header = framing.MAX_HEADER
     decoder.max_message = max_message
+    if allocate is not None:
+        decoder.allocate = allocate
     if not tls:
         send_key, recv_key = shake.session_keys()
         encoder.authenticator = MessageAuthenticator(send_key)
@@ -471,8 +499,12 @@ async def accept_connection(
     name: str,
     timeout: float,
     max_message: int = DEFAULT_MAX_MESSAGE,
+    allocate: Callable[[int], bytearray | memoryview] | None = None,
 ) -> Connection:
     """Run the acceptor's handshake on a fresh server-side stream.
+
+    ``allocate(size)`` gives the buffers large payloads are received into (default: a new
+    bytearray each).
 
     Raises:
         HandshakeFailed, RemoteProtocolError, ConnectionClosed, TimeoutError.
@@ -488,6 +520,7 @@ async def accept_connection(
             name=name,
             tls=tls,
             max_message=max_message,
+            allocate=allocate,
         )
 
 
@@ -502,8 +535,10 @@ async def open_connection(
     ssl_context: ssl.SSLContext | None = None,
     local_addr: str | None = None,
     max_message: int = DEFAULT_MAX_MESSAGE,
+    allocate: Callable[[int], bytearray | memoryview] | None = None,
 ) -> Connection:
-    """Connect to ``host:port`` and authenticate as the connector.
+    """Connect to ``host:port`` and authenticate as the connector (``allocate``: as
+    :func:`accept_connection`).
 
     Raises:
         OSError (unreachable), HandshakeFailed, RemoteProtocolError, ConnectionClosed,
@@ -527,6 +562,7 @@ async def open_connection(
                 name=name,
                 tls=ssl_context is not None,
                 max_message=max_message,
+                allocate=allocate,
             )
         except BaseException:
             writer.close()

@@ -2,23 +2,24 @@
 
 Layout of one frame on the wire (network byte order)::
 
-    magic:u8 = 0xD5 | flags:u8 | header_len:u32 | payload_len:u32 | header | payload | mac
+    magic:u8 = 0xD5 | flags:u8 = 0 | header_len:u32 | payload_len:u32 | header | payload | mac
 
 ``mac`` (32 bytes, keyed BLAKE3) is present once the session is keyed and TLS is off; it
 covers an implicit per-direction sequence number, the 10-byte prefix, the header and the
 payload, so a frame cannot be altered, replayed, dropped or reordered without detection.
 
-A payload larger than ``max_chunk`` is split: the first frame has the header and the first
-chunk with ``FLAG_MORE`` set; the following frames have an empty header and further chunks,
-the last without ``FLAG_MORE``. The decoder reassembles them, refusing any message larger
-than ``max_message`` before buffering it. Sizes are checked from the prefix alone, so a peer
-that announces an oversized frame is refused before it can make us allocate.
+One message is one frame, whatever its size: the sender streams a large payload straight
+from the caller's buffers, and the receiver reads it straight into one buffer of the
+announced size (:meth:`FrameDecoder.get_buffer`), hashing each piece as it lands while it is
+still in the CPU cache. Sizes are checked from the prefix alone, so a peer that announces an
+oversized frame is refused before it can make us allocate.
 """
 
 from __future__ import annotations
 
 import hmac
 import struct
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from blake3 import blake3
@@ -27,24 +28,42 @@ from dispy_core.protocol.errors import LocalProtocolError, RemoteProtocolError
 
 MAGIC = 0xD5
 TLS_RECORD = 0x16  # first byte of a TLS handshake record
-FLAG_MORE = 0x01
 _PREFIX = struct.Struct("!BBII")
 PREFIX_SIZE = _PREFIX.size
 MAC_SIZE = 32
 
 MAX_HEADER = 1 << 20
-DEFAULT_MAX_CHUNK = 4 << 20  # largest chunk a decoder accepts
-SEND_CHUNK = 1 << 20  # chunk size an encoder produces: small enough to stream with flow control
 DEFAULT_MAX_MESSAGE = 1 << 30
 HANDSHAKE_MAX_HEADER = 4096
+# A payload at least this large is received into a buffer of its own rather than through
+# the decoder's scratch buffer.
+DIRECT_PAYLOAD = 64 << 10
+SCRATCH_SIZE = 256 << 10
 
 Buffer = bytes | bytearray | memoryview
-Payload = bytes | bytearray  # a received payload: bytes, or the buffer a chunked one filled
+Payload = bytes | bytearray | memoryview  # a received payload
+Outgoing = Buffer | Sequence[Buffer]  # a payload to send: one buffer, or parts sent in order
+
+
+def parts_of(payload: Outgoing) -> Sequence[Buffer]:
+    """An outgoing payload as a sequence of buffers."""
+    if isinstance(payload, bytes | bytearray | memoryview):
+        return (payload,) if len(payload) else ()
+    return payload
+
+
+def nbytes(payload: Outgoing) -> int:
+    """Length in bytes of an outgoing payload (one buffer or parts)."""
+    if isinstance(payload, bytes | bytearray):
+        return len(payload)
+    if isinstance(payload, memoryview):
+        return payload.nbytes
+    return sum(memoryview(p).nbytes for p in payload)
 
 
 @dataclass(frozen=True, slots=True)
 class Frame:
-    """One whole message: its header bytes and its (reassembled) payload."""
+    """One whole message: its header bytes and its payload."""
 
     header: bytes
     payload: Payload
@@ -65,177 +84,247 @@ class MessageAuthenticator:
         self._key = key
         self._seq = 0
 
-    def sign(self, parts: list[Buffer]) -> bytes:
+    def begin(self) -> blake3:
+        """A MAC for the next frame, to be fed that frame's bytes in order."""
         mac = blake3(self._seq.to_bytes(8, "big"), key=self._key)
+        self._seq += 1
+        return mac
+
+    def sign(self, parts: Sequence[Buffer]) -> bytes:
+        mac = self.begin()
         for part in parts:
             mac.update(part)
-        self._seq += 1
         return mac.digest()
 
-    def verify(self, parts: list[Buffer], received: Buffer) -> None:
-        expected = self.sign(parts)
-        if not hmac.compare_digest(expected, bytes(received)):
+    @staticmethod
+    def check(mac: blake3, received: Buffer) -> None:
+        if not hmac.compare_digest(mac.digest(), bytes(received)):
             raise RemoteProtocolError(
                 "frame authentication failed (tampered, replayed or reordered frame)"
             )
+
+    def verify(self, parts: Sequence[Buffer], received: Buffer) -> None:
+        mac = self.begin()
+        for part in parts:
+            mac.update(part)
+        self.check(mac, received)
 
 
 class FrameEncoder:
     """Turns a header and payload into the buffers to write, without copying the payload."""
 
-    def __init__(self, max_chunk: int = SEND_CHUNK) -> None:
-        self.max_chunk = max_chunk
+    def __init__(self) -> None:
         self.authenticator: MessageAuthenticator | None = None
 
-    def encode(self, header: bytes, payload: Buffer = b"") -> list[Buffer]:
-        """All buffers of the message's frames, in order (for one ``writelines``)."""
-        return [buf for frame in self.encode_frames(header, payload) for buf in frame]
+    def encode(self, header: bytes, payload: Outgoing = b"") -> list[Buffer]:
+        """The frame's buffers, in order: prefix, header, the payload's parts, MAC.
 
-    def encode_frames(self, header: bytes, payload: Buffer = b"") -> list[list[Buffer]]:
-        """The message's frames, each as the list of buffers to write.
-
-        Frames are signed here, in order, so they must be written in the order returned.
+        Frames are signed here, in order, so they must be written in the order encoded.
         """
         if not header:
             raise LocalProtocolError("a frame needs a header")
         if len(header) > MAX_HEADER:
             raise LocalProtocolError(f"header of {len(header)} bytes exceeds {MAX_HEADER}")
-        view = memoryview(payload).cast("B") if payload else memoryview(b"")
-        out: list[list[Buffer]] = []
-        first = True
-        offset = 0
-        total = len(view)
-        while True:
-            chunk = view[offset : offset + self.max_chunk]
-            offset += len(chunk)
-            more = offset < total
-            head = header if first else b""
-            prefix = _PREFIX.pack(MAGIC, FLAG_MORE if more else 0, len(head), len(chunk))
-            frame: list[Buffer] = [prefix]
-            if head:
-                frame.append(head)
-            if len(chunk):
-                frame.append(chunk)
-            if self.authenticator is not None:
-                frame.append(self.authenticator.sign([prefix, head, chunk]))
-            out.append(frame)
-            first = False
-            if not more:
-                return out
+        parts = parts_of(payload)
+        size = nbytes(parts)
+        if size > 0xFFFFFFFF:
+            raise LocalProtocolError(f"payload of {size} bytes is too large for one message")
+        prefix = _PREFIX.pack(MAGIC, 0, len(header), size)
+        out: list[Buffer] = [prefix, header, *parts]
+        if self.authenticator is not None:
+            out.append(self.authenticator.sign(out))
+        return out
+
+
+class _Direct:
+    """A large payload being received straight into its own buffer."""
+
+    __slots__ = ("filled", "header", "mac", "target")
+
+    def __init__(self, header: bytes, target: bytearray | memoryview, mac: blake3 | None) -> None:
+        self.header = header
+        self.target = target
+        self.filled = 0
+        self.mac = mac
 
 
 class FrameDecoder:
-    """Accumulates received bytes and yields whole :class:`Frame` objects.
+    """Takes received bytes and yields whole :class:`Frame` objects.
+
+    Two ways to give it bytes: :meth:`feed` (copies them in), or :meth:`get_buffer` and
+    :meth:`buffer_updated` (the caller receives straight into the decoder's buffers, as
+    :class:`asyncio.BufferedProtocol` does). Small frames are parsed out of a scratch
+    buffer; a large payload gets a buffer of its own that the socket fills directly.
 
     Raises:
-        RemoteProtocolError: bad magic, oversized header/chunk/message, failed MAC.
+        RemoteProtocolError: bad magic, oversized header or message, failed MAC.
     """
 
     def __init__(
         self,
-        max_chunk: int = DEFAULT_MAX_CHUNK,
         max_message: int = DEFAULT_MAX_MESSAGE,
         max_header: int = MAX_HEADER,
     ) -> None:
-        self.max_chunk = max_chunk
         self.max_message = max_message
         self.max_header = max_header
         self.authenticator: MessageAuthenticator | None = None
-        self._buf = bytearray()
-        self._pos = 0
-        self._partial_header: bytes | None = None
-        self._partial = bytearray()  # a chunked message's payload, filled chunk by chunk
-        self._partial_size = 0
+        # Where a large payload's buffer comes from (e.g. a BufferPool's take).
+        self.allocate: Callable[[int], bytearray | memoryview] = bytearray
+        self._buf = bytearray(SCRATCH_SIZE)
+        self._start = 0
+        self._end = 0
+        self._direct: _Direct | None = None
+
+    # -- receiving ------------------------------------------------------------------------
+
+    def get_buffer(self) -> memoryview:
+        """Where the next received bytes go (never empty); then call :meth:`buffer_updated`."""
+        direct = self._direct
+        if direct is not None and direct.filled < len(direct.target):
+            return memoryview(direct.target)[direct.filled :]
+        if self._end == len(self._buf):
+            self._make_room()
+        return memoryview(self._buf)[self._end :]
+
+    def buffer_updated(self, nbytes: int) -> None:
+        """``nbytes`` bytes were written into the buffer :meth:`get_buffer` returned."""
+        direct = self._direct
+        if direct is not None and direct.filled < len(direct.target):
+            if direct.mac is not None:
+                with memoryview(direct.target) as view:
+                    direct.mac.update(view[direct.filled : direct.filled + nbytes])
+            direct.filled += nbytes
+        else:
+            self._end += nbytes
 
     def feed(self, data: Buffer) -> None:
-        """Add received bytes; take whole messages out with :meth:`next_frame`."""
-        if self._pos and self._pos >= len(self._buf) // 2:
-            del self._buf[: self._pos]
-            self._pos = 0
-        self._buf += data
+        """Add received bytes (copied); take whole messages out with :meth:`next_frame`."""
+        with memoryview(data) as view:
+            view = view.cast("B")
+            while view:
+                with self.get_buffer() as target:
+                    take = min(len(target), len(view))
+                    target[:take] = view[:take]
+                self.buffer_updated(take)
+                view = view[take:]
+
+    def _make_room(self) -> None:
+        # A new buffer rather than resizing this one: the caller may still hold a view of it.
+        pending = self._end - self._start
+        size = len(self._buf)
+        if pending > size // 2:
+            size *= 2
+        fresh = bytearray(size)
+        fresh[:pending] = self._buf[self._start : self._end]
+        self._buf = fresh
+        self._start = 0
+        self._end = pending
+
+    # -- parsing --------------------------------------------------------------------------
 
     def next_frame(self) -> Frame | None:
-        """The next whole message, or None until more bytes are fed.
+        """The next whole message, or None until more bytes arrive.
 
         Limits and the authenticator in force when this is called apply to that frame, so a
         caller may change them between frames (the handshake does).
         """
-        return self._next()
+        if self._direct is not None:
+            return self._finish_direct()
+        buf = self._buf
+        pos = self._start
+        if self._end - pos < PREFIX_SIZE:
+            return None
+        magic, _flags, hlen, plen = _PREFIX.unpack_from(buf, pos)
+        if magic == TLS_RECORD:
+            raise RemoteProtocolError(
+                "the peer speaks TLS and this side does not: give both sides the same "
+                "certfile (and keyfile), or neither"
+            )
+        if magic != MAGIC:
+            raise RemoteProtocolError(
+                f"not a dispy frame (first byte 0x{magic:02x}); "
+                "is the peer a dispy process of the same release?"
+            )
+        if hlen > self.max_header:
+            raise RemoteProtocolError(f"frame header of {hlen} bytes exceeds {self.max_header}")
+        if not hlen:
+            raise RemoteProtocolError("frame without a header")
+        if plen > self.max_message:
+            raise RemoteProtocolError(
+                f"message payload of {plen} bytes exceeds the limit of {self.max_message} bytes"
+            )
+        mac_len = MAC_SIZE if self.authenticator is not None else 0
+        hstart = pos + PREFIX_SIZE
+        pstart = hstart + hlen
+        end = pstart + plen + mac_len
+        have = self._end
+        if have < end:
+            if plen >= DIRECT_PAYLOAD and have >= pstart:
+                self._go_direct(pos, hstart, pstart, plen)
+                return self._finish_direct()
+            return None
+        header = bytes(buf[hstart:pstart])
+        with memoryview(buf) as view:
+            if self.authenticator is not None:
+                self.authenticator.verify(
+                    [view[pos:hstart], header, view[pstart : pstart + plen]],
+                    view[end - MAC_SIZE : end],
+                )
+            payload = bytes(view[pstart : pstart + plen])
+        self._start = end if end < self._end else 0
+        if not self._start:
+            self._end = 0
+        return Frame(header, payload)
+
+    def _go_direct(self, pos: int, hstart: int, pstart: int, plen: int) -> None:
+        header = bytes(self._buf[hstart:pstart])
+        mac = None
+        with memoryview(self._buf) as view:
+            if self.authenticator is not None:
+                mac = self.authenticator.begin()
+                mac.update(view[pos:hstart])
+                mac.update(header)
+            target = self.allocate(plen)
+            direct = _Direct(header, target, mac)
+            got = min(plen, self._end - pstart)
+            if got:
+                chunk = view[pstart : pstart + got]
+                target[:got] = chunk
+                if mac is not None:
+                    mac.update(chunk)
+                chunk.release()
+            direct.filled = got
+        self._start = pstart + got
+        if self._start == self._end:
+            self._start = self._end = 0
+        self._direct = direct
+
+    def _finish_direct(self) -> Frame | None:
+        direct = self._direct
+        assert direct is not None
+        if direct.filled < len(direct.target):
+            return None
+        if direct.mac is not None:
+            if self._end - self._start < MAC_SIZE:
+                return None
+            with memoryview(self._buf) as view:
+                MessageAuthenticator.check(direct.mac, view[self._start : self._start + MAC_SIZE])
+            self._start += MAC_SIZE
+            if self._start == self._end:
+                self._start = self._end = 0
+        self._direct = None
+        return Frame(direct.header, direct.target)
 
     def frames(self, data: Buffer) -> list[Frame]:
         """Feed ``data`` and return every message now complete."""
         self.feed(data)
         out: list[Frame] = []
-        while (frame := self._next()) is not None:
+        while (frame := self.next_frame()) is not None:
             out.append(frame)
         return out
 
     @property
     def buffered(self) -> int:
         """Bytes received but not yet part of a returned frame."""
-        return len(self._buf) - self._pos + self._partial_size
-
-    def _next(self) -> Frame | None:
-        while True:
-            buf = self._buf
-            pos = self._pos
-            if len(buf) - pos < PREFIX_SIZE:
-                return None
-            magic, flags, hlen, plen = _PREFIX.unpack_from(buf, pos)
-            if magic == TLS_RECORD:
-                raise RemoteProtocolError(
-                    "the peer speaks TLS and this side does not: give both sides the same "
-                    "certfile (and keyfile), or neither"
-                )
-            if magic != MAGIC:
-                raise RemoteProtocolError(
-                    f"not a dispy frame (first byte 0x{magic:02x}); "
-                    "is the peer a dispy process of the same release?"
-                )
-            if hlen > self.max_header:
-                raise RemoteProtocolError(f"frame header of {hlen} bytes exceeds {self.max_header}")
-            if plen > self.max_chunk:
-                raise RemoteProtocolError(f"frame payload of {plen} bytes exceeds {self.max_chunk}")
-            continuing = self._partial_header is not None
-            if continuing and hlen:
-                raise RemoteProtocolError("continuation frame carries a header")
-            if not continuing and not hlen:
-                raise RemoteProtocolError("frame without a header")
-            if self._partial_size + plen > self.max_message:
-                raise RemoteProtocolError(
-                    f"message payload exceeds the limit of {self.max_message} bytes"
-                )
-            mac_len = MAC_SIZE if self.authenticator is not None else 0
-            end = pos + PREFIX_SIZE + hlen + plen + mac_len
-            if len(buf) < end:
-                return None
-            hstart = pos + PREFIX_SIZE
-            pstart = hstart + hlen
-            header = bytes(buf[hstart:pstart])
-            with memoryview(buf) as view:
-                # The MAC is checked on views of the receive buffer, and a chunk is copied
-                # once, into the message's payload, never into a bytes object of its own.
-                chunk = view[pstart : pstart + plen]
-                if self.authenticator is not None:
-                    self.authenticator.verify(
-                        [view[pos:hstart], header, chunk], view[end - MAC_SIZE : end]
-                    )
-                if not (flags & FLAG_MORE) and not continuing:
-                    payload = bytes(chunk)
-                else:
-                    self._partial += chunk
-                    self._partial_size += plen
-                chunk.release()
-            self._pos = end
-            if flags & FLAG_MORE:
-                if not continuing:
-                    self._partial_header = header
-                continue
-            if continuing:
-                assert self._partial_header is not None
-                frame = Frame(self._partial_header, self._partial)
-                self._partial_header = None
-                self._partial = bytearray()
-                self._partial_size = 0
-                return frame
-            return Frame(header, payload)
+        filled = self._direct.filled if self._direct is not None else 0
+        return self._end - self._start + filled

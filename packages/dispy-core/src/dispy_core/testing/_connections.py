@@ -88,6 +88,7 @@ async def _side(
                     name=name,
                     tls=False,
                     max_message=max_message,
+                    allocate=None,
                 )
         return await accept_connection(
             reader,

@@ -148,7 +148,7 @@ class _MemoryTransport(asyncio.Transport):
                 break
             self._queued -= len(item)
             self._wire_in().delivered += len(item)
-            self._protocol.data_received(item)  # type: ignore[attr-defined]
+            _deliver(self._protocol, item)
         if self.peer is not None:
             self.peer._writable_again()
 
@@ -190,6 +190,20 @@ class _MemoryTransport(asyncio.Transport):
             if self.peer is not None:
                 self.peer._writable_again()
             self._protocol.connection_lost(None)
+
+
+def _deliver(protocol: asyncio.BaseProtocol, data: bytes) -> None:
+    """Hand received bytes to a protocol, as asyncio's transports do for either kind."""
+    if not isinstance(protocol, asyncio.BufferedProtocol):
+        protocol.data_received(data)  # type: ignore[attr-defined]
+        return
+    view = memoryview(data)
+    while view:
+        target = memoryview(protocol.get_buffer(len(view)))
+        take = min(len(target), len(view))
+        target[:take] = view[:take]
+        protocol.buffer_updated(take)
+        view = view[take:]
 
 
 def memory_stream_pair(
