@@ -34,6 +34,7 @@ import traceback
 from typing import Any
 
 from dispy_core import serialize
+from dispy_core.protocol.framing import Buffer
 from dispy_node import _wire
 
 
@@ -141,37 +142,37 @@ class _Worker:  # pragma: no cover - runs in a forked child
                     views[0] = views[0][sent:]
                     sent = 0
 
-    def _fill(self, view: memoryview) -> None:
-        """Fill ``view`` from what was read ahead, then from the socket."""
-        got = min(len(self.inbox), len(view))
-        if got:
-            view[:got] = self.inbox[:got]
-            del self.inbox[:got]
-        while got < len(view):
-            if len(view) - got < 65536:
-                chunk = self.sock.recv(65536)
-                if not chunk:
-                    os._exit(0)
-                take = min(len(chunk), len(view) - got)
-                view[got : got + take] = chunk[:take]
-                self.inbox += chunk[take:]
-                got += take
-                continue
+    def read_frame(self) -> tuple[int, int, Buffer]:
+        """The next frame from the daemon; its payload is valid until the next call."""
+        inbox = self.inbox
+        head = _wire.TO_WORKER
+        while len(inbox) < head.size:
+            self._receive()
+        op, job_id, length = head.unpack_from(inbox)
+        end = head.size + length
+        if len(inbox) >= end:  # a small job arrives whole in one read
+            payload = bytes(inbox[head.size : end])
+            del inbox[:end]
+            return op, job_id, payload
+        # A large one is read straight into the job buffer.
+        if len(self.job_buffer) < length:
+            self.job_buffer = bytearray(length)
+        view = memoryview(self.job_buffer)[:length]
+        got = len(inbox) - head.size
+        view[:got] = inbox[head.size :]
+        inbox.clear()
+        while got < length:
             count = self.sock.recv_into(view[got:])
             if not count:
                 os._exit(0)
             got += count
+        return op, job_id, view
 
-    def read_frame(self) -> tuple[int, int, memoryview]:
-        """The next frame from the daemon; its payload is valid until the next call."""
-        with memoryview(bytearray(_wire.TO_WORKER.size)) as head:
-            self._fill(head)
-            op, job_id, length = _wire.TO_WORKER.unpack(head)
-        if len(self.job_buffer) < length:
-            self.job_buffer = bytearray(length)
-        payload = memoryview(self.job_buffer)[:length]
-        self._fill(payload)
-        return op, job_id, payload
+    def _receive(self) -> None:
+        chunk = self.sock.recv(1 << 16)
+        if not chunk:
+            os._exit(0)  # the daemon is gone
+        self.inbox += chunk
 
     def provisional_result(self, result: Any, timeout: float | None = None) -> int:
         del timeout
