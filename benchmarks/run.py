@@ -395,7 +395,7 @@ def main() -> int:
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
     )
     parser.add_argument("--smoke", action="store_true", help="tiny sizes; proves the suite works")
-    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--only", nargs="*", help="run only these (latency throughput ...)")
     parser.add_argument("--output", help="JSON file (default benchmarks/results/DATE-HOST.json)")
     args = parser.parse_args()

@@ -106,3 +106,15 @@ def test_clear_forgets_buffers_but_leaves_them_valid():
     assert pool.kept_bytes == 0
     assert buf[0] == 1
     assert owner(pool.take(SIZE)) != owner(buf)
+
+
+def test_trim_drops_idle_buffers_least_recently_used_first():
+    pool = BufferPool()
+    old, mid, new = pool.take(SIZE), pool.take(2 * SIZE), pool.take(3 * SIZE)
+    ids = owner(old), owner(mid), owner(new)
+    del old, new
+    pool.trim(5 * SIZE)  # drops the least recently used idle one: the first
+    assert pool.kept_bytes == 5 * SIZE
+    pool.trim(0)  # the one in use stays
+    assert pool.kept_bytes == 2 * SIZE
+    assert owner(mid) == ids[1]

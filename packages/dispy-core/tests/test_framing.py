@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from dispy_core.protocol.errors import LocalProtocolError, RemoteProtocolError
 from dispy_core.protocol.framing import (
     DIRECT_PAYLOAD,
+    GMAC_PAYLOAD,
     MAC_SIZE,
     MAGIC,
     MAX_HEADER,
@@ -269,6 +270,26 @@ def test_tampered_frame_fails_authentication(where, index):
     data = wire(enc.encode(b'{"type":1}', b"payload"))
     with pytest.raises(RemoteProtocolError, match="frame authentication failed"):
         dec.frames(_tamper(data, index))
+
+
+@pytest.mark.parametrize("size", [GMAC_PAYLOAD - 1, GMAC_PAYLOAD, 5 * GMAC_PAYLOAD + 3])
+def test_frames_on_either_side_of_the_gmac_threshold_round_trip_and_resist_tampering(size):
+    enc, dec = keyed()
+    payload = bytes(range(256)) * (size // 256) + b"x" * (size % 256)
+    data = wire(enc.encode(b"{}", payload)) + wire(enc.encode(b"{}", b"next"))
+    assert dec.frames(data) == [Frame(b"{}", payload), Frame(b"{}", b"next")]
+    enc, dec = keyed()
+    data = wire(enc.encode(b"{}", payload))
+    with pytest.raises(RemoteProtocolError, match="authentication failed"):
+        dec.frames(_tamper(data, PREFIX_SIZE + 2 + size // 2))
+
+
+def test_large_and_small_frames_use_keys_derived_apart():
+    # The same bytes under the two MACs give unrelated tags (neither is the other truncated).
+    small = MessageAuthenticator(KEY).sign([b"p"], 1)
+    large = MessageAuthenticator(KEY).sign([b"p"], GMAC_PAYLOAD)
+    assert len(small) == len(large) == MAC_SIZE
+    assert small != large
 
 
 @pytest.mark.parametrize("index", [PREFIX_SIZE + 2, -MAC_SIZE - 1, -1])

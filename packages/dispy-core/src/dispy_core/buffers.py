@@ -87,6 +87,14 @@ class BufferPool:
                 self._kept -= len(buf)
                 return
 
+    def trim(self, max_bytes: int) -> None:
+        """Drop idle buffers, least recently used first, until at most ``max_bytes`` are kept."""
+        while self._kept > max_bytes:
+            victim = _idle(self._bufs, 0, self.max_bytes, self._idle_refs)
+            if victim is None:
+                return
+            self._forget(victim)
+
     def clear(self) -> None:
         """Forget every buffer (those still in use stay valid for their holders)."""
         self._bufs.clear()

@@ -47,6 +47,8 @@ from dispy_node.store import ResultStore
 log = logging.getLogger("dispy_node")
 
 DECLINE_MEMORY = 600.0
+BUFFER_KEEP = 30.0  # seconds receive buffers outlive the session that used them
+BUFFER_KEEP_BYTES = 64 << 20  # and how many bytes of them
 
 
 @dataclass(slots=True)
@@ -70,6 +72,7 @@ class Node:
         self.hub = WorkerHub()
         # Receive buffers for large jobs and results, reused while a cluster is served.
         self.buffers = BufferPool()
+        self._trim: asyncio.TimerHandle | None = None
         self.store = ResultStore(config.dest_path_prefix)
         self._server: asyncio.AbstractServer | None = None
         self._udp: list[asyncio.DatagramTransport] = []
@@ -286,6 +289,9 @@ class Node:
         log.info("serving client %s at %s:%d", conn.peer_name, *conn.peer)
         session = Session(self)
         self._active = session
+        if self._trim is not None:
+            self._trim.cancel()
+            self._trim = None
         self._serving = cluster
         try:
             await conn.send(self._node_info(conn))
@@ -312,7 +318,12 @@ class Node:
         if self._active is not session:
             return
         self._active = None
-        self.buffers.clear()
+        # A client often starts another cluster right away (with jobs of the same sizes):
+        # keep a few buffers a while rather than fault fresh memory in again.
+        self.buffers.trim(BUFFER_KEEP_BYTES)
+        if self._trim is not None:
+            self._trim.cancel()
+        self._trim = asyncio.get_running_loop().call_later(BUFFER_KEEP, self.buffers.clear)
         if self._serving is not None:
             self._heard.pop(self._serving, None)
         self._serving = None

@@ -4,9 +4,12 @@ Layout of one frame on the wire (network byte order)::
 
     magic:u8 = 0xD5 | flags:u8 = 0 | header_len:u32 | payload_len:u32 | header | payload | mac
 
-``mac`` (32 bytes, keyed BLAKE3) is present once the session is keyed and TLS is off; it
-covers an implicit per-direction sequence number, the 10-byte prefix, the header and the
-payload, so a frame cannot be altered, replayed, dropped or reordered without detection.
+``mac`` (16 bytes) is present once the session is keyed and TLS is off; it covers an
+implicit per-direction sequence number, the 10-byte prefix, the header and the payload, so a
+frame cannot be altered, replayed, dropped or reordered without detection. Frames with a
+payload under 64 KiB use keyed BLAKE3 (cheapest per frame), larger ones AES-GMAC (cheapest
+per byte: about four times the speed of BLAKE3 where the CPU has AES and carry-less
+multiply instructions).
 
 One message is one frame, whatever its size: the sender streams a large payload straight
 from the caller's buffers, and the receiver reads it straight into one buffer of the
@@ -30,7 +33,7 @@ MAGIC = 0xD5
 TLS_RECORD = 0x16  # first byte of a TLS handshake record
 _PREFIX = struct.Struct("!BBII")
 PREFIX_SIZE = _PREFIX.size
-MAC_SIZE = 32
+MAC_SIZE = 16
 
 MAX_HEADER = 1 << 20
 DEFAULT_MAX_MESSAGE = 1 << 30
@@ -39,6 +42,8 @@ HANDSHAKE_MAX_HEADER = 4096
 # the decoder's scratch buffer.
 DIRECT_PAYLOAD = 64 << 10
 SCRATCH_SIZE = 256 << 10
+# Frames with at least this much payload are authenticated with AES-GMAC, others BLAKE3.
+GMAC_PAYLOAD = 64 << 10
 
 Buffer = bytes | bytearray | memoryview
 Payload = bytes | bytearray | memoryview  # a received payload
@@ -69,42 +74,83 @@ class Frame:
     payload: Payload
 
 
+class _Gmac:
+    """AES-GMAC (GCM authenticating only): a MAC over data fed in pieces."""
+
+    __slots__ = ("_ctx",)
+
+    def __init__(self, key: bytes, nonce: bytes) -> None:
+        # Imported on first use: OpenSSL's bindings cost a daemon that never moves a large
+        # payload 8 MiB of memory.
+        from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+        self._ctx = Cipher(algorithms.AES(key), modes.GCM(nonce)).encryptor()
+
+    def update(self, data: Buffer) -> None:
+        self._ctx.authenticate_additional_data(data)
+
+    def digest(self) -> bytes:
+        self._ctx.finalize()
+        tag: bytes = self._ctx.tag
+        return tag
+
+
+class _Blake3:
+    __slots__ = ("_mac",)
+
+    def __init__(self, key: bytes, seq: bytes) -> None:
+        self._mac = blake3(seq, key=key)
+
+    def update(self, data: Buffer) -> None:
+        self._mac.update(data)
+
+    def digest(self) -> bytes:
+        return self._mac.digest(length=MAC_SIZE)
+
+
+Mac = _Gmac | _Blake3
+
+
 class MessageAuthenticator:
     """A MAC over each frame, keyed per direction, with an implicit sequence number.
 
-    Keyed BLAKE3 (a MAC by construction): about 2.5 times the speed of HMAC-SHA256 on
-    large payloads and per small frame, which is most of the cost of moving data.
+    The session key is split (BLAKE3 key derivation) into a keyed-BLAKE3 key for frames with
+    small payloads and an AES-256 key for AES-GMAC on large ones; the frame's sequence
+    number is BLAKE3's first input or GMAC's nonce, never reused under one key.
     """
 
-    __slots__ = ("_key", "_seq")
+    __slots__ = ("_blake3_key", "_gmac_key", "_seq")
 
     def __init__(self, key: bytes) -> None:
         if len(key) != 32:
             raise LocalProtocolError("a frame MAC key is 32 bytes")
-        self._key = key
+        self._blake3_key = blake3(key, derive_key_context="dispy frame mac blake3").digest()
+        self._gmac_key = blake3(key, derive_key_context="dispy frame mac aes-gmac").digest()
         self._seq = 0
 
-    def begin(self) -> blake3:
+    def begin(self, payload_len: int) -> Mac:
         """A MAC for the next frame, to be fed that frame's bytes in order."""
-        mac = blake3(self._seq.to_bytes(8, "big"), key=self._key)
+        seq = self._seq.to_bytes(12, "big")
         self._seq += 1
-        return mac
+        if payload_len >= GMAC_PAYLOAD:
+            return _Gmac(self._gmac_key, seq)
+        return _Blake3(self._blake3_key, seq)
 
-    def sign(self, parts: Sequence[Buffer]) -> bytes:
-        mac = self.begin()
+    def sign(self, parts: Sequence[Buffer], payload_len: int) -> bytes:
+        mac = self.begin(payload_len)
         for part in parts:
             mac.update(part)
         return mac.digest()
 
     @staticmethod
-    def check(mac: blake3, received: Buffer) -> None:
+    def check(mac: Mac, received: Buffer) -> None:
         if not hmac.compare_digest(mac.digest(), bytes(received)):
             raise RemoteProtocolError(
                 "frame authentication failed (tampered, replayed or reordered frame)"
             )
 
-    def verify(self, parts: Sequence[Buffer], received: Buffer) -> None:
-        mac = self.begin()
+    def verify(self, parts: Sequence[Buffer], payload_len: int, received: Buffer) -> None:
+        mac = self.begin(payload_len)
         for part in parts:
             mac.update(part)
         self.check(mac, received)
@@ -132,7 +178,7 @@ class FrameEncoder:
         prefix = _PREFIX.pack(MAGIC, 0, len(header), size)
         out: list[Buffer] = [prefix, header, *parts]
         if self.authenticator is not None:
-            out.append(self.authenticator.sign(out))
+            out.append(self.authenticator.sign(out, size))
         return out
 
 
@@ -141,7 +187,7 @@ class _Direct:
 
     __slots__ = ("filled", "header", "mac", "target")
 
-    def __init__(self, header: bytes, target: bytearray | memoryview, mac: blake3 | None) -> None:
+    def __init__(self, header: bytes, target: bytearray | memoryview, mac: Mac | None) -> None:
         self.header = header
         self.target = target
         self.filled = 0
@@ -268,6 +314,7 @@ class FrameDecoder:
             if self.authenticator is not None:
                 self.authenticator.verify(
                     [view[pos:hstart], header, view[pstart : pstart + plen]],
+                    plen,
                     view[end - MAC_SIZE : end],
                 )
             payload = bytes(view[pstart : pstart + plen])
@@ -281,7 +328,7 @@ class FrameDecoder:
         mac = None
         with memoryview(self._buf) as view:
             if self.authenticator is not None:
-                mac = self.authenticator.begin()
+                mac = self.authenticator.begin(plen)
                 mac.update(view[pos:hstart])
                 mac.update(header)
             target = self.allocate(plen)
