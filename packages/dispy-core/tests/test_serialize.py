@@ -132,3 +132,32 @@ def test_unpicklable_object_next_to_large_bytes_names_its_type():
 
     with pytest.raises(SerializationError, match="cannot serialize tuple"):
         serialize.dumps((os.urandom(BIG), threading.Lock()))
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: (1, "out", "", None),
+        lambda: lambda x: x + 1,  # the standard pickler refuses: cloudpickle takes over
+        lambda: ([os.urandom(BIG)], "", "", None),
+        lambda: ((lambda: 3), os.urandom(BIG)),
+    ],
+    ids=["plain", "lambda", "large", "lambda-and-large"],
+)
+def test_plain_first_gives_what_cloudpickle_gives(make):
+    obj = make()
+    loaded = serialize.loads(joined(serialize.dumps(obj, plain_first=True)))
+    if callable(obj):
+        assert loaded(1) == 2
+    elif callable(obj[0]):
+        assert loaded[0]() == 3
+        assert loaded[1] == obj[1]
+    else:
+        assert loaded == obj
+
+
+def test_plain_first_still_reports_what_nothing_can_pickle():
+    import threading
+
+    with pytest.raises(SerializationError, match="cannot serialize"):
+        serialize.dumps((threading.Lock(), os.urandom(BIG)), plain_first=True)

@@ -15,6 +15,7 @@ byte.)
 
 from __future__ import annotations
 
+import contextlib
 import io
 import pickle
 import struct
@@ -55,6 +56,37 @@ def _is_large(value: object) -> bool:
     return type(value) is bytes and len(value) >= OUT_OF_BAND_MIN
 
 
+def _holds_large(value: Any) -> bool:
+    """Whether :func:`_mark` would find anything (cheaper than marking: the usual answer)."""
+    kind = type(value)
+    if kind is bytes:
+        return len(value) >= OUT_OF_BAND_MIN
+    items = _items(value)
+    if items is None:
+        return False
+    for item in items:
+        if type(item) is bytes:
+            if len(item) >= OUT_OF_BAND_MIN:
+                return True
+            continue
+        inner = _items(item)
+        if inner is not None:
+            for leaf in inner:
+                if type(leaf) is bytes and len(leaf) >= OUT_OF_BAND_MIN:
+                    return True
+    return False
+
+
+def _items(value: Any) -> Any:
+    """A small container's items (a dict's values), or None."""
+    kind = type(value)
+    if kind is tuple or kind is list:
+        return value if len(value) <= _SCAN_LIMIT else None
+    if kind is dict:
+        return value.values() if len(value) <= _SCAN_LIMIT else None
+    return None
+
+
 def _mark(value: Any, found: list[_OutOfBand], depth: int) -> Any:
     """``value`` with large bytes (at most two container levels down) replaced by markers."""
     if _is_large(value):
@@ -77,38 +109,58 @@ def _mark(value: Any, found: list[_OutOfBand], depth: int) -> Any:
     return value
 
 
-def dumps(obj: Any) -> Pickled:
+def dumps(obj: Any, *, plain_first: bool = False) -> Pickled:
     """Pickle with cloudpickle so lambdas, closures and local functions travel too.
 
     Returns bytes, or (when ``obj`` holds large bytes objects near its top, as a job's
     arguments or result often do) a list of buffers to send one after the other: the
     original bytes objects are among them, not copied.
 
+    With ``plain_first`` the standard pickler is tried first (several times faster on plain
+    data) and cloudpickle only for what it refuses. Only for processes that register no
+    module for pickling by value (a node's worker): the standard pickler would send such a
+    module's functions by reference.
+
     Raises:
         SerializationError: naming the object's type and the reason.
     """
+    if not _holds_large(obj):
+        if plain_first:
+            with contextlib.suppress(Exception):
+                return pickle.dumps(obj, protocol=PROTOCOL)
+        try:
+            data: bytes = cloudpickle.dumps(obj, protocol=PROTOCOL)
+        except Exception as exc:
+            raise SerializationError(
+                f"cannot serialize {type(obj).__name__} object: {type(exc).__name__}: {exc}"
+            ) from exc
+        return data
     found: list[_OutOfBand] = []
     marked = _mark(obj, found, 0)
-    try:
-        if not found:
-            data: bytes = cloudpickle.dumps(obj, protocol=PROTOCOL)
-            return data
-        ours = {id(m.buffer) for m in found}
-        buffers: list[memoryview] = []
+    ours = {id(m.buffer) for m in found}
+    buffers: list[memoryview] = []
 
-        def out_of_band(buffer: pickle.PickleBuffer) -> bool:
-            if id(buffer) in ours:
-                buffers.append(buffer.raw())
-                return False
-            return True  # anything else (a bytearray, an array) is copied in band
+    def out_of_band(buffer: pickle.PickleBuffer) -> bool:
+        if id(buffer) in ours:
+            buffers.append(buffer.raw())
+            return False
+        return True  # anything else (a bytearray, an array) is copied in band
 
-        with io.BytesIO() as stream:
-            cloudpickle.Pickler(stream, protocol=PROTOCOL, buffer_callback=out_of_band).dump(marked)
-            body = stream.getvalue()
-    except Exception as exc:
-        raise SerializationError(
-            f"cannot serialize {type(obj).__name__} object: {type(exc).__name__}: {exc}"
-        ) from exc
+    picklers: list[type[pickle.Pickler]] = [cloudpickle.Pickler]
+    if plain_first:
+        picklers.insert(0, pickle.Pickler)
+    for pickler in picklers:
+        buffers.clear()
+        try:
+            with io.BytesIO() as stream:
+                pickler(stream, protocol=PROTOCOL, buffer_callback=out_of_band).dump(marked)
+                body = stream.getvalue()
+            break
+        except Exception as exc:
+            if pickler is cloudpickle.Pickler:
+                raise SerializationError(
+                    f"cannot serialize {type(obj).__name__} object: {type(exc).__name__}: {exc}"
+                ) from exc
     head = _OOB_HEAD.pack(_OOB_MARK, len(buffers), len(body)) + b"".join(
         _LEN.pack(b.nbytes) for b in buffers
     )

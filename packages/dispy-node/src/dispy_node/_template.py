@@ -176,7 +176,7 @@ class _Worker:  # pragma: no cover - runs in a forked child
 
     def provisional_result(self, result: Any, timeout: float | None = None) -> int:
         del timeout
-        data = serialize.dumps(result)
+        data = serialize.dumps(result, plain_first=True)
         now = time.time()
         self.send(_wire.OP_PROVISIONAL, 0, now, now, data)
         return 0
@@ -239,7 +239,9 @@ class _Worker:  # pragma: no cover - runs in a forked child
                 _uninstall(installed)
             end = time.time()
             try:
-                data = serialize.dumps((result, out.getvalue(), err.getvalue(), exc_text))
+                data = serialize.dumps(
+                    (result, out.getvalue(), err.getvalue(), exc_text), plain_first=True
+                )
             except serialize.SerializationError as exc:
                 outcome = _wire.OUTCOME_TERMINATED
                 data = serialize.dumps_plain(
