@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
 
+from dispy_core.protocol.framing import DEFAULT_MAX_MESSAGE
+
 
 @dataclass(frozen=True, slots=True)
 class FileSpec:
@@ -30,14 +32,20 @@ class DependencyError(ValueError):
     """A dependency cannot be sent (missing file, unsupported object)."""
 
 
-def _read(path: str, rel: str) -> FileSpec:
+def read_file(path: str, rel: str) -> FileSpec:
+    """A file to send, read whole (it travels as one message)."""
     try:
         stat = os.stat(path)
+        if stat.st_size > DEFAULT_MAX_MESSAGE:
+            raise DependencyError(
+                f"file {path!r} is {stat.st_size} bytes, over the {DEFAULT_MAX_MESSAGE} bytes "
+                "one message can carry"
+            )
         with open(path, "rb") as fh:
             data = fh.read()
     except OSError as exc:
         reason = exc.strerror or str(exc)
-        raise DependencyError(f"dependency {path!r} cannot be read: {reason}") from None
+        raise DependencyError(f"file {path!r} cannot be read: {reason}") from None
     return FileSpec(rel, data, stat.st_mode & 0o777, stat.st_mtime)
 
 
@@ -56,11 +64,11 @@ def _module_files(module: ModuleType) -> list[FileSpec]:
                     continue
                 full = os.path.join(folder, name)
                 rel = os.path.join(base, os.path.relpath(full, root))
-                out.append(_read(full, rel))
+                out.append(read_file(full, rel))
         return out
     if filename.endswith((".pyc", ".pyo")):
         filename = filename[:-1]
-    return [_read(filename, os.path.basename(filename))]
+    return [read_file(filename, os.path.basename(filename))]
 
 
 def _installed_roots() -> tuple[str, ...]:
@@ -101,7 +109,7 @@ def split_depends(
             path = os.fspath(dep)
             if not os.path.isfile(path):
                 raise DependencyError(f"dependency file {path!r} does not exist")
-            files.append(_read(path, os.path.basename(path)))
+            files.append(read_file(path, os.path.basename(path)))
         elif inspect.ismodule(dep):
             files.extend(_module_files(dep))
         elif program:

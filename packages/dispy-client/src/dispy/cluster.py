@@ -18,12 +18,13 @@ from typing import Any
 
 from dispy._callbacks import CallbackRunner
 from dispy._core import ClusterCore, ClusterOptions
-from dispy._depends import DependencyError, FileSpec, split_depends, user_modules
+from dispy._depends import DependencyError, FileSpec, read_file, split_depends, user_modules
 from dispy.jobs import DispyJob
 from dispy.nodes import DispyNode, NodeAllocate, to_allocate
 from dispy.recovery import default_recover_file
 from dispy_core import netinfo, serialize
 from dispy_core.config import CLIENT_PORT, MSG_TIMEOUT, NODE_PORT
+from dispy_core.protocol.framing import DEFAULT_MAX_MESSAGE, nbytes
 from dispy_core.security import TLSConfig
 
 log = logging.getLogger("dispy")
@@ -264,9 +265,16 @@ class JobCluster:
                 raise ValueError("a program computation takes only string arguments")
             return json.dumps([str(a) for a in args]).encode()
         try:
-            return serialize.dumps((args, kwargs, objects) if objects else (args, kwargs))
+            payload = serialize.dumps((args, kwargs, objects) if objects else (args, kwargs))
         except serialize.SerializationError as exc:
             raise serialize.SerializationError(f"the arguments {exc}") from None
+        size = nbytes(payload)
+        if size > DEFAULT_MAX_MESSAGE:
+            raise serialize.SerializationError(
+                f"the arguments are {size} bytes pickled, over the {DEFAULT_MAX_MESSAGE} bytes "
+                "one message can carry"
+            )
+        return payload
 
     def cancel(self, job: DispyJob) -> int:
         """Cancel a queued or running job. Returns 0, or -1 if the job already ended."""
@@ -419,13 +427,7 @@ async def _in_loop(func: Callable[..., Any], *args: Any) -> Any:
 
 
 def _program_file(path: str) -> FileSpec:
-    try:
-        stat = os.stat(path)
-        with open(path, "rb") as fh:
-            data = fh.read()
-    except OSError as exc:
-        raise DependencyError(f"cannot read {path!r}: {exc.strerror or exc}") from None
-    return FileSpec(os.path.basename(path), data, stat.st_mode & 0o777, stat.st_mtime)
+    return read_file(path, os.path.basename(path))
 
 
 def _absolute(path: str | None) -> str | None:

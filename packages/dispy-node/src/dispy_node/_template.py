@@ -34,7 +34,7 @@ import traceback
 from typing import Any
 
 from dispy_core import serialize
-from dispy_core.protocol.framing import Buffer
+from dispy_core.protocol.framing import DEFAULT_MAX_MESSAGE, Buffer, nbytes
 from dispy_node import _wire
 
 
@@ -191,6 +191,11 @@ class _Worker:  # pragma: no cover - runs in a forked child
             )
         rel = os.path.relpath(full, home)
         stat = os.stat(full)
+        if stat.st_size > DEFAULT_MAX_MESSAGE:
+            raise ValueError(
+                f"dispy_send_file: {path!r} is {stat.st_size} bytes, over the "
+                f"{DEFAULT_MAX_MESSAGE} bytes one message can carry"
+            )
         if self.max_file_size and stat.st_size > self.max_file_size:
             raise ValueError(
                 f"dispy_send_file: {path!r} is {stat.st_size} bytes, over this node's "
@@ -238,16 +243,33 @@ class _Worker:  # pragma: no cover - runs in a forked child
                 sys.stdout, sys.stderr = real_out, real_err
                 _uninstall(installed)
             end = time.time()
-            try:
-                data = serialize.dumps(
-                    (result, out.getvalue(), err.getvalue(), exc_text), plain_first=True
-                )
-            except serialize.SerializationError as exc:
-                outcome = _wire.OUTCOME_TERMINATED
-                data = serialize.dumps_plain(
-                    (None, out.getvalue(), err.getvalue(), f"the job's result: {exc}")
-                )
+            outcome, data = pack_reply(outcome, result, out.getvalue(), err.getvalue(), exc_text)
             self.send(_wire.OP_DONE, outcome, start, end, data)
+
+
+def pack_reply(
+    outcome: int,
+    result: Any,
+    stdout: str,
+    stderr: str,
+    exc_text: str | None,
+    limit: int = DEFAULT_MAX_MESSAGE,
+) -> tuple[int, serialize.Pickled]:
+    """A job's reply, pickled; a result that cannot be pickled, or is larger than one
+    message may be, becomes a terminated job saying why (its output is kept)."""
+    try:
+        data = serialize.dumps((result, stdout, stderr, exc_text), plain_first=True)
+    except serialize.SerializationError as exc:
+        reply = (None, stdout, stderr, f"the job's result: {exc}")
+        return _wire.OUTCOME_TERMINATED, serialize.dumps_plain(reply)
+    size = nbytes(data)
+    if size > limit:
+        reason = (
+            f"the job's result is {size} bytes pickled, over the {limit} bytes one message "
+            "can carry"
+        )
+        return _wire.OUTCOME_TERMINATED, serialize.dumps_plain((None, stdout, stderr, reason))
+    return outcome, data
 
 
 def main() -> None:

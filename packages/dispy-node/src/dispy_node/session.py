@@ -73,6 +73,7 @@ log = logging.getLogger("dispy_node")
 
 BATCH_DELAY = 0.002
 MAX_BATCH = 512
+MAX_BATCH_BYTES = 64 << 20  # results per jobs.done message (one larger result goes alone)
 
 
 class _Runner(Protocol):
@@ -466,19 +467,12 @@ class Session:
             self._stored = True
             self.node.store.save(self.setup.comp_id, replies)
             return
-        reports = [
-            JobReport(
-                job_id=r.job_id, outcome=r.outcome, start=r.start, end=r.end, size=len(r.payload)
-            )
-            for r in replies
-        ]
         for reply in replies:
             self._unacked[reply.job_id] = reply
         # On failure the replies stay in _unacked and go to disk when the session is orphaned.
         with contextlib.suppress(ConnectionClosed):
-            conn.send_nowait(
-                JobDone(comp_id=self.setup.comp_id, jobs=reports), [r.payload for r in replies]
-            )
+            for message, payloads in job_done_messages(self.setup.comp_id, replies):
+                conn.send_nowait(message, payloads)
 
     def _on_provisional(self, job_id: int, payload: Payload) -> None:
         if self.setup is None or self.conn is None:
@@ -602,18 +596,8 @@ async def serve_stored(store: ResultStore, conn: Connection, comp_id: int) -> No
                 comp_id=comp_id, known=store.has(comp_id), pending=[], stored=len(replies)
             )
         )
-        if replies:
-            reports = [
-                JobReport(
-                    job_id=r.job_id,
-                    outcome=r.outcome,
-                    start=r.start,
-                    end=r.end,
-                    size=len(r.payload),
-                )
-                for r in replies
-            ]
-            await conn.send(JobDone(comp_id=comp_id, jobs=reports), [r.payload for r in replies])
+        for message, payloads in job_done_messages(comp_id, replies):
+            await conn.send(message, payloads)
         while True:
             msg, _ = await conn.recv()
             if isinstance(msg, JobAck):
@@ -626,3 +610,35 @@ async def serve_stored(store: ResultStore, conn: Connection, comp_id: int) -> No
         log.info("recovery of %d ended: %s", comp_id, exc)
     finally:
         await conn.close()
+
+
+def job_done_messages(comp_id: int, replies: list[Reply]) -> list[tuple[JobDone, list[Payload]]]:
+    """``jobs.done`` messages for ``replies``, each carrying at most MAX_BATCH_BYTES of results
+    (a larger result goes alone), so none nears the peer's message limit."""
+    batches: list[list[Reply]] = []
+    size = 0
+    for reply in replies:
+        if not batches or (batches[-1] and size + len(reply.payload) > MAX_BATCH_BYTES):
+            batches.append([])
+            size = 0
+        batches[-1].append(reply)
+        size += len(reply.payload)
+    return [
+        (
+            JobDone(
+                comp_id=comp_id,
+                jobs=[
+                    JobReport(
+                        job_id=r.job_id,
+                        outcome=r.outcome,
+                        start=r.start,
+                        end=r.end,
+                        size=len(r.payload),
+                    )
+                    for r in batch
+                ],
+            ),
+            [r.payload for r in batch],
+        )
+        for batch in batches
+    ]
