@@ -377,3 +377,14 @@ def test_tls_record_named_when_peer_speaks_tls():
 def test_mac_key_must_be_32_bytes():
     with pytest.raises(LocalProtocolError, match="32 bytes"):
         MessageAuthenticator(b"short")
+
+
+def test_payload_too_large_for_memory_ends_the_connection_with_the_reason():
+    def no_memory(size: int) -> bytearray:
+        raise MemoryError
+
+    enc, dec = keyed()
+    dec.allocate = no_memory
+    data = wire(enc.encode(b"{}", bytes(DIRECT_PAYLOAD)))
+    with pytest.raises(RemoteProtocolError, match="not enough memory to receive a message"):
+        dec.frames(data[: PREFIX_SIZE + 2 + 100])  # the payload is on its way

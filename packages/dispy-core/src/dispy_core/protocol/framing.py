@@ -331,7 +331,12 @@ class FrameDecoder:
                 mac = self.authenticator.begin(plen)
                 mac.update(view[pos:hstart])
                 mac.update(header)
-            target = self.allocate(plen)
+            try:
+                target = self.allocate(plen)
+            except MemoryError:
+                raise RemoteProtocolError(
+                    f"not enough memory to receive a message of {plen} bytes"
+                ) from None
             direct = _Direct(header, target, mac)
             got = min(plen, self._end - pstart)
             if got:
