@@ -318,9 +318,10 @@ class FrameDecoder:
                     view[end - MAC_SIZE : end],
                 )
             payload = bytes(view[pstart : pstart + plen])
-        self._start = end if end < self._end else 0
-        if not self._start:
-            self._end = 0
+        if end == self._end:
+            self._start = self._end = 0  # all consumed: fill from the start again
+        else:
+            self._start = end
         return Frame(header, payload)
 
     def _go_direct(self, pos: int, hstart: int, pstart: int, plen: int) -> None:
