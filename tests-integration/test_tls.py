@@ -59,6 +59,24 @@ def test_tls_jobs_complete(node_factory, cluster_factory, certificate, tmp_path,
     cluster.close()
 
 
+def test_tls_carries_large_arguments_and_results(node_factory, cluster_factory, certificate):
+    """Large payloads inside TLS: no frame MAC, received in one buffer all the same."""
+    import hashlib
+
+    from harness.computations import echo_len
+
+    cert, key = certificate
+    node = node_factory.one(
+        cpus=2, name="tls-large", extra_args=["--certfile", str(cert), "--keyfile", str(key)]
+    )
+    cluster = cluster_factory(echo_len, [node], certfile=str(cert), keyfile=str(key))
+    payloads = [hashlib.sha256(b"%d" % i).digest() * (96 * 1024 + i) for i in range(6)]
+    jobs = [cluster.submit(i, data) for i, data in enumerate(payloads)]
+    for i, (job, data) in enumerate(zip(jobs, payloads, strict=True)):
+        assert job() == (i, len(data), data), job.exception
+    cluster.close()
+
+
 def _mismatch(side, certificate):
     """(node CLI args, client kwargs) with TLS on ``side`` only."""
     cert, key = certificate
