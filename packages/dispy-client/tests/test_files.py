@@ -6,7 +6,8 @@ import os
 
 import pytest
 
-from dispy._files import safe_local_path, store_file
+from dispy._files import safe_local_path
+from dispy_core.files import store_file
 
 
 def test_relative_path_lands_under_base(tmp_path):

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from dispy._depends import FileSpec
-from dispy._files import safe_local_path, store_file
+from dispy._files import safe_local_path
 from dispy._pinger import Pinger
 from dispy.jobs import DispyJob
 from dispy.nodes import DispyNode, DispyNodeAvailInfo, NodeAllocate
@@ -42,6 +42,7 @@ from dispy_core.aio.connection import (
 )
 from dispy_core.buffers import BufferPool
 from dispy_core.config import DEFAULT_PULSE, dead_after
+from dispy_core.files import store_file
 from dispy_core.protocol.errors import ProtocolError
 from dispy_core.protocol.framing import Buffer, Outgoing, Payload, nbytes
 from dispy_core.protocol.jobs import JobStatus, NodeStatus

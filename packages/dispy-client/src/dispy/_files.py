@@ -1,10 +1,8 @@
-"""Where files sent by jobs land on the client, and how they are written."""
+"""Where files sent by jobs land on the client (they are written by dispy_core.files)."""
 
 from __future__ import annotations
 
 import os
-
-from dispy_core.protocol.framing import Payload
 
 
 def safe_local_path(base: str, relative: str) -> str:
@@ -23,14 +21,3 @@ def safe_local_path(base: str, relative: str) -> str:
     if not os.path.realpath(path).startswith(real_base + os.sep):
         raise ValueError("the path leads outside the client's directory")
     return path
-
-
-def store_file(path: str, data: Payload, mode: int, mtime: float | None) -> None:
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    tmp = f"{path}.dispy-part"
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-    os.chmod(tmp, mode & 0o777)
-    os.replace(tmp, path)
-    if mtime is not None:
-        os.utime(path, (mtime, mtime))

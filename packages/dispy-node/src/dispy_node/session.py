@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from dispy_core import availability
 from dispy_core.aio.connection import Connection, ConnectionClosed, PeerRefused
 from dispy_core.config import DEFAULT_PULSE, dead_after
+from dispy_core.files import store_file
 from dispy_core.protocol.errors import ProtocolError, RemoteProtocolError
 from dispy_core.protocol.framing import DIRECT_PAYLOAD, Payload
 from dispy_core.protocol.messages import (
@@ -314,7 +315,7 @@ class Session:
             return f"{msg.path!r} arrived with {len(payload)} of {msg.size} bytes"
         try:
             path = safe_join(self.dest, msg.path)
-            await asyncio.to_thread(_store, path, payload, msg.mode, msg.mtime)
+            await asyncio.to_thread(store_file, path, payload, msg.mode, msg.mtime)
         except (UnsafePathError, OSError) as exc:
             return str(exc)
         if msg.job_id is not None:
@@ -574,17 +575,6 @@ class Session:
     async def finish(self) -> None:
         self.ended = True
         await self._close(terminate=True)
-
-
-def _store(path: str, data: Payload, mode: int, mtime: float | None) -> None:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = f"{path}.dispy-part"
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-    os.chmod(tmp, mode & 0o777)
-    os.replace(tmp, path)
-    if mtime is not None:
-        os.utime(path, (mtime, mtime))
 
 
 async def serve_stored(store: ResultStore, conn: Connection, comp_id: int) -> None:
