@@ -126,9 +126,9 @@ class _Worker:  # pragma: no cover - runs in a forked child
     def send(
         self, op: int, outcome: int, start: float, end: float, data: serialize.Pickled
     ) -> None:
-        parts = [data] if isinstance(data, bytes) else data
-        size = sum(memoryview(p).nbytes for p in parts)
+        size = nbytes(data)
         head = _wire.FROM_WORKER.pack(op, outcome, self.job_id, start, end, size)
+        parts = [data] if isinstance(data, bytes) else data
         if size < 65536:
             self.sock.sendall(b"".join([head, *parts]))
             return

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dispy_core import serialize
-from dispy_core.protocol.framing import DIRECT_PAYLOAD, Payload
+from dispy_core.protocol.framing import DIRECT_PAYLOAD, Payload, make_room
 from dispy_core.protocol.messages import JobOutcome
 from dispy_node import _wire
 
@@ -576,14 +576,8 @@ class _WorkerProtocol(asyncio.BufferedProtocol):
             self._comp._worker_message(self._worker, *fields, target)
 
     def _make_room(self) -> None:
-        # A new buffer, not a resize: the transport may still hold a view of this one.
-        pending = self._end - self._start
-        size = len(self._buf) * (2 if pending > len(self._buf) // 2 else 1)
-        fresh = bytearray(size)
-        fresh[:pending] = self._buf[self._start : self._end]
-        self._buf = fresh
+        self._buf, self._end = make_room(self._buf, self._start, self._end)
         self._start = 0
-        self._end = pending
 
     def _parse(self) -> None:
         head = _wire.FROM_WORKER

@@ -46,7 +46,7 @@ SCRATCH_SIZE = 256 << 10
 GMAC_PAYLOAD = 64 << 10
 
 Buffer = bytes | bytearray | memoryview
-Payload = bytes | bytearray | memoryview  # a received payload
+Payload = Buffer  # a received payload
 Outgoing = Buffer | Sequence[Buffer]  # a payload to send: one buffer, or parts sent in order
 
 
@@ -136,11 +136,14 @@ class MessageAuthenticator:
             return _Gmac(self._gmac_key, seq)
         return _Blake3(self._blake3_key, seq)
 
-    def sign(self, parts: Sequence[Buffer], payload_len: int) -> bytes:
+    def _over(self, parts: Sequence[Buffer], payload_len: int) -> Mac:
         mac = self.begin(payload_len)
         for part in parts:
             mac.update(part)
-        return mac.digest()
+        return mac
+
+    def sign(self, parts: Sequence[Buffer], payload_len: int) -> bytes:
+        return self._over(parts, payload_len).digest()
 
     @staticmethod
     def check(mac: Mac, received: Buffer) -> None:
@@ -150,10 +153,7 @@ class MessageAuthenticator:
             )
 
     def verify(self, parts: Sequence[Buffer], payload_len: int, received: Buffer) -> None:
-        mac = self.begin(payload_len)
-        for part in parts:
-            mac.update(part)
-        self.check(mac, received)
+        self.check(self._over(parts, payload_len), received)
 
 
 class FrameEncoder:
@@ -180,6 +180,20 @@ class FrameEncoder:
         if self.authenticator is not None:
             out.append(self.authenticator.sign(out, size))
         return out
+
+
+def make_room(buf: bytearray, start: int, end: int) -> tuple[bytearray, int]:
+    """A scratch buffer with ``buf[start:end]`` moved to its front (twice the size if that
+    fills more than half), and where its unread bytes now end.
+
+    A new buffer rather than ``buf`` resized: whoever filled it (an asyncio transport) may
+    still hold a view of it, and a bytearray with views cannot change size.
+    """
+    pending = end - start
+    size = len(buf) * 2 if pending > len(buf) // 2 else len(buf)
+    fresh = bytearray(size)
+    fresh[:pending] = buf[start:end]
+    return fresh, pending
 
 
 class _Direct:
@@ -255,16 +269,8 @@ class FrameDecoder:
                 view = view[take:]
 
     def _make_room(self) -> None:
-        # A new buffer rather than resizing this one: the caller may still hold a view of it.
-        pending = self._end - self._start
-        size = len(self._buf)
-        if pending > size // 2:
-            size *= 2
-        fresh = bytearray(size)
-        fresh[:pending] = self._buf[self._start : self._end]
-        self._buf = fresh
+        self._buf, self._end = make_room(self._buf, self._start, self._end)
         self._start = 0
-        self._end = pending
 
     # -- parsing --------------------------------------------------------------------------
 
