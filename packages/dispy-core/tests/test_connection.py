@@ -111,6 +111,39 @@ async def test_large_payloads_in_parts_cross_loopback_between_small_messages(poo
         server.close()
 
 
+@async_test(timeout=60)
+async def test_messages_sent_while_a_large_payload_streams_wait_their_turn():
+    node, client, server = await _loopback_pair()
+    # As over TLS: no MAC follows the payload, so nothing is left queued behind it while
+    # its last slices are written.
+    node._encoder.authenticator = None
+    client._decoder.authenticator = None
+    try:
+        big = hashlib.sha256(b"big").digest() * ((24 << 20) // 32)
+        node.send_nowait(ComputationClosed(comp_id=0), big)
+        received = asyncio.ensure_future(asyncio.wait_for(client.recv(), 30))
+        sent = 0
+        # The window that matters: the transport has just drained (writing resumed) but the
+        # task streaming the large payload has not yet written its next slice. A message
+        # sent then must wait for the rest of the payload, not slip in between its slices.
+        for _ in range(100_000):
+            if node._streamer is None:
+                break
+            if not node._outq and not node._paused_writing:
+                node.send_nowait(Notice(text=f"small {sent}"))
+                sent += 1
+            await asyncio.sleep(0)
+        assert sent > 0, "the large payload went out before any small message was sent"
+        message, payload = await received
+        assert (message, bytes(payload) == big) == (ComputationClosed(comp_id=0), True)
+        for i in range(sent):
+            assert await asyncio.wait_for(client.recv(), 10) == (Notice(text=f"small {i}"), b"")
+    finally:
+        await node.close()
+        await client.close()
+        server.close()
+
+
 @async_test()
 async def test_many_queued_messages_arrive_in_order():
     async with memory_connection_pair(SECRET) as (node, client):

@@ -178,7 +178,9 @@ class Connection(asyncio.BufferedProtocol):
         if self.closed or self._transport.is_closing():
             raise ConnectionClosed(f"connection to {self.peer[0]}:{self.peer[1]} is closed")
         buffers = self._encoder.encode(encode(message), payload)
-        if not self._outq and not self._paused_writing:
+        # Straight to the transport only when nothing is being streamed: the streamer may
+        # be between two slices of a payload with nothing left queued behind it.
+        if self._streamer is None and not self._paused_writing:
             size = 0
             for buf in buffers:
                 size += len(buf)
