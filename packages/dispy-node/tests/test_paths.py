@@ -6,7 +6,13 @@ import os
 
 import pytest
 
-from dispy_node._paths import PrefixError, UnsafePathError, computation_dir, prepare_prefix, safe_join
+from dispy_node._paths import (
+    PrefixError,
+    UnsafePathError,
+    computation_dir,
+    prepare_prefix,
+    safe_join,
+)
 
 
 @pytest.fixture

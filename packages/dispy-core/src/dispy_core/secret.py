@@ -58,8 +58,6 @@ def read_secret_file(path: str, option: str = "--secret-file") -> Secret:
     try:
         with open(path, "rb") as fh:
             mode = os.fstat(fh.fileno()).st_mode
-            if stat.S_ISDIR(mode):
-                raise SecretError(f"{option} {path!r} is a directory")
             data = fh.read(MAX_SECRET_FILE + 1)
     except OSError as exc:
         raise SecretError(f"cannot read {option} {path!r}: {exc.strerror or exc}") from None

@@ -18,9 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import platform
-import shutil
 import signal
 import time
 from dataclasses import dataclass
@@ -178,9 +176,7 @@ class Node:
         exposure = f"run any code as user {user_name()!r} on this node"
         if self.tls.enabled:
             exposure += " (with TLS: anyone who holds the certificate and its key)"
-        return no_secret_warning(
-            "dispy-node", f"{where} (TCP, or a UDP discovery ping)", exposure
-        )
+        return no_secret_warning("dispy-node", f"{where} (TCP, or a UDP discovery ping)", exposure)
 
     # -- discovery ----------------------------------------------------------------------
 
