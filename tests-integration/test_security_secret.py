@@ -32,6 +32,12 @@ def test_node_and_client_both_take_the_secret_from_the_environment(
     assert job is not None
     assert job() is None, "a job must not see the node's secret in its environment"
     assert job.status == DispyJob.Finished, job.exception
+    # The computation process and its worker are still there: neither holds the secret.
+    children = node.descendants()
+    assert children, "the computation's processes should be running"
+    for child in children:
+        assert secret not in " ".join(child.cmdline()), child.cmdline()
+        assert "DISPY_SECRET" not in child.environ(), child.cmdline()
     cluster.close()
     assert not any(NO_SECRET in m for m in dispy_log.messages(logging.WARNING))
     assert node.log_count(NO_SECRET) == 0
