@@ -98,3 +98,20 @@ def reshape(data: Any, extra: dict[str, Any] | None = None) -> Any:
 def echo_len(tag: int, data: bytes) -> tuple[int, int, bytes]:
     """Echo ``data`` with its tag and length."""
     return (tag, len(data), data)
+
+
+def file_modes(*names: str) -> list[int]:
+    """Permission bits of the job's directory and of each of ``names`` in it."""
+    import os
+
+    return [os.stat(p).st_mode & 0o7777 for p in (".", *names)]
+
+
+def send_with_mode(relpath: str, mode: int) -> Any:
+    """Write ``relpath``, give it ``mode``, and send it to the client."""
+    import os
+
+    with open(relpath, "w") as fh:
+        fh.write("sent")
+    os.chmod(relpath, mode)
+    return dispy_send_file(relpath)  # type: ignore[name-defined]  # noqa: F821

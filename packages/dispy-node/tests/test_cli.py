@@ -144,3 +144,90 @@ def test_python_dash_m_runs_the_cli(monkeypatch):
     with pytest.raises(SystemExit) as excinfo:
         runpy.run_module("dispy_node", run_name="__main__", alter_sys=True)
     assert excinfo.value.code == 0
+
+
+# --- the secret: option, file, environment (issue 9, item 1) ------------------------------------
+
+
+@pytest.fixture
+def no_env_secret(monkeypatch):
+    monkeypatch.delenv("DISPY_SECRET", raising=False)
+
+
+def _secret_file(tmp_path, text: str, mode: int = 0o600) -> str:
+    path = tmp_path / "secret"
+    path.write_text(text)
+    path.chmod(mode)
+    return str(path)
+
+
+@pytest.mark.parametrize("spelling", ["--secret-file", "--secret_file"])
+def test_secret_is_read_from_a_file(captured, no_env_secret, tmp_path, spelling):
+    path = _secret_file(tmp_path, "from-file\n")
+    result = runner.invoke(cli.app, ["run", spelling, path])
+    assert result.exit_code == 0, result.output
+    assert captured[0].secret == "from-file"
+
+
+def test_secret_file_wins_over_the_environment(captured, tmp_path):
+    path = _secret_file(tmp_path, "from-file")
+    result = runner.invoke(cli.app, ["run", "--secret-file", path], env={"DISPY_SECRET": "env"})
+    assert result.exit_code == 0, result.output
+    assert captured[0].secret == "from-file"
+
+
+def test_secret_option_wins_over_the_environment(captured):
+    result = runner.invoke(cli.app, ["run", "-s", "opt"], env={"DISPY_SECRET": "env"})
+    assert result.exit_code == 0, result.output
+    assert captured[0].secret == "opt"
+
+
+def test_no_secret_anywhere_still_runs_with_the_documented_default(captured, no_env_secret):
+    result = runner.invoke(cli.app, ["run"])
+    assert result.exit_code == 0, result.output
+    assert captured[0].secret == ""
+
+
+def test_secret_and_secret_file_together_exit_2(captured, tmp_path):
+    path = _secret_file(tmp_path, "x")
+    result = runner.invoke(cli.app, ["run", "-s", "opt", "--secret-file", path])
+    assert result.exit_code == 2
+    assert captured == []
+    assert one_line(result.stderr) == "dispy-node: give --secret or --secret-file, not both"
+
+
+def test_missing_secret_file_exits_2_with_one_clear_message(captured, tmp_path):
+    path = str(tmp_path / "nope")
+    result = runner.invoke(cli.app, ["run", "--secret-file", path])
+    assert result.exit_code == 2
+    assert captured == []
+    assert one_line(result.stderr) == (
+        f"dispy-node: cannot read --secret-file {path!r}: No such file or directory"
+    )
+    assert "Traceback" not in result.output
+
+
+def test_unreadable_secret_file_exits_2(captured, tmp_path, monkeypatch):
+    path = _secret_file(tmp_path, "x")
+
+    def denied(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr("builtins.open", denied)  # root may read anything: simulate EACCES
+    result = runner.invoke(cli.app, ["run", "--secret-file", path])
+    assert result.exit_code == 2
+    assert one_line(result.stderr) == (
+        f"dispy-node: cannot read --secret-file {path!r}: Permission denied"
+    )
+
+
+def test_secret_file_readable_by_others_is_used_with_a_warning(captured, tmp_path, caplog):
+    path = _secret_file(tmp_path, "s", 0o644)
+    with caplog.at_level("WARNING", logger="dispy_node"):
+        result = runner.invoke(cli.app, ["run", "--secret-file", path])
+    assert result.exit_code == 0, result.output
+    assert captured[0].secret == "s"
+    assert [r.getMessage() for r in caplog.records] == [
+        f"--secret-file {path!r} may be read by other users (mode 0644); "
+        f"restrict it with: chmod 600 {path}"
+    ]

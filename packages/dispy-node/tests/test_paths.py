@@ -6,7 +6,13 @@ import os
 
 import pytest
 
-from dispy_node._paths import UnsafePathError, computation_dir, safe_join
+from dispy_node._paths import (
+    PrefixError,
+    UnsafePathError,
+    computation_dir,
+    prepare_prefix,
+    safe_join,
+)
 
 
 @pytest.fixture
@@ -135,3 +141,145 @@ def test_computation_dir_refuses_dest_path_escaping_prefix(tmp_path, dest_path):
     with pytest.raises(UnsafePathError):
         computation_dir(str(prefix), dest_path, "c", 1)
     assert not (tmp_path / "escape").exists()
+
+
+# --- the node's own result store is not a computation directory (issue 9, item 9) -------------
+
+
+@pytest.mark.parametrize(
+    "dest_path", [".dispy-results", "/.dispy-results", "./.dispy-results/", ".dispy-results/7"]
+)
+def test_computation_dir_refuses_dest_path_naming_the_result_store(tmp_path, dest_path):
+    # A computation there would see (and its cleanup would delete) other clients' results.
+    store = tmp_path / ".dispy-results" / "7"
+    store.mkdir(parents=True)
+    (store / "1.result").write_bytes(b"someone else's result")
+    with pytest.raises(UnsafePathError, match="result store"):
+        computation_dir(str(tmp_path), dest_path, "c", 1)
+    assert (store / "1.result").exists()
+
+
+def test_computation_dir_refuses_a_link_to_the_result_store(tmp_path):
+    (tmp_path / ".dispy-results").mkdir()
+    (tmp_path / "innocent").symlink_to(tmp_path / ".dispy-results")
+    with pytest.raises(UnsafePathError, match="result store"):
+        computation_dir(str(tmp_path), "innocent", "c", 1)
+
+
+def test_computation_dir_refuses_a_link_to_the_prefix_itself(tmp_path):
+    (tmp_path / "here").symlink_to(tmp_path)
+    with pytest.raises(UnsafePathError, match="dest_path_prefix itself"):
+        computation_dir(str(tmp_path), "here", "c", 1)
+
+
+def test_computation_dir_allows_names_that_only_start_like_the_store(tmp_path):
+    path = computation_dir(str(tmp_path), ".dispy-results-mine", "c", 1)
+    assert path == os.path.join(str(tmp_path), ".dispy-results-mine")
+
+
+@pytest.mark.parametrize("dest_path", [None, "jobs/run1"])
+def test_computation_dirs_are_private(tmp_path, dest_path):
+    old = os.umask(0)  # even a permissive umask must not open them to others
+    try:
+        path = computation_dir(str(tmp_path / "prefix"), dest_path, "c", 1)
+    finally:
+        os.umask(old)
+    folder = path
+    while folder != str(tmp_path):
+        assert os.stat(folder).st_mode & 0o077 == 0, folder
+        folder = os.path.dirname(folder)
+
+
+# --- the node's prefix: private, and its own (issue 9, item 9) --------------------------------
+
+needs_root = pytest.mark.skipif(
+    not hasattr(os, "geteuid") or os.geteuid() != 0, reason="chown to another user needs root"
+)
+OTHER_UID = 54321  # no user on the test machine has it
+
+
+def _prepare(prefix, clean=False):
+    # The node's own entry point, so the test covers what `dispy-node run` does.
+    from dispy_node.node import NodeStartError, _prepare_prefix
+
+    try:
+        _prepare_prefix(str(prefix), clean)
+    except NodeStartError as exc:
+        raise PrefixError(str(exc)) from None
+
+
+def test_prepare_prefix_creates_it_and_its_parents_private(tmp_path):
+    prefix = tmp_path / "a" / "b" / "prefix"
+    old = os.umask(0)
+    try:
+        _prepare(prefix)
+    finally:
+        os.umask(old)
+    for folder in (prefix, prefix.parent, prefix.parent.parent):
+        assert folder.stat().st_mode & 0o777 == 0o700, folder
+
+
+def test_prepare_prefix_keeps_an_existing_private_prefix(tmp_path):
+    prefix = tmp_path / "prefix"
+    prefix.mkdir(mode=0o700)
+    (prefix / "kept").write_text("x")
+    assert prepare_prefix(str(prefix), False) is None
+    assert (prefix / "kept").exists()
+
+
+def test_prepare_prefix_warns_about_an_existing_prefix_open_to_others(tmp_path):
+    prefix = tmp_path / "prefix"
+    prefix.mkdir()
+    prefix.chmod(0o755)
+    warning = prepare_prefix(str(prefix), False)
+    assert warning is not None
+    assert "mode 0755" in warning
+    assert f"chmod 700 {prefix}" in warning
+
+
+def test_prepare_prefix_refuses_a_file(tmp_path):
+    (tmp_path / "prefix").write_text("x")
+    with pytest.raises(PrefixError, match="is not a directory"):
+        _prepare(tmp_path / "prefix")
+
+
+@needs_root
+def test_prepare_prefix_refuses_a_prefix_owned_by_another_user(tmp_path):
+    # The attack: another local user creates the (predictable) prefix first, then reads
+    # every client's files and results, or plants links the node writes through.
+    prefix = tmp_path / "prefix"
+    prefix.mkdir(mode=0o777)
+    (prefix / "planted").write_text("x")
+    os.chown(prefix, OTHER_UID, OTHER_UID)
+    with pytest.raises(PrefixError, match=rf"belongs to uid {OTHER_UID}, not to"):
+        _prepare(prefix, clean=True)
+    assert (prefix / "planted").exists(), "--clean must not act on another user's directory"
+
+
+@needs_root
+def test_prepare_prefix_refuses_a_parent_owned_by_another_user(tmp_path):
+    parent = tmp_path / "squatted"
+    parent.mkdir(mode=0o755)
+    os.chown(parent, OTHER_UID, OTHER_UID)
+    with pytest.raises(PrefixError, match=rf"inside {parent}, which belongs to uid {OTHER_UID}"):
+        _prepare(parent / "node")
+    assert not (parent / "node").exists()
+
+
+def test_prepare_prefix_refuses_a_parent_anyone_may_write(tmp_path):
+    parent = tmp_path / "open"
+    parent.mkdir()
+    parent.chmod(0o777)
+    with pytest.raises(PrefixError, match=r"anyone may write \(mode 0777, not sticky\)"):
+        _prepare(parent / "node")
+    parent.chmod(0o1777)  # sticky, like /tmp: others cannot rename what they do not own
+    _prepare(parent / "node")
+
+
+def test_default_prefix_is_per_user():
+    from dispy_node.config import default_dest_path_prefix
+
+    head, node = os.path.split(default_dest_path_prefix())
+    assert node == "node"
+    assert os.path.basename(head).startswith("dispy-")
+    assert os.path.basename(head) != "dispy-"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import runpy
 import sys
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -44,7 +45,7 @@ def test_run_help_exits_0() -> None:
 
 
 def test_run_reports_not_implemented_and_exits_2() -> None:
-    result = runner.invoke(cli.app, ["run"])
+    result = runner.invoke(cli.app, ["run"], env={"DISPY_SECRET": "s"})
     assert result.exit_code == 2
     assert result.stderr.strip() == NOT_IMPLEMENTED
     assert result.stdout == ""
@@ -52,7 +53,10 @@ def test_run_reports_not_implemented_and_exits_2() -> None:
     assert "Traceback" not in result.output
 
 
-def test_run_defaults_match_reference(captured: list[cli.RunOptions]) -> None:
+def test_run_defaults_match_reference(
+    captured: list[cli.RunOptions], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("DISPY_SECRET", raising=False)
     result = runner.invoke(cli.app, ["run"])
     assert result.exit_code == 0, result.output
     assert captured == [
@@ -62,6 +66,8 @@ def test_run_defaults_match_reference(captured: list[cli.RunOptions]) -> None:
             listen_port=51348,  # listen_port defaults to node_port
             scheduler_nodes=(),
             scheduler_port=51349,
+            secret="",
+            secret_warnings=(),
         )
     ]
 
@@ -79,6 +85,7 @@ def test_run_accepts_reference_option_spellings(style: str, captured: list[cli.R
         opt("scheduler_node"), "172.16.3.2",
         opt("scheduler_node"), "172.16.3.3",
         opt("scheduler_port"), "3333",
+        "-s", "s",
     ]  # fmt: skip
     result = runner.invoke(cli.app, args)
     assert result.exit_code == 0, result.output
@@ -89,6 +96,8 @@ def test_run_accepts_reference_option_spellings(style: str, captured: list[cli.R
             listen_port=2222,
             scheduler_nodes=("172.16.3.2", "172.16.3.3"),
             scheduler_port=3333,
+            secret="s",
+            secret_warnings=(),
         )
     ]
 
@@ -117,3 +126,53 @@ def test_all_is_importable_and_sorted() -> None:
     assert dispy_relay.__all__ == sorted(dispy_relay.__all__)
     for name in dispy_relay.__all__:
         assert hasattr(dispy_relay, name)
+
+
+# --- the secret (issue 9, item 1) -----------------------------------------------------------
+
+
+def test_run_without_a_secret_warns_once_naming_port_and_remedy(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("DISPY_SECRET", raising=False)
+    result = runner.invoke(cli.app, ["run", "--listen-port", "4242", "--node-port", "4343"])
+    assert result.exit_code == 2
+    warning, not_implemented = result.stderr.strip().splitlines()
+    assert warning == (
+        "dispy-relay: warning: dispy-relay has no secret: anyone who can reach any address of "
+        "this host port 4242 (UDP) can have the relay pass their discovery messages to the "
+        "nodes of this network (port 4343) and to schedulers. Set the same secret on every "
+        "client and node, with the DISPY_SECRET environment variable, --secret-file PATH or "
+        "-s/--secret."
+    )
+    assert not_implemented == NOT_IMPLEMENTED
+
+
+@pytest.mark.parametrize("spelling", ["--secret-file", "--secret_file"])
+def test_run_reads_the_secret_from_a_file(
+    spelling: str, captured: list[cli.RunOptions], tmp_path: Path
+) -> None:
+    path = tmp_path / "secret"
+    path.write_text("from-file\n")
+    path.chmod(0o600)
+    result = runner.invoke(cli.app, ["run", spelling, str(path)], env={"DISPY_SECRET": "env"})
+    assert result.exit_code == 0, result.output
+    assert (captured[0].secret, captured[0].secret_warnings) == ("from-file", ())
+
+
+def test_run_reads_the_secret_from_the_environment(captured: list[cli.RunOptions]) -> None:
+    result = runner.invoke(cli.app, ["run"], env={"DISPY_SECRET": "env"})
+    assert result.exit_code == 0, result.output
+    assert captured[0].secret == "env"
+
+
+def test_run_with_a_missing_secret_file_exits_2(
+    captured: list[cli.RunOptions], tmp_path: Path
+) -> None:
+    path = tmp_path / "nope"
+    result = runner.invoke(cli.app, ["run", "--secret-file", str(path)])
+    assert result.exit_code == 2
+    assert captured == []
+    assert result.stderr.strip() == (
+        f"dispy-relay run: cannot read --secret-file {str(path)!r}: No such file or directory"
+    )

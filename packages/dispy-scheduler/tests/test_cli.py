@@ -47,7 +47,7 @@ def test_serve_help_exits_0() -> None:
 
 
 def test_serve_reports_not_implemented_and_exits_2() -> None:
-    result = runner.invoke(cli.app, ["serve"])
+    result = runner.invoke(cli.app, ["serve"], env={"DISPY_SECRET": "s"})
     assert result.exit_code == 2
     assert result.stderr.strip() == NOT_IMPLEMENTED
     assert result.stdout == ""
@@ -115,6 +115,7 @@ def test_serve_accepts_reference_option_spellings(
             node_port=3333,
             node_secret="ns",
             cluster_secret="cs",
+            secret_warnings=(),
             node_keyfile=key,
             node_certfile=cert,
             cluster_keyfile=key,
@@ -165,3 +166,94 @@ def test_all_is_importable_and_sorted() -> None:
     assert dispy_scheduler.__all__ == sorted(dispy_scheduler.__all__)
     for name in dispy_scheduler.__all__:
         assert hasattr(dispy_scheduler, name)
+
+
+# --- the secrets (issue 9, item 1) ----------------------------------------------------------
+
+
+@pytest.fixture
+def no_env_secrets(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("DISPY_SECRET", "DISPY_NODE_SECRET", "DISPY_CLUSTER_SECRET"):
+        monkeypatch.delenv(name, raising=False)
+
+
+def _file(tmp_path: Path, name: str, text: str) -> str:
+    path = tmp_path / name
+    path.write_text(text)
+    path.chmod(0o600)
+    return str(path)
+
+
+def test_serve_without_secrets_warns_once_naming_ports_and_remedy(no_env_secrets: None) -> None:
+    args = ["serve", "--ip-addr", "127.0.0.1", "--port", "4001", "--scheduler-port", "4002"]
+    result = runner.invoke(cli.app, args)
+    assert result.exit_code == 2
+    warning, not_implemented = result.stderr.strip().splitlines()
+    assert warning == (
+        "dispy-scheduler: warning: dispy-scheduler has no cluster or node secret: anyone who "
+        "can reach 127.0.0.1 port 4002 can submit computations, which run any code as the "
+        "nodes' users on every node it uses; anyone who can reach 127.0.0.1 port 4001 can "
+        "pose as a node: receive the clients' computations and arguments and send back forged "
+        "results. Set the secrets with DISPY_SECRET (or DISPY_CLUSTER_SECRET / "
+        "DISPY_NODE_SECRET), --secret-file PATH, or --cluster-secret / --node-secret."
+    )
+    assert not_implemented == NOT_IMPLEMENTED
+
+
+def test_serve_with_only_a_node_secret_warns_about_clients(no_env_secrets: None) -> None:
+    result = runner.invoke(cli.app, ["serve"], env={"DISPY_NODE_SECRET": "n"})
+    warning = result.stderr.strip().splitlines()[0]
+    assert "has no cluster secret: anyone who can reach any address of this host port 51349" in (
+        warning
+    )
+    assert "pose as a node" not in warning
+
+
+def test_dispy_secret_serves_both_peers(captured: list[cli.ServeOptions]) -> None:
+    result = runner.invoke(cli.app, ["serve"], env={"DISPY_SECRET": "shared"})
+    assert result.exit_code == 0, result.output
+    assert (captured[0].node_secret, captured[0].cluster_secret) == ("shared", "shared")
+
+
+@pytest.mark.parametrize("spelling", ["--secret-file", "--secret_file"])
+def test_secret_file_serves_both_peers_and_wins_over_the_environment(
+    captured: list[cli.ServeOptions], tmp_path: Path, spelling: str
+) -> None:
+    path = _file(tmp_path, "s", "from-file\n")
+    env = {"DISPY_SECRET": "e", "DISPY_NODE_SECRET": "en", "DISPY_CLUSTER_SECRET": "ec"}
+    result = runner.invoke(cli.app, ["serve", spelling, path], env=env)
+    assert result.exit_code == 0, result.output
+    assert (captured[0].node_secret, captured[0].cluster_secret) == ("from-file", "from-file")
+
+
+def test_own_secret_files_and_options_win_over_the_shared_file(
+    captured: list[cli.ServeOptions], tmp_path: Path, no_env_secrets: None
+) -> None:
+    shared = _file(tmp_path, "s", "shared")
+    nodes = _file(tmp_path, "n", "for-nodes")
+    args = ["serve", "--secret-file", shared, "--node-secret-file", nodes]
+    result = runner.invoke(cli.app, [*args, "--cluster-secret", "opt"])
+    assert result.exit_code == 0, result.output
+    assert (captured[0].node_secret, captured[0].cluster_secret) == ("for-nodes", "opt")
+
+
+def test_node_secret_and_its_file_together_exit_2(
+    captured: list[cli.ServeOptions], tmp_path: Path
+) -> None:
+    path = _file(tmp_path, "n", "x")
+    result = runner.invoke(cli.app, ["serve", "--node-secret", "a", "--node-secret-file", path])
+    assert result.exit_code == 2
+    assert captured == []
+    assert result.stderr.strip() == (
+        "dispy-scheduler serve: give --node-secret or --node-secret-file, not both"
+    )
+
+
+def test_missing_secret_file_exits_2(captured: list[cli.ServeOptions], tmp_path: Path) -> None:
+    path = str(tmp_path / "nope")
+    result = runner.invoke(cli.app, ["serve", "--secret-file", path])
+    assert result.exit_code == 2
+    assert captured == []
+    assert result.stderr.strip() == (
+        f"dispy-scheduler serve: cannot read --secret-file {path!r}: No such file or directory"
+    )

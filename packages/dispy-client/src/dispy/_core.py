@@ -32,7 +32,7 @@ from dispy._files import safe_local_path
 from dispy._pinger import Pinger
 from dispy.jobs import DispyJob
 from dispy.nodes import DispyNode, DispyNodeAvailInfo, NodeAllocate
-from dispy.recovery import RecoveryLog
+from dispy.recovery import RecoveryLog, secret_record
 from dispy_core import serialize
 from dispy_core.aio.connection import (
     Connection,
@@ -70,6 +70,7 @@ from dispy_core.protocol.messages import (
     SetCpus,
 )
 from dispy_core.scheduling import Scheduler
+from dispy_core.secret import SECRET_ENV, no_secret_warning, user_name
 from dispy_core.security import TLSConfig
 
 if TYPE_CHECKING:
@@ -103,6 +104,7 @@ class ClusterOptions:
     port: int
     node_port: int
     secret: str
+    secret_origin: str  # where the secret came from: "secret=", "DISPY_SECRET" or ""
     tls: TLSConfig
     dest_path: str | None
     cleanup: bool
@@ -113,6 +115,7 @@ class ClusterOptions:
     callback: Callable[[DispyJob], Any] | None
     recover_file: str
     cluster_status: Callable[[int, DispyNode | None, DispyJob | None], Any] | None
+    pick_recover_file: bool = False  # recover_file is a default name: take the next free one
 
 
 @dataclass(eq=False)
@@ -195,25 +198,41 @@ class ClusterCore:
                 server.close()
             raise
         self._servers = servers
-        self.recovery = RecoveryLog(
-            opts.recover_file,
-            {
-                "comp_id": self.comp_id,
-                "name": opts.name,
-                "secret": opts.secret,
-                "certfile": opts.tls.certfile,
-                "keyfile": opts.tls.keyfile,
-                "node_port": opts.node_port,
-                "msg_timeout": opts.msg_timeout,
-                "started": time.time(),
-            },
-        )
+        header = {
+            "comp_id": self.comp_id,
+            "name": opts.name,
+            **secret_record(opts.secret, opts.secret_origin),
+            "certfile": opts.tls.certfile,
+            "keyfile": opts.tls.keyfile,
+            "node_port": opts.node_port,
+            "msg_timeout": opts.msg_timeout,
+            "started": time.time(),
+        }
+        try:
+            self.recovery = RecoveryLog(opts.recover_file, header, opts.pick_recover_file)
+        except OSError:
+            for server in servers:
+                server.close()
+            raise
+        opts.recover_file = self.recovery.path
+        if not opts.secret:
+            log.warning(self._no_secret_warning())
         self.pinger.start(self.port)
         self.pinger.ping_all()
         self._spawn(self._watchdog())
         if opts.ping_interval:
             self._spawn(self._ping_loop(opts.ping_interval))
         self._spawn(self._pulse_monitor(opts.pulse_interval))
+
+    def _no_secret_warning(self) -> str:
+        hosts = ", ".join(self.opts.ip_addrs) or "any address of this host"
+        return no_secret_warning(
+            f"dispy cluster {self.opts.name!r}",
+            f"{hosts} port {self.port}",
+            "pose as a node: receive this computation and its arguments, and send back "
+            f"results this program unpickles (running their code as user {user_name()!r} here)",
+            f"the {SECRET_ENV} environment variable or JobCluster(secret=...)",
+        )
 
     def _spawn(self, coro: Any) -> asyncio.Task[Any]:
         assert self.loop is not None

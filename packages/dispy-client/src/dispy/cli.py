@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import sys
-from typing import Annotated
+from typing import Annotated, NoReturn
 
 import typer
 from rich.console import Console
+from rich.logging import RichHandler
 from rich.table import Table
 
 from dispy import __version__
 from dispy_core.config import NODE_PORT
+from dispy_core.secret import SecretError, no_secret_warning, resolve_secret
 
 app = typer.Typer(
     name="dispy",
@@ -39,6 +42,26 @@ def root(
     """Tools for users of dispy clusters."""
 
 
+def _fail(command: str, message: str) -> NoReturn:
+    _err.print(f"[bold red]{command}:[/] {message}", highlight=False)
+    raise typer.Exit(2)
+
+
+def _warn(message: str) -> None:
+    _err.print(f"[bold yellow]warning:[/] {message}", highlight=False)
+
+
+def _log_to_stderr() -> None:
+    """Show the library's warnings (a missing secret, a readable recover file) on stderr."""
+    log = logging.getLogger("dispy")
+    if not log.handlers:
+        handler = RichHandler(console=_err, show_path=False, show_time=False)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        log.addHandler(handler)
+        log.propagate = False
+    log.setLevel(min(log.getEffectiveLevel(), logging.WARNING))
+
+
 @app.command()
 def nodes(
     hosts: Annotated[
@@ -48,7 +71,16 @@ def nodes(
         str, typer.Option("-i", "--ip_addr", "--ip-addr", help="This host's address to use.")
     ] = "127.0.0.1",
     node_port: Annotated[int, typer.Option("--node_port", "--node-port")] = NODE_PORT,
-    secret: Annotated[str, typer.Option("-s", "--secret", envvar="DISPY_SECRET")] = "",
+    secret: Annotated[
+        str,
+        typer.Option(
+            "-s", "--secret", help="The nodes' secret (else --secret-file, else DISPY_SECRET)."
+        ),
+    ] = "",
+    secret_file: Annotated[
+        str | None,
+        typer.Option("--secret-file", "--secret_file", help="File holding the nodes' secret."),
+    ] = None,
     certfile: Annotated[str | None, typer.Option("--certfile")] = None,
     keyfile: Annotated[str | None, typer.Option("--keyfile")] = None,
     timeout: Annotated[float, typer.Option("--timeout", min=0.1)] = 2.0,
@@ -56,12 +88,26 @@ def nodes(
     """List the nodes that answer (they are left free)."""
     from dispy.discovery import discover
 
+    try:
+        resolved = resolve_secret(secret, secret_file)
+    except SecretError as exc:
+        _fail("dispy nodes", str(exc))
+    for warning in resolved.warnings:
+        _warn(warning)
+    if resolved.missing:
+        _warn(
+            no_secret_warning(
+                "dispy nodes",
+                f"{ip_addr} (on a port chosen for this run)",
+                "answer as a node; only nodes without a secret answer",
+            )
+        )
     found = asyncio.run(
         discover(
             list(hosts or ["*"]),
             ip_addr=ip_addr,
             node_port=node_port,
-            secret=secret,
+            secret=resolved.value,
             certfile=certfile,
             keyfile=keyfile,
             timeout=timeout,
@@ -96,11 +142,11 @@ def recover(
     """Collect the jobs of a client that stopped (see dispy.recover_jobs)."""
     from dispy import DispyJob, recover_jobs
 
+    _log_to_stderr()
     try:
         jobs = recover_jobs(recover_file, timeout=timeout, terminate_pending=terminate_pending)
     except (FileNotFoundError, ValueError) as exc:
-        _err.print(f"[bold red]dispy recover:[/] {exc}", highlight=False)
-        raise typer.Exit(2) from None
+        _fail("dispy recover", str(exc))
     names = {v: k for k, v in vars(DispyJob).items() if isinstance(v, int) and k[0].isupper()}
     table = Table(title=f"{len(jobs)} job(s) from {recover_file}", title_justify="left")
     for col in ("id", "status", "node", "result / exception"):

@@ -25,6 +25,7 @@ from dispy.recovery import default_recover_file
 from dispy_core import netinfo, serialize
 from dispy_core.config import CLIENT_PORT, MSG_TIMEOUT, NODE_PORT
 from dispy_core.protocol.framing import DEFAULT_MAX_MESSAGE, nbytes
+from dispy_core.secret import Secret, resolve_secret
 from dispy_core.security import TLSConfig
 
 log = logging.getLogger("dispy")
@@ -64,7 +65,9 @@ class JobCluster:
         ext_ip_addr: address(es) nodes should use to reach this client (NAT).
         port: this client's port (0 picks a free one).
         node_port: the nodes' port.
-        secret: shared secret; nodes must use the same one.
+        secret: shared secret; nodes must use the same one. When it is ``''`` (the
+            default), the ``DISPY_SECRET`` environment variable is used if set; with
+            neither, the cluster logs a warning, since anyone can then pose as a node.
         keyfile, certfile: enable TLS with this certificate (the key may be in certfile).
 
     Example:
@@ -112,6 +115,7 @@ class JobCluster:
             raise ValueError(f"ping_interval must be positive, not {ping_interval}")
         if not isinstance(secret, str):
             raise TypeError("secret must be a string")
+        resolved = cluster_secret(secret)
         node_list = [to_allocate(n) for n in (nodes if nodes is not None else ["*"])]
         for alloc in node_list:
             if alloc.host != "*" and not any(c in alloc.host for c in "*?["):
@@ -160,7 +164,8 @@ class JobCluster:
             ext_ip_addrs=_as_list(ext_ip_addr),
             port=port,
             node_port=node_port,
-            secret=secret,
+            secret=resolved.value,
+            secret_origin=resolved.origin,
             tls=TLSConfig(_absolute(certfile), _absolute(keyfile)),
             dest_path=dest_path,
             cleanup=cleanup is not False,
@@ -171,6 +176,7 @@ class JobCluster:
             callback=callback,
             cluster_status=cluster_status,
             recover_file=os.path.abspath(recover_file) if recover_file else default_recover_file(),
+            pick_recover_file=not recover_file,
         )
         self._callbacks = CallbackRunner(name)
         self._core = ClusterCore(self._options, self._callbacks, self)
@@ -424,6 +430,17 @@ atexit.register(_close_at_exit)
 
 async def _in_loop(func: Callable[..., Any], *args: Any) -> Any:
     return func(*args)
+
+
+def cluster_secret(secret: str) -> Secret:
+    """The secret a cluster uses: ``secret``, or ``DISPY_SECRET`` when ``secret`` is ''.
+
+    '' is the documented default, so an explicit ``secret=''`` cannot be told from an
+    omitted one; both take the environment's secret. That is deliberate: a program that
+    passes '' along from its own defaults becomes authenticated by its environment too,
+    and '' is never a secret worth insisting on (unset DISPY_SECRET to run without one).
+    """
+    return resolve_secret(secret, option_name="secret=")
 
 
 def _program_file(path: str) -> FileSpec:

@@ -8,17 +8,23 @@ cluster's loop thread:
   sent to that node; ``{"d": [uid, ...]}`` jobs whose result the client has.
 
 ``id`` is the job's user id when it is JSON (int, str, ...), else its ``repr``. The file
-holds the cluster's secret, so it is created with mode 0600. A cleanly closed cluster
-removes it.
+holds the cluster's secret (unless it came from ``DISPY_SECRET``: then the header names the
+variable and ``recover_jobs`` reads it from the environment), so it is created exclusively
+with mode 0600: an existing file, or a link planted at its name, is never written through.
+A file already there is refused rather than reused: it may be the log of an earlier run
+whose jobs are still to be recovered, and truncating it would lose them. A cleanly closed
+cluster removes it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import logging
 import os
+import stat
 import threading
 import time
 from typing import Any, TextIO
@@ -38,6 +44,7 @@ from dispy_core.protocol.messages import (
     RecoverRequest,
     RecoverStatus,
 )
+from dispy_core.secret import SECRET_ENV, user_name
 from dispy_core.security import TLSConfig
 
 log = logging.getLogger("dispy")
@@ -54,13 +61,34 @@ OUTCOMES = {
 
 def default_recover_file() -> str:
     # Absolute: the program may change directory before close() removes it.
-    base = os.path.abspath(time.strftime("_dispy_%Y%m%d%H%M%S"))
-    path = base
-    n = 0
-    while os.path.exists(path):
-        n += 1
-        path = f"{base}-{n}"
-    return path
+    return os.path.abspath(time.strftime("_dispy_%Y%m%d%H%M%S"))
+
+
+def secret_record(secret: str, origin: str) -> dict[str, str]:
+    """How the header records the cluster's secret (see the module docstring)."""
+    return {"secret_env": SECRET_ENV} if origin == SECRET_ENV else {"secret": secret}
+
+
+def _create(path: str, pick_free: bool) -> tuple[str, int]:
+    """Create the recover file, or with ``pick_free`` the first free ``path-N``.
+
+    Raises:
+        FileExistsError: ``path`` exists (and ``pick_free`` is off).
+    """
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+    candidate = path
+    for n in itertools.count(1):
+        try:
+            return candidate, os.open(candidate, flags, 0o600)
+        except FileExistsError:
+            if not pick_free:
+                raise FileExistsError(
+                    f"recover file {path!r} already exists: it may hold jobs of an earlier run "
+                    f"(collect them with dispy.recover_jobs({path!r})); remove it or give "
+                    "another recover_file"
+                ) from None
+            candidate = f"{path}-{n}"
+    raise AssertionError("unreachable")
 
 
 def _json_id(value: Any) -> Any:
@@ -77,9 +105,8 @@ class RecoveryLog:
     reference's examples do) is the one recorded.
     """
 
-    def __init__(self, path: str, header: dict[str, Any]) -> None:
-        self.path = path
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    def __init__(self, path: str, header: dict[str, Any], pick_free: bool = False) -> None:
+        self.path, fd = _create(path, pick_free)
         self._fh = os.fdopen(fd, "w", buffering=1 << 16)
         self._write({"format": FORMAT, **header})
         self._fh.flush()
@@ -176,6 +203,7 @@ class _Plan:
     def __init__(self, path: str) -> None:
         try:
             with open(path) as fh:
+                mode = os.fstat(fh.fileno()).st_mode
                 lines = [json.loads(line) for line in fh if line.strip()]
         except FileNotFoundError:
             raise FileNotFoundError(f"recover file {path!r} does not exist") from None
@@ -183,7 +211,16 @@ class _Plan:
             raise ValueError(f"recover file {path!r} is damaged: {exc}") from None
         if not lines or lines[0].get("format") != FORMAT:
             raise ValueError(f"{path!r} is not a dispy recover file")
+        if mode & 0o077:
+            log.warning(
+                "recover file %s may be read by other users (mode %04o): the secret in it may "
+                "be known to them; restrict it with: chmod 600 %s",
+                path,
+                stat.S_IMODE(mode),
+                path,
+            )
         self.header = lines[0]
+        self.secret = _header_secret(path, self.header)
         self.ids: dict[int, Any] = {}
         self.where: dict[int, tuple[str, int]] = {}
         self.nodes: set[tuple[str, int]] = set()
@@ -209,6 +246,19 @@ class _Plan:
                 self.done.update(record["d"])
 
 
+def _header_secret(path: str, header: dict[str, Any]) -> str:
+    name = header.get("secret_env")
+    if name is None:
+        return str(header.get("secret", ""))
+    secret = os.environ.get(str(name), "")
+    if not secret:
+        raise ValueError(
+            f"the cluster of {path!r} took its secret from {name}, which is not set here: "
+            "set it to the same secret to recover"
+        )
+    return secret
+
+
 def recover_jobs(
     recover_file: str, timeout: float | None = None, terminate_pending: bool = False
 ) -> list[DispyJob]:
@@ -228,6 +278,17 @@ def recover_jobs(
         for.
     """
     plan = _Plan(recover_file)
+    if not plan.secret:
+        nodes = ", ".join(f"{host}:{port}" for host, port in sorted(plan.nodes)) or "(none)"
+        log.warning(
+            "recover_jobs has no secret (the cluster had none): whoever answers at %s (the "
+            "nodes, or anyone posing as them) can send back results this program unpickles, "
+            "running their code as user %r here. Next time set the same secret on every "
+            "client and node, with the %s environment variable or JobCluster(secret=...).",
+            nodes,
+            user_name(),
+            SECRET_ENV,
+        )
     jobs = asyncio.run(_recover(plan, timeout, terminate_pending, recover_file))
     if all(j.status != JobStatus.Running for j in jobs):
         with contextlib.suppress(OSError):
@@ -238,7 +299,7 @@ def recover_jobs(
 async def _recover(
     plan: _Plan, timeout: float | None, terminate: bool, path: str
 ) -> list[DispyJob]:
-    header = plan.header
+    header = {**plan.header, "secret": plan.secret}
     jobs: dict[int, DispyJob] = {}
     for uid in sorted(set(plan.ids) | set(plan.where)):
         if uid in plan.done:

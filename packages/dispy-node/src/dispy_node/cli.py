@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.logging import RichHandler
 
 from dispy_core.config import CLIENT_PORT, MAX_FILE_SIZE, MSG_TIMEOUT, NODE_PORT, parse_size
+from dispy_core.secret import resolve_secret
 from dispy_core.security import TLSConfigError
 from dispy_node import __version__
 from dispy_node.config import NodeConfig, default_dest_path_prefix
@@ -78,8 +79,21 @@ def run(
     name: Annotated[str | None, typer.Option("--name", help="Name of this node.")] = None,
     secret: Annotated[
         str,
-        typer.Option("-s", "--secret", envvar="DISPY_SECRET", help="Shared secret of clients."),
+        typer.Option(
+            "-s",
+            "--secret",
+            help="Shared secret of clients (visible in ps: prefer DISPY_SECRET or --secret-file).",
+            show_default=False,
+        ),
     ] = "",
+    secret_file: Annotated[
+        str | None,
+        typer.Option(
+            "--secret-file",
+            "--secret_file",
+            help="File holding the shared secret (one trailing newline is ignored).",
+        ),
+    ] = None,
     dest_path_prefix: Annotated[
         str,
         typer.Option(
@@ -119,15 +133,20 @@ def run(
         int, typer.Option("--scheduler_port", "--scheduler-port", help="Scheduler port.")
     ] = CLIENT_PORT,
 ) -> None:
-    """Serve jobs to dispy clients until interrupted (SIGINT or SIGTERM)."""
+    """Serve jobs to dispy clients until interrupted (SIGINT or SIGTERM).
+
+    The secret comes from -s/--secret, else --secret-file, else the DISPY_SECRET
+    environment variable; with none, the node serves anyone (and says so).
+    """
     try:
+        resolved = resolve_secret(secret, secret_file)
         size = parse_size(max_file_size)
         values = {
             "cpus": cpus,
             "ip_addr": ip_addr,
             "ext_ip_addr": ext_ip_addr,
             "node_port": node_port,
-            "secret": secret,
+            "secret": resolved.value,
             "dest_path_prefix": dest_path_prefix,
             "keyfile": keyfile,
             "certfile": certfile,
@@ -147,6 +166,8 @@ def run(
             raise _fail(f"invalid --{err['loc'][0]}: {err['msg']}") from None
         raise _fail(str(exc)) from None
     _setup_logging(debug)
+    for warning in resolved.warnings:
+        logging.getLogger("dispy_node").warning(warning)
     _run(config)
 
 

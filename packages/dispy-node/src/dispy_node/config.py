@@ -12,7 +12,20 @@ from dispy_core.config import CLIENT_PORT, MAX_FILE_SIZE, MSG_TIMEOUT, NODE_PORT
 
 
 def default_dest_path_prefix() -> str:
-    return os.path.join(tempfile.gettempdir(), "dispy", "node")
+    """``<tmp>/dispy-<user>/node``: per user, because the node refuses a prefix (or a parent
+    of it) that another user owns, and in a shared /tmp anyone may create ``dispy`` first."""
+    return os.path.join(tempfile.gettempdir(), f"dispy-{_user()}", "node")
+
+
+def _user() -> str:
+    try:
+        import pwd
+
+        name = pwd.getpwuid(os.geteuid()).pw_name
+    except (ImportError, KeyError):
+        return str(os.getuid()) if hasattr(os, "getuid") else "user"
+    # A name is safer than a uid to read, but must stay one path component.
+    return name if name and "/" not in name and name not in (".", "..") else str(os.geteuid())
 
 
 class NodeConfig(BaseModel):

@@ -31,6 +31,7 @@ from typing import Any
 from dispy_core import serialize
 from dispy_core.protocol.framing import DIRECT_PAYLOAD, Payload, make_room
 from dispy_core.protocol.messages import JobOutcome
+from dispy_core.secret import without_secrets
 from dispy_node import _wire
 
 log = logging.getLogger(__name__)
@@ -238,6 +239,7 @@ class Computation:
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
             cwd=self.dest_path,
+            env=without_secrets(),  # the computation and its workers never see the secret
             start_new_session=True,
         )
         assert self._proc.stdin is not None

@@ -18,9 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import platform
-import shutil
 import signal
 import time
 from dataclasses import dataclass
@@ -37,8 +35,10 @@ from dispy_core.buffers import BufferPool
 from dispy_core.protocol.discovery import Ping
 from dispy_core.protocol.errors import ProtocolError
 from dispy_core.protocol.messages import NodeInfo, RecoverRequest
+from dispy_core.secret import no_secret_warning, user_name
 from dispy_core.security import TLSConfig
 from dispy_node import __version__
+from dispy_node._paths import PrefixError, prepare_prefix
 from dispy_node.config import NodeConfig, resolve_cpus
 from dispy_node.executor import WorkerHub
 from dispy_node.session import Session, serve_stored
@@ -126,6 +126,8 @@ class Node:
             self.port,
             " (TLS)" if self.tls.enabled else "",
         )
+        if not cfg.secret:
+            log.warning(self._no_secret_warning())
         if cfg.scheduler_node:
             # Offer this node to a client already running elsewhere, as if it had pinged.
             hint = Ping(
@@ -168,6 +170,13 @@ class Node:
         task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coro)  # type: ignore[arg-type]
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    def _no_secret_warning(self) -> str:
+        where = f"{self.config.ip_addr or 'any address of this host'} port {self.port}"
+        exposure = f"run any code as user {user_name()!r} on this node"
+        if self.tls.enabled:
+            exposure += " (with TLS: anyone who holds the certificate and its key)"
+        return no_secret_warning("dispy-node", f"{where} (TCP, or a UDP discovery ping)", exposure)
 
     # -- discovery ----------------------------------------------------------------------
 
@@ -355,6 +364,9 @@ class Node:
 
 
 def _prepare_prefix(prefix: str, clean: bool) -> None:
-    if clean and os.path.isdir(prefix):
-        shutil.rmtree(prefix, ignore_errors=True)
-    os.makedirs(prefix, exist_ok=True)
+    try:
+        warning = prepare_prefix(prefix, clean)
+    except PrefixError as exc:
+        raise NodeStartError(str(exc)) from None
+    if warning:
+        log.warning(warning)

@@ -24,6 +24,7 @@ from typing import Any
 
 from dispy_core import serialize
 from dispy_core.protocol.framing import Payload
+from dispy_core.secret import without_secrets
 from dispy_node._paths import safe_join
 from dispy_node.executor import ComputationStartError, Reply, local_reply
 
@@ -58,6 +59,8 @@ class ProgramComputation:
         self.held = False  # queued jobs waiting for may_start()
         self._notify: set[int] = set()
         self._argv: list[str] = []
+        # Jobs run with the node's environment minus the secret (DISPY_SECRET and kin).
+        self._env = without_secrets()
         self._queue: deque[tuple[int, Payload]] = deque()
         self._procs: dict[int, asyncio.subprocess.Process] = {}
         self._cancelled: set[int] = set()
@@ -137,6 +140,7 @@ class ProgramComputation:
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE,
                 cwd=self.dest_path,
+                env=self._env,
                 start_new_session=True,
             )
         except OSError as exc:

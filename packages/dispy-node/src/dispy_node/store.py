@@ -4,6 +4,8 @@ Layout under ``<dest_path_prefix>/.dispy-results/<comp_id>/``: ``meta.json`` (wh
 computation, for which client) and one ``<job_id>.result`` file per job: a JSON line with
 the job's report, then the pickled reply exactly as the client would have received it.
 Files are written to a temporary name and renamed, so a crash never leaves half a result.
+Results may hold anything a job returned: folders are 0700 and files 0600, and temporary
+files never follow a link planted at their name.
 """
 
 from __future__ import annotations
@@ -16,12 +18,14 @@ import shutil
 import time
 from typing import Any
 
+from dispy_core.files import atomic_write, makedirs
 from dispy_core.protocol.framing import Payload
+from dispy_node._paths import PRIVATE_DIR, RESULTS_DIRNAME
 from dispy_node.executor import Reply
 
 log = logging.getLogger("dispy_node")
 
-DIRNAME = ".dispy-results"
+DIRNAME = RESULTS_DIRNAME
 
 
 class ResultStore:
@@ -33,14 +37,14 @@ class ResultStore:
 
     def save_meta(self, comp_id: int, meta: dict[str, Any]) -> None:
         folder = self._dir(comp_id)
-        os.makedirs(folder, exist_ok=True)
+        makedirs(folder, PRIVATE_DIR)
         path = os.path.join(folder, "meta.json")
         if not os.path.exists(path):
             _atomic_write(path, json.dumps({**meta, "saved": time.time()}).encode())
 
     def save(self, comp_id: int, replies: list[Reply]) -> None:
         folder = self._dir(comp_id)
-        os.makedirs(folder, exist_ok=True)
+        makedirs(folder, PRIVATE_DIR)
         for reply in replies:
             head = json.dumps(
                 {
@@ -102,7 +106,4 @@ class ResultStore:
 
 
 def _atomic_write(path: str, data: Payload) -> None:
-    tmp = f"{path}.tmp"
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-    os.replace(tmp, path)
+    atomic_write(path, data, 0o600)

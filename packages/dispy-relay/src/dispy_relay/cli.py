@@ -13,6 +13,8 @@ from typing import Annotated, NoReturn
 
 import typer
 
+from dispy_core.secret import SecretError, resolve_secret
+from dispy_core.secret import no_secret_warning as secret_warning
 from dispy_relay import __version__
 
 PROG = "dispy-relay"
@@ -53,6 +55,8 @@ class RunOptions:
     listen_port: int
     scheduler_nodes: tuple[str, ...]
     scheduler_port: int
+    secret: str
+    secret_warnings: tuple[str, ...]
 
 
 def _print_version(value: bool) -> None:
@@ -113,11 +117,33 @@ def run(
             help="Port of the scheduler given with --scheduler-node.",
         ),
     ] = SCHEDULER_PORT,
+    secret: Annotated[
+        str,
+        typer.Option(
+            "--secret",
+            "-s",
+            help="Secret shared with nodes and schedulers (visible in ps: prefer "
+            "DISPY_SECRET or --secret-file).",
+            show_default=False,
+        ),
+    ] = "",
+    secret_file: Annotated[
+        str | None,
+        typer.Option(
+            "--secret-file", help="File holding the secret (one trailing newline is ignored)."
+        ),
+    ] = None,
 ) -> None:
     """Relay discovery messages until interrupted.
 
-    Options also accept the reference's underscore spellings, e.g. --node_port.
+    Options also accept the reference's underscore spellings, e.g. --node_port. The secret
+    comes from --secret, else --secret-file, else the DISPY_SECRET environment variable.
     """
+    try:
+        resolved = resolve_secret(secret, secret_file)
+    except SecretError as exc:
+        typer.echo(f"{PROG} run: {exc}", err=True)
+        raise typer.Exit(code=2) from None
     _run(
         RunOptions(
             debug=debug,
@@ -125,12 +151,31 @@ def run(
             listen_port=node_port if listen_port is None else listen_port,
             scheduler_nodes=tuple(scheduler_nodes or ()),
             scheduler_port=scheduler_port,
+            secret=resolved.value,
+            secret_warnings=tuple(resolved.warnings),
         )
     )
 
 
+def no_secret_warning(options: RunOptions) -> str | None:
+    """The one warning for a relay started without a secret."""
+    if options.secret:
+        return None
+    return secret_warning(
+        PROG,
+        f"any address of this host port {options.listen_port} (UDP)",
+        "have the relay pass their discovery messages to the nodes of this network "
+        f"(port {options.node_port}) and to schedulers",
+    )
+
+
 def _run(options: RunOptions) -> NoReturn:
-    del options  # consumed once the relay exists
+    # The relay will start here: warn first, as every role does.
+    for warning in options.secret_warnings:
+        typer.echo(f"{PROG}: warning: {warning}", err=True)
+    exposure = no_secret_warning(options)
+    if exposure:
+        typer.echo(f"{PROG}: warning: {exposure}", err=True)
     typer.echo(f"{PROG} run: not implemented yet (the relay lands in a later release)", err=True)
     raise typer.Exit(code=2)
 

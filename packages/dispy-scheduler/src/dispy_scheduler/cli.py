@@ -14,6 +14,7 @@ from typing import Annotated, NoReturn
 
 import typer
 
+from dispy_core.secret import SECRET_ENV, Secret, SecretError, resolve_secret
 from dispy_scheduler import __version__
 
 PROG = "dispy-scheduler"
@@ -59,6 +60,7 @@ class ServeOptions:
     node_port: int
     node_secret: str
     cluster_secret: str
+    secret_warnings: tuple[str, ...]
     node_keyfile: Path | None
     node_certfile: Path | None
     cluster_keyfile: Path | None
@@ -142,8 +144,8 @@ def serve(
         str,
         typer.Option(
             "--node-secret",
-            envvar="DISPY_NODE_SECRET",
-            help="Secret shared with the nodes.",
+            help="Secret shared with the nodes (else --node-secret-file, --secret-file, "
+            "DISPY_NODE_SECRET, DISPY_SECRET).",
             show_default=False,
         ),
     ] = "",
@@ -151,11 +153,27 @@ def serve(
         str,
         typer.Option(
             "--cluster-secret",
-            envvar="DISPY_CLUSTER_SECRET",
-            help="Secret shared with SharedJobCluster clients.",
+            help="Secret shared with SharedJobCluster clients (else --cluster-secret-file, "
+            "--secret-file, DISPY_CLUSTER_SECRET, DISPY_SECRET).",
             show_default=False,
         ),
     ] = "",
+    secret_file: Annotated[
+        str | None,
+        typer.Option(
+            "--secret-file",
+            help="File holding the secret for both nodes and clients (one trailing newline "
+            "is ignored).",
+        ),
+    ] = None,
+    node_secret_file: Annotated[
+        str | None,
+        typer.Option("--node-secret-file", help="File holding the nodes' secret."),
+    ] = None,
+    cluster_secret_file: Annotated[
+        str | None,
+        typer.Option("--cluster-secret-file", help="File holding the clients' secret."),
+    ] = None,
     node_keyfile: Annotated[
         Path | None,
         typer.Option(
@@ -239,6 +257,12 @@ def serve(
 
     Options also accept the reference's underscore spellings, e.g. --ip_addr.
     """
+    try:
+        node = _secret("node", node_secret, node_secret_file, secret_file)
+        cluster = _secret("cluster", cluster_secret, cluster_secret_file, secret_file)
+    except SecretError as exc:
+        typer.echo(f"{PROG} serve: {exc}", err=True)
+        raise typer.Exit(code=2) from None
     _run(
         ServeOptions(
             debug=debug,
@@ -248,8 +272,9 @@ def serve(
             port=port,
             scheduler_port=scheduler_port,
             node_port=node_port,
-            node_secret=node_secret,
-            cluster_secret=cluster_secret,
+            node_secret=node.value,
+            cluster_secret=cluster.value,
+            secret_warnings=tuple(dict.fromkeys(node.warnings + cluster.warnings)),
             node_keyfile=node_keyfile,
             node_certfile=node_certfile,
             cluster_keyfile=cluster_keyfile,
@@ -264,8 +289,54 @@ def serve(
     )
 
 
+def _secret(peer: str, option: str, own_file: str | None, shared_file: str | None) -> Secret:
+    """The secret for ``peer`` ("node" or "cluster"): its own option or file, else the
+    shared --secret-file, else DISPY_<PEER>_SECRET, else DISPY_SECRET."""
+    own = own_file is not None or bool(option)
+    return resolve_secret(
+        option,
+        own_file if own else shared_file,
+        env_vars=(f"DISPY_{peer.upper()}_SECRET", SECRET_ENV),
+        option_name=f"--{peer}-secret",
+        file_option=f"--{peer}-secret-file" if own else "--secret-file",
+    )
+
+
+def no_secret_warning(options: ServeOptions) -> str | None:
+    """The one warning for a scheduler started without a node or a cluster secret."""
+    hosts = ", ".join(options.ip_addrs) or "any address of this host"
+    exposures = []
+    if not options.cluster_secret:
+        exposures.append(
+            f"reach {hosts} port {options.scheduler_port} can submit computations, which run "
+            "any code as the nodes' users on every node it uses"
+        )
+    if not options.node_secret:
+        exposures.append(
+            f"reach {hosts} port {options.port} can pose as a node: receive the clients' "
+            "computations and arguments and send back forged results"
+        )
+    if not exposures:
+        return None
+    missing = " or ".join(
+        name
+        for name, value in (("cluster", options.cluster_secret), ("node", options.node_secret))
+        if not value
+    )
+    return (
+        f"{PROG} has no {missing} secret: anyone who can {'; anyone who can '.join(exposures)}. "
+        f"Set the secrets with {SECRET_ENV} (or DISPY_CLUSTER_SECRET / DISPY_NODE_SECRET), "
+        "--secret-file PATH, or --cluster-secret / --node-secret."
+    )
+
+
 def _run(options: ServeOptions) -> NoReturn:
-    del options  # consumed once the shared scheduler exists
+    # The service will start here: warn first, as every role does.
+    for warning in options.secret_warnings:
+        typer.echo(f"{PROG}: warning: {warning}", err=True)
+    exposure = no_secret_warning(options)
+    if exposure:
+        typer.echo(f"{PROG}: warning: {exposure}", err=True)
     typer.echo(
         f"{PROG} serve: not implemented yet (the shared scheduler lands in a later release)",
         err=True,
