@@ -296,8 +296,8 @@ def test_parse_handshake_refuses_garbage(header, match):
 def test_parse_handshake_round_trips_every_handshake_message():
     messages = [
         Hello(protocol=1, role="node", name="n", nonce=NONCE_C),
-        Challenge(protocol=1, role="client", name="c", nonce=NONCE_A, proof="p"),
-        Proof(proof="p"),
+        Challenge(protocol=1, role="client", name="c", nonce=NONCE_A, proof="0" * 64),
+        Proof(proof="0" * 64),
         Welcome(),
         Refused(reason="no"),
     ]
@@ -308,10 +308,12 @@ def test_parse_handshake_round_trips_every_handshake_message():
 # --- order -----------------------------------------------------------------------------------
 
 HELLO = Hello(protocol=PROTOCOL_VERSION, role="node", name="n", nonce=NONCE_C)
-CHALLENGE = Challenge(protocol=PROTOCOL_VERSION, role="client", name="c", nonce=NONCE_A, proof="x")
+CHALLENGE = Challenge(
+    protocol=PROTOCOL_VERSION, role="client", name="c", nonce=NONCE_A, proof="0" * 64
+)
 
 
-@pytest.mark.parametrize("message", [Proof(proof="x"), Welcome(), CHALLENGE])
+@pytest.mark.parametrize("message", [Proof(proof="0" * 64), Welcome(), CHALLENGE])
 def test_acceptor_refuses_anything_but_hello_first(message):
     acc = acceptor()
     with pytest.raises(HandshakeFailed, match=f"unexpected '{message.type}' message"):
@@ -319,7 +321,7 @@ def test_acceptor_refuses_anything_but_hello_first(message):
     assert acc.state == "failed"
 
 
-@pytest.mark.parametrize("message", [HELLO, Proof(proof="x"), Welcome()])
+@pytest.mark.parametrize("message", [HELLO, Proof(proof="0" * 64), Welcome()])
 def test_connector_refuses_anything_but_challenge_after_hello(message):
     conn = connector()
     conn.initiate()
@@ -367,3 +369,37 @@ def test_session_keys_before_completion_are_a_local_error():
     conn.initiate()
     with pytest.raises(LocalProtocolError, match="not complete"):
         conn.session_keys()
+
+
+# --- malformed fields: refused by the schema, never a TypeError --------------------------------
+
+MALFORMED_VALUES = {
+    "non-ASCII": "é" * 64,
+    "non-hex": "zz" * 32,
+    "upper-case hex": "AB" * 32,
+    "too short": "ab" * 16,
+    "too long": "ab" * 33,
+    "empty": "",
+}
+
+
+@pytest.mark.parametrize("value", MALFORMED_VALUES.values(), ids=MALFORMED_VALUES.keys())
+@pytest.mark.parametrize("field", ["nonce", "proof"])
+def test_malformed_challenge_field_is_a_remote_protocol_error(field, value):
+    conn = connector()
+    (hello,) = conn.initiate()
+    acc = acceptor()
+    (challenge,) = acc.receive(hello)
+    raw = json.loads(encode(challenge))
+    raw[field] = value
+    with pytest.raises(RemoteProtocolError, match="malformed handshake message"):
+        conn.receive(parse_handshake(json.dumps(raw).encode()))
+
+
+@pytest.mark.parametrize("value", MALFORMED_VALUES.values(), ids=MALFORMED_VALUES.keys())
+def test_malformed_hello_nonce_and_proof_are_remote_protocol_errors(value):
+    hello = {"type": "hello", "protocol": PROTOCOL_VERSION, "role": "node", "name": "n"}
+    with pytest.raises(RemoteProtocolError, match="malformed handshake message"):
+        parse_handshake(json.dumps({**hello, "nonce": value}).encode())
+    with pytest.raises(RemoteProtocolError, match="malformed handshake message"):
+        parse_handshake(json.dumps({"type": "proof", "proof": value}).encode())

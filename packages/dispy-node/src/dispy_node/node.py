@@ -187,6 +187,7 @@ class Node:
 
     async def _connect_back(self, ping: Ping) -> None:
         where = f"{ping.reply_addr}:{ping.reply_port}"
+        conn: Connection | None = None
         try:
             conn = await open_connection(
                 ping.reply_addr,
@@ -202,18 +203,21 @@ class Node:
         except ProtocolError as exc:
             log.warning("client at %s: %s", where, exc)
             self._declined[ping.cluster] = time.monotonic()
-            self._connecting = False
-            self._offer_to_waiting()
-            return
         except (OSError, TimeoutError, ConnectionClosed) as exc:
             reason = str(exc) or type(exc).__name__
             if isinstance(exc, ConnectionClosed | ConnectionResetError) and not self.tls.enabled:
                 reason += " (does the client use TLS? both sides need the same certfile)"
             log.warning("cannot reach client at %s: %s", where, reason)
+        except Exception:
+            # A bug reached by a peer's bytes must cost that peer its connection, never
+            # leave the node believing it is still connecting (and so busy for good).
+            log.exception("client at %s: unexpected error in the handshake", where)
+            self._declined[ping.cluster] = time.monotonic()
+        finally:
             self._connecting = False
+        if conn is None:
             self._offer_to_waiting()
             return
-        self._connecting = False
         if self._active is not None:
             await conn.refuse("node is busy serving another client")
             return
@@ -252,6 +256,10 @@ class Node:
                 peer[1],
                 "timed out" if isinstance(exc, TimeoutError) else exc,
             )
+            writer.close()
+            return
+        except Exception:
+            log.exception("connection from %s:%s: unexpected error in the handshake", *peer[:2])
             writer.close()
             return
         if conn.peer_role == "recover":

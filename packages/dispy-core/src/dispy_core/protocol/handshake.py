@@ -54,11 +54,16 @@ State = Literal["start", "sent_hello", "sent_challenge", "sent_proof", "done", "
 WRONG_SECRET = "authentication failed: the peer does not use the same secret"
 
 
-def _mac(secret: bytes, label: bytes, *parts: str) -> str:
+def _mac(secret: bytes, label: bytes, *parts: str) -> bytes:
     mac = hmac.new(secret, b"dispy-v1 " + label, hashlib.sha256)
     for part in parts:
         mac.update(b"\x00" + part.encode())
-    return mac.hexdigest()
+    return mac.digest()
+
+
+def _same(expected: bytes, received_hex: str) -> bool:
+    # The schema admits only 64 lowercase hex digits, so this compares 32 bytes with 32.
+    return hmac.compare_digest(expected, bytes.fromhex(received_hex))
 
 
 def parse_handshake(header: bytes) -> HandshakeMessage:
@@ -148,8 +153,8 @@ class Handshake:
         nonce_c, nonce_a = (
             (self.nonce, self.peer_nonce) if self.connector else (self.peer_nonce, self.nonce)
         )
-        c2a = bytes.fromhex(_mac(self._secret, b"key connector-to-acceptor", nonce_c, nonce_a))
-        a2c = bytes.fromhex(_mac(self._secret, b"key acceptor-to-connector", nonce_c, nonce_a))
+        c2a = _mac(self._secret, b"key connector-to-acceptor", nonce_c, nonce_a)
+        a2c = _mac(self._secret, b"key acceptor-to-connector", nonce_c, nonce_a)
         return (c2a, a2c) if self.connector else (a2c, c2a)
 
     def _fail(self, reason: str, *, reply: bool = True) -> HandshakeFailed:
@@ -167,11 +172,12 @@ class Handshake:
             if self.state == "sent_hello" and isinstance(msg, Challenge):
                 self._check_version(msg.protocol)
                 expected = _mac(self._secret, b"acceptor", self.nonce, msg.nonce)
-                if not hmac.compare_digest(expected, msg.proof):
+                if not _same(expected, msg.proof):
                     raise self._fail(WRONG_SECRET)
                 self.peer_role, self.peer_name, self.peer_nonce = msg.role, msg.name, msg.nonce
                 self.state = "sent_proof"
-                return [Proof(proof=_mac(self._secret, b"connector", msg.nonce, self.nonce))]
+                proof = _mac(self._secret, b"connector", msg.nonce, self.nonce).hex()
+                return [Proof(proof=proof)]
             if self.state == "sent_proof" and isinstance(msg, Welcome):
                 self.state = "done"
                 return []
@@ -180,7 +186,7 @@ class Handshake:
                 self._check_version(msg.protocol)
                 self.peer_role, self.peer_name, self.peer_nonce = msg.role, msg.name, msg.nonce
                 self.state = "sent_challenge"
-                proof = _mac(self._secret, b"acceptor", msg.nonce, self.nonce)
+                proof = _mac(self._secret, b"acceptor", msg.nonce, self.nonce).hex()
                 return [
                     Challenge(
                         protocol=PROTOCOL_VERSION,
@@ -193,7 +199,7 @@ class Handshake:
             if self.state == "sent_challenge" and isinstance(msg, Proof):
                 assert self.peer_nonce is not None
                 expected = _mac(self._secret, b"connector", self.nonce, self.peer_nonce)
-                if not hmac.compare_digest(expected, msg.proof):
+                if not _same(expected, msg.proof):
                     raise self._fail(WRONG_SECRET)
                 self.state = "done"
                 return [Welcome()]

@@ -12,7 +12,14 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    TypeAdapter,
+    ValidationError,
+)
 
 from dispy_core.protocol.errors import RemoteProtocolError
 
@@ -33,6 +40,11 @@ class _Message(BaseModel):
 
 # --- handshake (before authentication; never carries a payload) -------------------------
 
+# Every handshake value has one fixed shape: 32 bytes as exactly 64 lowercase hex digits.
+# Anything else (non-ASCII, upper case, another length) fails validation before it is used,
+# and the handshake compares the decoded bytes, never the text.
+Hex32 = Annotated[str, StringConstraints(min_length=64, max_length=64, pattern=r"^[0-9a-f]{64}$")]
+
 
 class Hello(_Message):
     """First frame of the connecting side: who it is and its fresh nonce."""
@@ -41,7 +53,7 @@ class Hello(_Message):
     protocol: int
     role: Role
     name: str = Field(max_length=256)
-    nonce: str = Field(min_length=32, max_length=128)
+    nonce: Hex32
 
 
 class Challenge(_Message):
@@ -51,15 +63,15 @@ class Challenge(_Message):
     protocol: int
     role: Role
     name: str = Field(max_length=256)
-    nonce: str = Field(min_length=32, max_length=128)
-    proof: str = Field(max_length=128)
+    nonce: Hex32
+    proof: Hex32
 
 
 class Proof(_Message):
     """The connecting side's proof of the secret, bound to both nonces."""
 
     type: Literal["proof"] = "proof"
-    proof: str = Field(max_length=128)
+    proof: Hex32
 
 
 class Welcome(_Message):
