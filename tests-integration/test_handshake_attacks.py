@@ -123,3 +123,28 @@ def test_malformed_challenges_do_not_wedge_the_node(node_factory, cluster_factor
     assert cluster.wait(timeout=30), history.summary() + "\n" + node.log_text()
     history.check(square_plus, allowed={DispyJob.Finished})
     cluster.close()
+
+
+def test_ping_naming_the_nodes_own_port_does_not_make_it_serve_itself(
+    node_factory, cluster_factory
+):
+    node = node_factory.one(cpus=1, name="target")
+    # Anyone may send this datagram: "a client waits at <the node's own address and port>".
+    _ping(node.address, node.address[1], "loop-cluster-0001")
+    # Both ends of the looped connection refuse it: the acceptor (its own connector's nonce)
+    # and the connector (told so by the refusal).
+    node.wait_log("a connection to itself", count=2)
+    assert node.log_contains("connection from 127.0.0.1"), node.log_text()
+    assert node.log_contains(f"client at 127.0.0.1:{node.address[1]}: the peer refused")
+    assert not node.log_contains("serving client target"), node.log_text()
+
+    history = History()
+    cluster = cluster_factory(
+        square_plus, [node], callback=history.callback, cluster_status=history.cluster_status
+    )
+    for i in range(5):
+        history.submit(cluster, i)
+    assert cluster.wait(timeout=30), history.summary() + "\n" + node.log_text()
+    history.check(square_plus, allowed={DispyJob.Finished})
+    cluster.close()
+    assert not node.log_contains("serving client target")

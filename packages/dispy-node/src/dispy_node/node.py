@@ -36,6 +36,7 @@ from dispy_core.aio.discovery import listen_pings, udp_socket
 from dispy_core.buffers import BufferPool
 from dispy_core.protocol.discovery import Ping
 from dispy_core.protocol.errors import ProtocolError
+from dispy_core.protocol.handshake import LoopGuard
 from dispy_core.protocol.messages import NodeInfo, RecoverRequest
 from dispy_core.security import TLSConfig
 from dispy_node import __version__
@@ -77,6 +78,8 @@ class Node:
         self._server: asyncio.AbstractServer | None = None
         self._udp: list[asyncio.DatagramTransport] = []
         self._connecting = False
+        # Shared by all the node's handshakes: its own connect-back looped to its port fails.
+        self._handshakes = LoopGuard()
         self._heard: dict[str, _HeardPing] = {}
         self._declined: dict[str, float] = {}
         self._stopped = asyncio.Event()
@@ -199,6 +202,7 @@ class Node:
                 ssl_context=self.tls.client,
                 local_addr=self.config.ip_addr,
                 allocate=self.buffers.take,
+                guard=self._handshakes,
             )
         except ProtocolError as exc:
             log.warning("client at %s: %s", where, exc)
@@ -244,6 +248,7 @@ class Node:
                 name=self.config.name,
                 timeout=self.config.msg_timeout,
                 allocate=self.buffers.take,
+                guard=self._handshakes,
             )
         except ProtocolError as exc:
             log.warning("connection from %s:%s refused: %s", peer[0], peer[1], exc)
