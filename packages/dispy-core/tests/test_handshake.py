@@ -9,6 +9,8 @@ import json
 import struct
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from dispy_core.protocol.errors import (
     AuthenticationError,
@@ -639,3 +641,44 @@ def test_key_exchange_message_of_the_wrong_side_fails_the_handshake():
     hello = HELLO.model_copy(update={"pake": CHALLENGE.pake})
     with pytest.raises(HandshakeFailed, match="wrong side"):
         acceptor().receive(hello)
+
+
+_HEXISH = st.one_of(
+    st.text(alphabet="0123456789abcdefABCDEF", min_size=0, max_size=70),
+    st.sampled_from(["41", "42"]).flatmap(
+        lambda side: st.binary(min_size=32, max_size=32).map(lambda b: side + b.hex())
+    ),
+    st.text(max_size=70),
+    st.integers(),
+    st.none(),
+)
+
+
+_VALID = {
+    "hello": json.loads(encode(HELLO)),
+    "challenge": json.loads(encode(CHALLENGE)),
+    "proof": {"type": "proof", "proof": "0" * 64},
+    "welcome": {"type": "welcome"},
+    "refused": {"type": "refused", "reason": "no", "protocol": PROTOCOL_VERSION},
+}
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    kind=st.sampled_from(sorted(_VALID)),
+    fields=st.dictionaries(
+        st.sampled_from(["protocol", "role", "name", "nonce", "pake", "proof", "reason"]),
+        _HEXISH,
+        max_size=3,
+    ),
+)
+def test_arbitrary_handshake_messages_give_only_protocol_errors(kind, fields):
+    """A valid message of each kind with up to three fields replaced by anything."""
+    header = json.dumps({**_VALID[kind], **fields}).encode()
+    conn = connector()
+    conn.initiate()
+    for shake in (conn, acceptor()):
+        try:
+            shake.receive(parse_handshake(header))
+        except RemoteProtocolError:
+            continue
