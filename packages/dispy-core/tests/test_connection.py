@@ -263,7 +263,14 @@ async def refusal_after_hello(hello: dict) -> tuple[BaseException, list]:
 
 @async_test()
 async def test_hello_of_another_version_is_refused_naming_both_versions():
-    hello = {"type": "hello", "protocol": 999, "role": "node", "name": "n", "nonce": "a" * 64}
+    hello = {
+        "type": "hello",
+        "protocol": 999,
+        "role": "node",
+        "name": "n",
+        "nonce": "a" * 64,
+        "pake": "41" + "a" * 64,
+    }
     error, replies = await refusal_after_hello(hello)
     assert isinstance(error, HandshakeFailed)
     assert [type(r) for r in replies] == [Refused]

@@ -29,13 +29,21 @@ AVAIL = {"cpu": 97.5, "memory": 8 << 30, "disk": 100 << 30, "swap": 1.5}
 # One valid header per message type, as it appears on the wire (JSON). A new message type
 # must get a sample here (test_every_message_type_has_a_sample says so).
 SAMPLES: dict[str, dict[str, typing.Any]] = {
-    "hello": {"type": "hello", "protocol": 1, "role": "node", "name": "n1", "nonce": NONCE},
+    "hello": {
+        "type": "hello",
+        "protocol": 1,
+        "role": "node",
+        "name": "n1",
+        "nonce": NONCE,
+        "pake": "41" + NONCE,
+    },
     "challenge": {
         "type": "challenge",
         "protocol": 1,
         "role": "client",
         "name": "c",
         "nonce": NONCE,
+        "pake": "42" + NONCE,
         "proof": "f" * 64,
     },
     "proof": {"type": "proof", "proof": "0" * 64},

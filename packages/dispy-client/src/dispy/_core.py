@@ -328,6 +328,11 @@ class ClusterCore:
             log.info("connection from %s dropped during the handshake: %r", where, exc)
             writer.close()
             return
+        except Exception:
+            # a bug reached by a peer's bytes ends that connection only, never the acceptor
+            log.exception("node at %s: unexpected error in the handshake", where)
+            writer.close()
+            return
         try:
             await self._serve_node(conn)
         except Exception:

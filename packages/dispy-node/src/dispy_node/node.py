@@ -34,6 +34,7 @@ from dispy_core.aio.discovery import listen_pings, udp_socket
 from dispy_core.buffers import BufferPool
 from dispy_core.protocol.discovery import Ping
 from dispy_core.protocol.errors import ProtocolError
+from dispy_core.protocol.handshake import LoopGuard
 from dispy_core.protocol.messages import NodeInfo, RecoverRequest
 from dispy_core.secret import no_secret_warning, user_name
 from dispy_core.security import TLSConfig
@@ -77,6 +78,8 @@ class Node:
         self._server: asyncio.AbstractServer | None = None
         self._udp: list[asyncio.DatagramTransport] = []
         self._connecting = False
+        # Shared by all the node's handshakes: its own connect-back looped to its port fails.
+        self._handshakes = LoopGuard()
         self._heard: dict[str, _HeardPing] = {}
         self._declined: dict[str, float] = {}
         self._stopped = asyncio.Event()
@@ -196,6 +199,7 @@ class Node:
 
     async def _connect_back(self, ping: Ping) -> None:
         where = f"{ping.reply_addr}:{ping.reply_port}"
+        conn: Connection | None = None
         try:
             conn = await open_connection(
                 ping.reply_addr,
@@ -207,22 +211,26 @@ class Node:
                 ssl_context=self.tls.client,
                 local_addr=self.config.ip_addr,
                 allocate=self.buffers.take,
+                guard=self._handshakes,
             )
         except ProtocolError as exc:
             log.warning("client at %s: %s", where, exc)
             self._declined[ping.cluster] = time.monotonic()
-            self._connecting = False
-            self._offer_to_waiting()
-            return
         except (OSError, TimeoutError, ConnectionClosed) as exc:
             reason = str(exc) or type(exc).__name__
             if isinstance(exc, ConnectionClosed | ConnectionResetError) and not self.tls.enabled:
                 reason += " (does the client use TLS? both sides need the same certfile)"
             log.warning("cannot reach client at %s: %s", where, reason)
+        except Exception:
+            # A bug reached by a peer's bytes must cost that peer its connection, never
+            # leave the node believing it is still connecting (and so busy for good).
+            log.exception("client at %s: unexpected error in the handshake", where)
+            self._declined[ping.cluster] = time.monotonic()
+        finally:
             self._connecting = False
+        if conn is None:
             self._offer_to_waiting()
             return
-        self._connecting = False
         if self._active is not None:
             await conn.refuse("node is busy serving another client")
             return
@@ -249,6 +257,7 @@ class Node:
                 name=self.config.name,
                 timeout=self.config.msg_timeout,
                 allocate=self.buffers.take,
+                guard=self._handshakes,
             )
         except ProtocolError as exc:
             log.warning("connection from %s:%s refused: %s", peer[0], peer[1], exc)
@@ -261,6 +270,10 @@ class Node:
                 peer[1],
                 "timed out" if isinstance(exc, TimeoutError) else exc,
             )
+            writer.close()
+            return
+        except Exception:
+            log.exception("connection from %s:%s: unexpected error in the handshake", *peer[:2])
             writer.close()
             return
         if conn.peer_role == "recover":

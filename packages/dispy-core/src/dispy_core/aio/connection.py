@@ -30,7 +30,7 @@ from dispy_core.protocol.framing import (
     Outgoing,
     Payload,
 )
-from dispy_core.protocol.handshake import Handshake, HandshakeFailed, parse_handshake
+from dispy_core.protocol.handshake import Handshake, HandshakeFailed, LoopGuard, parse_handshake
 from dispy_core.protocol.messages import Message, Refused, Role, _Message, decode, encode
 
 log = logging.getLogger(__name__)
@@ -428,10 +428,11 @@ async def _handshake(
     tls: bool,
     max_message: int,
     allocate: Callable[[int], bytearray | memoryview] | None,
+    guard: LoopGuard | None = None,
 ) -> Connection:
     peername = writer.get_extra_info("peername") or ("?", 0)
     peer = (str(peername[0]), int(peername[1]))
-    shake = Handshake(connector=connector, secret=secret, role=role, name=name)
+    shake = Handshake(connector=connector, secret=secret, role=role, name=name, guard=guard)
     # Before authentication only tiny, payload-free frames are accepted.
     decoder = FrameDecoder(max_message=0, max_header=framing.HANDSHAKE_MAX_HEADER)
     encoder = FrameEncoder()
@@ -502,11 +503,13 @@ async def accept_connection(
     timeout: float,
     max_message: int = DEFAULT_MAX_MESSAGE,
     allocate: Callable[[int], bytearray | memoryview] | None = None,
+    guard: LoopGuard | None = None,
 ) -> Connection:
     """Run the acceptor's handshake on a fresh server-side stream.
 
     ``allocate(size)`` gives the buffers large payloads are received into (default: a new
-    bytearray each).
+    bytearray each). ``guard``: shared by every handshake of a service that both connects
+    and accepts, so its own connections looped back to it are refused.
 
     Raises:
         HandshakeFailed, RemoteProtocolError, ConnectionClosed, TimeoutError.
@@ -523,6 +526,7 @@ async def accept_connection(
             tls=tls,
             max_message=max_message,
             allocate=allocate,
+            guard=guard,
         )
 
 
@@ -538,9 +542,10 @@ async def open_connection(
     local_addr: str | None = None,
     max_message: int = DEFAULT_MAX_MESSAGE,
     allocate: Callable[[int], bytearray | memoryview] | None = None,
+    guard: LoopGuard | None = None,
 ) -> Connection:
-    """Connect to ``host:port`` and authenticate as the connector (``allocate``: as
-    :func:`accept_connection`).
+    """Connect to ``host:port`` and authenticate as the connector (``allocate`` and
+    ``guard``: as :func:`accept_connection`).
 
     Raises:
         OSError (unreachable), HandshakeFailed, RemoteProtocolError, ConnectionClosed,
@@ -565,6 +570,7 @@ async def open_connection(
                 tls=ssl_context is not None,
                 max_message=max_message,
                 allocate=allocate,
+                guard=guard,
             )
         except BaseException:
             writer.close()

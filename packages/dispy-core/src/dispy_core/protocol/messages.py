@@ -12,11 +12,19 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    TypeAdapter,
+    ValidationError,
+)
 
 from dispy_core.protocol.errors import RemoteProtocolError
 
-PROTOCOL_VERSION = 1
+# 2: the handshake became a password-authenticated key exchange (SPAKE2); see PROTOCOL.md.
+PROTOCOL_VERSION = 2
 
 # The reason a client gives when it closes a connection because it does not want the node
 # (pattern or NodeAllocate said no): the node then stops offering itself to that cluster.
@@ -33,33 +41,45 @@ class _Message(BaseModel):
 
 # --- handshake (before authentication; never carries a payload) -------------------------
 
+# Every handshake value has one fixed shape: exactly so many lowercase hex digits. Anything
+# else (non-ASCII, upper case, another length) fails validation before it is used, and the
+# handshake works on the decoded bytes, never on the text.
+Hex32 = Annotated[str, StringConstraints(min_length=64, max_length=64, pattern=r"^[0-9a-f]{64}$")]
+# A SPAKE2 message as the spake2 package makes it: one side byte ('A' = 0x41 from the
+# connector, 'B' = 0x42 from the acceptor) and a 32-byte Ed25519 group element.
+PakeHex = Annotated[
+    str, StringConstraints(min_length=66, max_length=66, pattern=r"^4[12][0-9a-f]{64}$")
+]
+
 
 class Hello(_Message):
-    """First frame of the connecting side: who it is and its fresh nonce."""
+    """First frame of the connecting side: who it is, its fresh nonce, its SPAKE2 message."""
 
     type: Literal["hello"] = "hello"
     protocol: int
     role: Role
     name: str = Field(max_length=256)
-    nonce: str = Field(min_length=32, max_length=128)
+    nonce: Hex32
+    pake: PakeHex
 
 
 class Challenge(_Message):
-    """Answer of the accepting side: its own nonce and its proof of the secret."""
+    """Answer of the accepting side: its nonce, its SPAKE2 message, its key confirmation."""
 
     type: Literal["challenge"] = "challenge"
     protocol: int
     role: Role
     name: str = Field(max_length=256)
-    nonce: str = Field(min_length=32, max_length=128)
-    proof: str = Field(max_length=128)
+    nonce: Hex32
+    pake: PakeHex
+    proof: Hex32
 
 
 class Proof(_Message):
-    """The connecting side's proof of the secret, bound to both nonces."""
+    """The connecting side's key confirmation over the whole handshake transcript."""
 
     type: Literal["proof"] = "proof"
-    proof: str = Field(max_length=128)
+    proof: Hex32
 
 
 class Welcome(_Message):
