@@ -39,7 +39,9 @@ from dispy_core.aio.connection import (
     ConnectionClosed,
     PeerRefused,
     accept_connection,
+    start_server,
 )
+from dispy_core.aio.admission import Admission
 from dispy_core.buffers import BufferPool
 from dispy_core.config import DEFAULT_PULSE, dead_after
 from dispy_core.files import store_file
@@ -157,6 +159,7 @@ class ClusterCore:
         self._job_bytes = 0.0
         self._depth_bytes = 0.0
         self._servers: list[asyncio.Server] = []
+        self.admission = Admission()
         # Results are unpickled as they arrive, so their buffers come back at once.
         self.buffers = BufferPool(max_bytes=RESULT_BUFFERS)
         self.pinger = Pinger(opts, self.cluster_token)
@@ -174,20 +177,24 @@ class ClusterCore:
         hosts: list[str | None] = list(opts.ip_addrs) or [None]
         first, *others = hosts
         servers: list[asyncio.Server] = [
-            await asyncio.start_server(
-                self._accept, host=first, port=opts.port, ssl=opts.tls.server, reuse_address=True
+            await start_server(
+                self._accept,
+                host=first,
+                port=opts.port,
+                ssl_context=opts.tls.server,
+                handshake_timeout=opts.msg_timeout,
             )
         ]
         self.port = servers[0].sockets[0].getsockname()[1]
         try:
             for host in others:
                 servers.append(
-                    await asyncio.start_server(
+                    await start_server(
                         self._accept,
                         host=host,
                         port=self.port,
-                        ssl=opts.tls.server,
-                        reuse_address=True,
+                        ssl_context=opts.tls.server,
+                        handshake_timeout=opts.msg_timeout,
                     )
                 )
         except OSError:
@@ -290,25 +297,28 @@ class ClusterCore:
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = writer.get_extra_info("peername") or ("?", 0)
         where = f"{peer[0]}"
-        try:
-            conn = await accept_connection(
-                reader,
-                writer,
-                secret=self.opts.secret,
-                role="client",
-                name=self.opts.name,
-                timeout=self.opts.msg_timeout,
-                allocate=self.buffers.take,
-            )
-        except ProtocolError as exc:
-            log.warning("node at %s: %s", where, exc)
-            self.refusals[where] = str(exc)
-            writer.close()
-            return
-        except (OSError, TimeoutError, ConnectionClosed) as exc:
-            log.info("connection from %s dropped during the handshake: %r", where, exc)
-            writer.close()
-            return
+        with self.admission.slot(writer) as admitted:
+            if not admitted:
+                return
+            try:
+                conn = await accept_connection(
+                    reader,
+                    writer,
+                    secret=self.opts.secret,
+                    role="client",
+                    name=self.opts.name,
+                    timeout=self.opts.msg_timeout,
+                    allocate=self.buffers.take,
+                )
+            except ProtocolError as exc:
+                log.warning("node at %s: %s", where, exc)
+                self.refusals[where] = str(exc)
+                writer.close()
+                return
+            except (OSError, TimeoutError, ConnectionClosed) as exc:
+                log.info("connection from %s dropped during the handshake: %r", where, exc)
+                writer.close()
+                return
         try:
             await self._serve_node(conn)
         except Exception:

@@ -35,7 +35,10 @@ from dispy_core.protocol.messages import Message, Refused, Role, _Message, decod
 
 log = logging.getLogger(__name__)
 
-READ_SIZE = 1 << 18
+# What a stream reader may hold during the handshake (it stops reading at twice this): the
+# handshake's frames are at most 4106 bytes, and a peer that has not authenticated must not
+# make us buffer more (see dispy_core.aio.admission).
+HANDSHAKE_READ_LIMIT = 8 << 10
 # Stop reading from a peer when this much is received but not yet consumed.
 PAUSE_READING_AT = 32 << 20
 # A peer that does not take our bytes for this long is treated as gone.
@@ -432,8 +435,12 @@ async def _handshake(
     peername = writer.get_extra_info("peername") or ("?", 0)
     peer = (str(peername[0]), int(peername[1]))
     shake = Handshake(connector=connector, secret=secret, role=role, name=name)
-    # Before authentication only tiny, payload-free frames are accepted.
-    decoder = FrameDecoder(max_message=0, max_header=framing.HANDSHAKE_MAX_HEADER)
+    # Before authentication only tiny, payload-free frames are accepted, into a small buffer.
+    decoder = FrameDecoder(
+        max_message=0,
+        max_header=framing.HANDSHAKE_MAX_HEADER,
+        scratch_size=framing.HANDSHAKE_SCRATCH,
+    )
     encoder = FrameEncoder()
 
     def send_all(messages: list[_Message]) -> None:
@@ -469,6 +476,7 @@ async def _handshake(
     assert shake.peer_name is not None
     decoder.max_header = framing.MAX_HEADER
     decoder.max_message = max_message
+    decoder.grow_scratch(framing.SCRATCH_SIZE)
     if allocate is not None:
         decoder.allocate = allocate
     if not tls:
@@ -552,7 +560,7 @@ async def open_connection(
             port,
             ssl=ssl_context,
             local_addr=(local_addr, 0) if local_addr else None,
-            limit=READ_SIZE,
+            limit=HANDSHAKE_READ_LIMIT,
         )
         try:
             return await _handshake(
@@ -571,6 +579,32 @@ async def open_connection(
             raise
 
 
+async def start_server(
+    client_connected_cb: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]],
+    *,
+    host: str | None,
+    port: int,
+    ssl_context: ssl.SSLContext | None,
+    handshake_timeout: float,
+    reuse_address: bool = True,
+) -> asyncio.Server:
+    """A TCP server for :func:`accept_connection`, with what every acceptor needs before
+    authentication: small stream buffers, and (with TLS) a deadline on the TLS handshake,
+    which runs before ``client_connected_cb`` is called.
+    """
+    tls: dict[str, Any] = {}
+    if ssl_context is not None:
+        tls = {"ssl": ssl_context, "ssl_handshake_timeout": handshake_timeout}
+    return await asyncio.start_server(
+        client_connected_cb,
+        host=host,
+        port=port,
+        limit=HANDSHAKE_READ_LIMIT,
+        reuse_address=reuse_address,
+        **tls,
+    )
+
+
 __all__ = [
     "Connection",
     "ConnectionClosed",
@@ -578,4 +612,5 @@ __all__ = [
     "ProtocolError",
     "accept_connection",
     "open_connection",
+    "start_server",
 ]

@@ -1,0 +1,84 @@
+"""A cap on connections that have not authenticated yet, per source address and in all.
+
+Every TCP acceptor (node, client, scheduler) asks :meth:`Admission.enter` as a connection
+arrives, before the handshake, and calls :meth:`Admission.leave` once the handshake is over,
+whether it succeeded or not. A connection over either cap is closed at once, so someone who
+opens sockets and sends nothing holds at most ``per_source`` handshakes (each bounded by the
+handshake deadline, ``msg_timeout``) and cannot crowd out other sources beyond ``total``.
+Authenticated connections do not count: they hold a peer that knows the secret.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Iterator
+
+log = logging.getLogger(__name__)
+
+PER_SOURCE = 8
+TOTAL = 128
+
+
+class Admission:
+    """Counts unauthenticated connections; ``enter`` says whether one more may start."""
+
+    def __init__(self, per_source: int = PER_SOURCE, total: int = TOTAL) -> None:
+        if per_source < 1 or total < per_source:
+            raise ValueError("admission needs 1 <= per_source <= total")
+        self.per_source = per_source
+        self.total = total
+        self._by_source: dict[str, int] = {}
+        self._count = 0
+
+    def enter(self, source: str) -> bool:
+        """Count a new connection from ``source``; False (nothing counted) if over a cap."""
+        held = self._by_source.get(source, 0)
+        if held >= self.per_source or self._count >= self.total:
+            return False
+        self._by_source[source] = held + 1
+        self._count += 1
+        return True
+
+    def leave(self, source: str) -> None:
+        """A connection counted by :meth:`enter` authenticated or ended."""
+        held = self._by_source.get(source, 0)
+        if held <= 0:
+            raise RuntimeError(f"leave() without enter() for {source}")
+        if held == 1:
+            del self._by_source[source]
+        else:
+            self._by_source[source] = held - 1
+        self._count -= 1
+
+    @property
+    def pending(self) -> int:
+        """Connections now counted."""
+        return self._count
+
+    @contextlib.contextmanager
+    def slot(self, writer: asyncio.StreamWriter) -> Iterator[bool]:
+        """``with admission.slot(writer) as admitted:``: ``admitted`` is False when the
+        connection was over a cap and has been closed (debug log); otherwise it is counted
+        until the block ends."""
+        peer = writer.get_extra_info("peername") or ("?", 0)
+        source = str(peer[0])
+        if not self.enter(source):
+            log.debug(
+                "closing connection from %s:%s: %d unauthenticated connection(s) from it, "
+                "%d in all (limits %d and %d)",
+                source,
+                peer[1],
+                self._by_source.get(source, 0),
+                self._count,
+                self.per_source,
+                self.total,
+            )
+            writer.transport.abort()
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            self.leave(source)
