@@ -81,10 +81,8 @@ def flood(node_port: int, loopback_port: int, forged_port: int) -> int:
         for r in range(ROUNDS):
             for i, sock in enumerate(socks):
                 n = r * SOURCES + i
-                if n % 2:
-                    ping = Ping(cluster=f"flood-{n:058d}", reply_addr="0.0.0.0", reply_port=forged_port)
-                else:
-                    ping = Ping(cluster=f"flood-{n:058d}", reply_addr="127.0.0.1", reply_port=loopback_port)
+                reply = ("0.0.0.0", forged_port) if n % 2 else ("127.0.0.1", loopback_port)
+                ping = Ping(cluster=f"flood-{n:058d}", reply_addr=reply[0], reply_port=reply[1])
                 sock.sendto(encode_ping(ping), ("127.0.0.1", node_port))
                 sent += 1
             time.sleep(ROUND_GAP)

@@ -47,9 +47,7 @@ def closed_by_peer(sock: socket.socket) -> bool:
         return True
 
 
-def test_idle_unauthenticated_connections_cost_little_and_are_capped(
-    node_factory, cluster_factory
-):
+def test_idle_unauthenticated_connections_cost_little_and_are_capped(node_factory, cluster_factory):
     # A long handshake deadline keeps the admitted connections open while we measure.
     node = node_factory.one(cpus=1, name="idle", debug=False, extra_args=["--msg_timeout", "30"])
     proc = psutil.Process(node.pid)

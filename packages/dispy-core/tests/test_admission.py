@@ -33,7 +33,8 @@ def test_once_per_key_and_in_all():
     assert once("a", 0.0)
     assert not once("a", 30.0)
     assert once("a", 61.0)
-    assert once("b", 61.0) and once("c", 61.0)
+    assert once("b", 61.0)
+    assert once("c", 61.0)
     assert not once("d", 61.0)  # a fourth within the minute, in all
 
 
@@ -80,7 +81,8 @@ def test_slot_closes_excess_connection_at_once_and_releases_on_exit():
     admission = Admission(per_source=1, total=8)
     first = _FakeWriter("127.0.0.2")
     with admission.slot(first) as admitted:  # type: ignore[arg-type]
-        assert admitted and admission.pending == 1
+        assert admitted
+        assert admission.pending == 1
         second = _FakeWriter("127.0.0.2")
         with admission.slot(second) as admitted_too:  # type: ignore[arg-type]
             assert not admitted_too

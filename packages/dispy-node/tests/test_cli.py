@@ -144,3 +144,16 @@ def test_python_dash_m_runs_the_cli(monkeypatch):
     with pytest.raises(SystemExit) as excinfo:
         runpy.run_module("dispy_node", run_name="__main__", alter_sys=True)
     assert excinfo.value.code == 0
+
+
+def test_relay_is_repeatable_and_defaults_to_none(captured):
+    result = runner.invoke(cli.app, ["run", "--relay", "192.0.2.1", "--relay", "relay.lan"])
+    assert result.exit_code == 0, result.output
+    assert captured[0].relays == ("192.0.2.1", "relay.lan")
+    result = runner.invoke(cli.app, ["run"])
+    assert captured[1].relays == ()
+
+
+def test_help_documents_relay():
+    result = runner.invoke(cli.app, ["run", "--help"])
+    assert "--relay" in one_line(result.stdout)

@@ -23,7 +23,8 @@ def test_reply_address_other_than_source_is_ignored_with_a_reason(reply):
     policy = PingPolicy()
     decision = policy.on_ping(ping(reply=reply), "10.0.0.5", 0.0, busy=False)
     assert decision.verdict is Verdict.IGNORE
-    assert reply in decision.reason and "--relay" in decision.reason
+    assert reply in decision.reason
+    assert "--relay" in decision.reason
     assert decision.warn
     assert policy.remembered == 0
 
@@ -108,7 +109,8 @@ def test_memory_of_pings_is_bounded_and_keeps_the_newest():
         policy.on_ping(ping(i, reply=source), source, 0.0, busy=True)
     assert policy.remembered == _pings.MAX_HEARD
     offered = policy.next_waiting(0.0)
-    assert offered is not None and offered.cluster == ping(4999).cluster
+    assert offered is not None
+    assert offered.cluster == ping(4999).cluster
     for i in range(5000):
         policy.decline(f"declined-{i:06d}", 0.0)
     assert policy.declined_count == _pings.MAX_DECLINED
@@ -151,7 +153,8 @@ def test_free_node_over_the_connect_rate_remembers_and_says_when_to_retry():
     assert delay == pytest.approx(1.0 / _pings.CONNECT_RATE)
     assert policy.next_waiting(0.0) is None
     offered = policy.next_waiting(delay)
-    assert offered is not None and offered.cluster == ping(50).cluster
+    assert offered is not None
+    assert offered.cluster == ping(50).cluster
 
 
 def test_declined_and_served_clusters_are_ignored():
@@ -167,7 +170,8 @@ def test_declined_and_served_clusters_are_ignored():
     served = policy.on_ping(
         ping(2, "10.0.0.1"), "10.0.0.1", after, busy=True, serving=ping(2).cluster
     )
-    assert served.verdict is Verdict.IGNORE and not served.reason
+    assert served.verdict is Verdict.IGNORE
+    assert not served.reason
 
 
 def test_decline_forgets_a_remembered_ping():

@@ -26,6 +26,7 @@ import signal
 import time
 
 from dispy_core import availability, netinfo
+from dispy_core.aio.admission import Admission
 from dispy_core.aio.connection import (
     Connection,
     ConnectionClosed,
@@ -33,7 +34,6 @@ from dispy_core.aio.connection import (
     open_connection,
     start_server,
 )
-from dispy_core.aio.admission import Admission
 from dispy_core.aio.discovery import listen_pings, udp_socket
 from dispy_core.buffers import BufferPool
 from dispy_core.protocol.discovery import Ping
