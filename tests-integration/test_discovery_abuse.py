@@ -17,6 +17,7 @@ from collections.abc import Iterator
 
 import psutil
 import pytest
+from harness import wait_for
 from harness.computations import square_plus
 
 from dispy_core.protocol.discovery import Ping, encode_ping
@@ -118,3 +119,16 @@ def test_ping_flood_keeps_node_bounded_and_serving(node_factory, cluster_factory
     cluster.close()
     assert node.running()
     assert forged.count == 0
+
+
+def test_relay_option_lets_one_source_name_another_reply_address(node_factory, listeners):
+    relayed, _unused = listeners
+    node = node_factory.one(cpus=1, name="relayed", extra_args=["--relay", "127.0.1.9"])
+    for source, token in (("127.0.1.8", "not-a-relay-000"), ("127.0.1.9", "via-the-relay-0")):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            sock.bind((source, 0))
+            ping = Ping(cluster=token, reply_addr="0.0.0.0", reply_port=relayed.port)
+            sock.sendto(encode_ping(ping), ("127.0.0.1", node.port))
+    wait_for(lambda: relayed.count >= 1, 10, "the node connecting back for the relay")
+    node.wait_log("asks for a connection to 0.0.0.0", timeout=10)  # the other, as a warning
+    assert relayed.count == 1
