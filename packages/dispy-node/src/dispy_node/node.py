@@ -182,7 +182,12 @@ class Node:
         if decision.verdict is Verdict.CONNECT:
             self._connect_to(ping)
         elif decision.verdict is Verdict.REMEMBER:
-            log.debug("remembering ping from %s:%d for later", ping.reply_addr, ping.reply_port)
+            log.debug(
+                "%s: remembering ping from %s:%d",
+                "busy" if self._busy else "connect-back rate reached",
+                ping.reply_addr,
+                ping.reply_port,
+            )
             self._retry_later()
         elif decision.reason:
             log.log(logging.WARNING if decision.warn else logging.DEBUG, "%s", decision.reason)
