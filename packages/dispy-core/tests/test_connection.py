@@ -549,7 +549,8 @@ async def test_serve_finishes_queued_messages_when_the_peer_closes_during_a_hand
 
 @async_test(timeout=30)
 async def test_buffers_stay_small_until_the_handshake_succeeds():
-    from dispy_core.aio.connection import HANDSHAKE_READ_LIMIT, start_server
+    from dispy_core.aio.admission import start_server
+    from dispy_core.aio.connection import HANDSHAKE_READ_LIMIT
     from dispy_core.protocol.framing import HANDSHAKE_SCRATCH, SCRATCH_SIZE
 
     seen: list[int] = []

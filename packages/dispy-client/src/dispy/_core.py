@@ -34,13 +34,12 @@ from dispy.jobs import DispyJob
 from dispy.nodes import DispyNode, DispyNodeAvailInfo, NodeAllocate
 from dispy.recovery import RecoveryLog
 from dispy_core import serialize
-from dispy_core.aio.admission import Admission
+from dispy_core.aio.admission import Admission, start_server
 from dispy_core.aio.connection import (
     Connection,
     ConnectionClosed,
     PeerRefused,
     accept_connection,
-    start_server,
 )
 from dispy_core.buffers import BufferPool
 from dispy_core.config import DEFAULT_PULSE, dead_after

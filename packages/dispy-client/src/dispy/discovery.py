@@ -8,8 +8,8 @@ import os
 from dataclasses import dataclass
 
 from dispy_core import netinfo
-from dispy_core.aio.admission import Admission
-from dispy_core.aio.connection import ConnectionClosed, accept_connection, start_server
+from dispy_core.aio.admission import Admission, start_server
+from dispy_core.aio.connection import ConnectionClosed, accept_connection
 from dispy_core.aio.discovery import send_ping, udp_socket
 from dispy_core.config import MSG_TIMEOUT, NODE_PORT
 from dispy_core.protocol.discovery import Ping, is_pattern

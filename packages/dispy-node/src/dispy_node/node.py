@@ -26,13 +26,12 @@ import signal
 import time
 
 from dispy_core import availability, netinfo
-from dispy_core.aio.admission import Admission
+from dispy_core.aio.admission import Admission, start_server
 from dispy_core.aio.connection import (
     Connection,
     ConnectionClosed,
     accept_connection,
     open_connection,
-    start_server,
 )
 from dispy_core.aio.discovery import listen_pings, udp_socket
 from dispy_core.buffers import BufferPool

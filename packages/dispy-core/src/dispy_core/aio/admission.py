@@ -1,4 +1,8 @@
-"""A cap on connections that have not authenticated yet, per source address and in all.
+"""What a TCP acceptor spends on connections that have not authenticated yet.
+
+:func:`start_server` gives every acceptor small stream buffers and, with TLS, a deadline on
+the TLS handshake. :class:`Admission` caps unauthenticated connections per source address
+and in all.
 
 Every TCP acceptor (node, client, scheduler) asks :meth:`Admission.enter` as a connection
 arrives, before the handshake, and calls :meth:`Admission.leave` once the handshake is over,
@@ -13,7 +17,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Iterator
+import ssl
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any
+
+from dispy_core.aio.connection import HANDSHAKE_READ_LIMIT
 
 log = logging.getLogger(__name__)
 
@@ -82,3 +90,29 @@ class Admission:
             yield True
         finally:
             self.leave(source)
+
+
+async def start_server(
+    client_connected_cb: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]],
+    *,
+    host: str | None,
+    port: int,
+    ssl_context: ssl.SSLContext | None,
+    handshake_timeout: float,
+    reuse_address: bool = True,
+) -> asyncio.Server:
+    """A TCP server for :func:`accept_connection`, with what every acceptor needs before
+    authentication: small stream buffers, and (with TLS) a deadline on the TLS handshake,
+    which runs before ``client_connected_cb`` is called.
+    """
+    tls: dict[str, Any] = {}
+    if ssl_context is not None:
+        tls = {"ssl": ssl_context, "ssl_handshake_timeout": handshake_timeout}
+    return await asyncio.start_server(
+        client_connected_cb,
+        host=host,
+        port=port,
+        limit=HANDSHAKE_READ_LIMIT,
+        reuse_address=reuse_address,
+        **tls,
+    )

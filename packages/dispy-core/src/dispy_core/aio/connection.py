@@ -579,32 +579,6 @@ async def open_connection(
             raise
 
 
-async def start_server(
-    client_connected_cb: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]],
-    *,
-    host: str | None,
-    port: int,
-    ssl_context: ssl.SSLContext | None,
-    handshake_timeout: float,
-    reuse_address: bool = True,
-) -> asyncio.Server:
-    """A TCP server for :func:`accept_connection`, with what every acceptor needs before
-    authentication: small stream buffers, and (with TLS) a deadline on the TLS handshake,
-    which runs before ``client_connected_cb`` is called.
-    """
-    tls: dict[str, Any] = {}
-    if ssl_context is not None:
-        tls = {"ssl": ssl_context, "ssl_handshake_timeout": handshake_timeout}
-    return await asyncio.start_server(
-        client_connected_cb,
-        host=host,
-        port=port,
-        limit=HANDSHAKE_READ_LIMIT,
-        reuse_address=reuse_address,
-        **tls,
-    )
-
-
 __all__ = [
     "Connection",
     "ConnectionClosed",
@@ -612,5 +586,4 @@ __all__ = [
     "ProtocolError",
     "accept_connection",
     "open_connection",
-    "start_server",
 ]
