@@ -552,3 +552,44 @@ async def test_serve_finishes_queued_messages_when_the_peer_closes_during_a_hand
             await serving
         await async_wait_for(lambda: 1 in seen, timeout=5.0, message="the first handler")
         assert seen == [1, 2]  # the message queued behind the handler was handled too
+
+
+@async_test(timeout=30)
+async def test_buffers_stay_small_until_the_handshake_succeeds():
+    from dispy_core.aio.admission import start_server
+    from dispy_core.aio.connection import HANDSHAKE_READ_LIMIT
+    from dispy_core.protocol.framing import HANDSHAKE_SCRATCH, SCRATCH_SIZE
+
+    seen: list[int] = []
+    accepted: asyncio.Queue[Connection] = asyncio.Queue()
+    original = FrameDecoder.__init__
+
+    def spy(self, *args, **kwargs):  # every decoder a handshake creates
+        original(self, *args, **kwargs)
+        seen.append(len(self._buf))
+
+    async def on_client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        assert reader._limit == HANDSHAKE_READ_LIMIT
+        conn = await accept_connection(
+            reader, writer, secret=SECRET, role="client", name="c", timeout=5.0
+        )
+        await accepted.put(conn)
+
+    server = await start_server(
+        on_client, host="127.0.0.1", port=0, ssl_context=None, handshake_timeout=5.0
+    )
+    FrameDecoder.__init__ = spy  # type: ignore[method-assign]
+    try:
+        port = server.sockets[0].getsockname()[1]
+        node = await open_connection(
+            "127.0.0.1", port, secret=SECRET, role="node", name="n", timeout=5.0
+        )
+        client = await asyncio.wait_for(accepted.get(), 5.0)
+    finally:
+        FrameDecoder.__init__ = original  # type: ignore[method-assign]
+    assert seen == [HANDSHAKE_SCRATCH, HANDSHAKE_SCRATCH]
+    for conn in (node, client):
+        assert len(conn._decoder._buf) == SCRATCH_SIZE  # sessions read in large pieces
+    await node.close()
+    await client.close()
+    server.close()

@@ -388,3 +388,31 @@ def test_payload_too_large_for_memory_ends_the_connection_with_the_reason():
     data = wire(enc.encode(b"{}", bytes(DIRECT_PAYLOAD)))
     with pytest.raises(RemoteProtocolError, match="not enough memory to receive a message"):
         dec.frames(data[: PREFIX_SIZE + 2 + 100])  # the payload is on its way
+
+
+# --- buffers before and after authentication ------------------------------------------
+
+
+def test_handshake_decoder_takes_the_largest_handshake_frame_in_a_small_buffer():
+    from dispy_core.protocol.framing import HANDSHAKE_MAX_HEADER, HANDSHAKE_SCRATCH
+
+    dec = FrameDecoder(max_message=0, max_header=HANDSHAKE_MAX_HEADER, scratch_size=1024)
+    header = b"h" * HANDSHAKE_MAX_HEADER
+    (frame,) = dec.frames(wire(FrameEncoder().encode(header)))
+    assert frame.header == header
+    assert HANDSHAKE_SCRATCH >= PREFIX_SIZE + HANDSHAKE_MAX_HEADER
+    assert len(dec._buf) <= 2 * HANDSHAKE_SCRATCH
+
+
+def test_grow_scratch_keeps_bytes_not_yet_decoded():
+    from dispy_core.protocol.framing import SCRATCH_SIZE
+
+    dec = FrameDecoder(scratch_size=64)
+    data = wire(FrameEncoder().encode(b"one", b"1" * 10)) + wire(FrameEncoder().encode(b"two"))
+    dec.feed(data[:40])
+    dec.grow_scratch(SCRATCH_SIZE)
+    assert len(dec._buf) == SCRATCH_SIZE
+    dec.feed(data[40:])
+    assert [f.header for f in dec.frames(b"")] == [b"one", b"two"]
+    dec.grow_scratch(16)  # never shrinks
+    assert len(dec._buf) == SCRATCH_SIZE

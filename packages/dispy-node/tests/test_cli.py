@@ -231,3 +231,16 @@ def test_secret_file_readable_by_others_is_used_with_a_warning(captured, tmp_pat
         f"--secret-file {path!r} may be read by other users (mode 0644); "
         f"restrict it with: chmod 600 {path}"
     ]
+
+
+def test_relay_is_repeatable_and_defaults_to_none(captured):
+    result = runner.invoke(cli.app, ["run", "--relay", "192.0.2.1", "--relay", "relay.lan"])
+    assert result.exit_code == 0, result.output
+    assert captured[0].relays == ("192.0.2.1", "relay.lan")
+    result = runner.invoke(cli.app, ["run"])
+    assert captured[1].relays == ()
+
+
+def test_help_documents_relay():
+    result = runner.invoke(cli.app, ["run", "--help"])
+    assert "--relay" in one_line(result.stdout)

@@ -34,6 +34,7 @@ from dispy.jobs import DispyJob
 from dispy.nodes import DispyNode, DispyNodeAvailInfo, NodeAllocate
 from dispy.recovery import RecoveryLog, secret_record
 from dispy_core import serialize
+from dispy_core.aio.admission import Admission, start_server
 from dispy_core.aio.connection import (
     Connection,
     ConnectionClosed,
@@ -160,6 +161,7 @@ class ClusterCore:
         self._job_bytes = 0.0
         self._depth_bytes = 0.0
         self._servers: list[asyncio.Server] = []
+        self.admission = Admission()
         # Results are unpickled as they arrive, so their buffers come back at once.
         self.buffers = BufferPool(max_bytes=RESULT_BUFFERS)
         self.pinger = Pinger(opts, self.cluster_token)
@@ -177,20 +179,24 @@ class ClusterCore:
         hosts: list[str | None] = list(opts.ip_addrs) or [None]
         first, *others = hosts
         servers: list[asyncio.Server] = [
-            await asyncio.start_server(
-                self._accept, host=first, port=opts.port, ssl=opts.tls.server, reuse_address=True
+            await start_server(
+                self._accept,
+                host=first,
+                port=opts.port,
+                ssl_context=opts.tls.server,
+                handshake_timeout=opts.msg_timeout,
             )
         ]
         self.port = servers[0].sockets[0].getsockname()[1]
         try:
             for host in others:
                 servers.append(
-                    await asyncio.start_server(
+                    await start_server(
                         self._accept,
                         host=host,
                         port=self.port,
-                        ssl=opts.tls.server,
-                        reuse_address=True,
+                        ssl_context=opts.tls.server,
+                        handshake_timeout=opts.msg_timeout,
                     )
                 )
         except OSError:
@@ -309,30 +315,33 @@ class ClusterCore:
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = writer.get_extra_info("peername") or ("?", 0)
         where = f"{peer[0]}"
-        try:
-            conn = await accept_connection(
-                reader,
-                writer,
-                secret=self.opts.secret,
-                role="client",
-                name=self.opts.name,
-                timeout=self.opts.msg_timeout,
-                allocate=self.buffers.take,
-            )
-        except ProtocolError as exc:
-            log.warning("node at %s: %s", where, exc)
-            self.refusals[where] = str(exc)
-            writer.close()
-            return
-        except (OSError, TimeoutError, ConnectionClosed) as exc:
-            log.info("connection from %s dropped during the handshake: %r", where, exc)
-            writer.close()
-            return
-        except Exception:
-            # a bug reached by a peer's bytes ends that connection only, never the acceptor
-            log.exception("node at %s: unexpected error in the handshake", where)
-            writer.close()
-            return
+        with self.admission.slot(writer) as admitted:
+            if not admitted:
+                return
+            try:
+                conn = await accept_connection(
+                    reader,
+                    writer,
+                    secret=self.opts.secret,
+                    role="client",
+                    name=self.opts.name,
+                    timeout=self.opts.msg_timeout,
+                    allocate=self.buffers.take,
+                )
+            except ProtocolError as exc:
+                log.warning("node at %s: %s", where, exc)
+                self.refusals[where] = str(exc)
+                writer.close()
+                return
+            except (OSError, TimeoutError, ConnectionClosed) as exc:
+                log.info("connection from %s dropped during the handshake: %r", where, exc)
+                writer.close()
+                return
+            except Exception:
+                # a bug reached by a peer's bytes ends that connection only, never the acceptor
+                log.exception("node at %s: unexpected error in the handshake", where)
+                writer.close()
+                return
         try:
             await self._serve_node(conn)
         except Exception:

@@ -2,7 +2,10 @@
 
 Listed nodes get a unicast ping on their port; wildcard patterns get a directed broadcast on
 the interfaces of ``ip_addr`` (from psutil's interface table; never the limited broadcast
-address). A node that hears a ping connects back to the address and port the ping names.
+address). A node that hears a ping connects back to the address and port the ping names,
+and only if that is the ping's source address (or a loopback one, or the ping came through
+a relay), so each ping leaves from a socket bound to the address it names when the client
+listens on several.
 """
 
 from __future__ import annotations
@@ -26,6 +29,8 @@ class Pinger:
         self._token = token
         self._port = 0
         self._sock: socket.socket | None = None
+        # One socket per listening address, so a ping's source is the address it names.
+        self._socks: dict[str, socket.socket] = {}
         self.pinged: list[str] = []
         self.pinged_ports: set[int] = set()
 
@@ -33,10 +38,25 @@ class Pinger:
         """Open the socket; pings ask nodes to connect back to ``port``."""
         self._port = port
         self._sock = udp_socket(self.opts.ip_addrs[0] if self.opts.ip_addrs else "", 0)
+        for address in self.opts.ip_addrs[1:]:
+            try:
+                self._socks[address] = udp_socket(address, 0)
+            except OSError:
+                continue  # pings naming it leave from the first address instead
+        if self.opts.ip_addrs:
+            self._socks[self.opts.ip_addrs[0]] = self._sock
 
     def close(self) -> None:
         if self._sock is not None:
             self._sock.close()
+        for sock in self._socks.values():
+            if sock is not self._sock:
+                sock.close()
+        self._socks.clear()
+
+    def _send(self, ping: Ping, target: tuple[str, int]) -> None:
+        assert self._sock is not None
+        send_ping(self._socks.get(ping.reply_addr, self._sock), ping, target)
 
     def _reply_addr(self, target: str | None) -> str:
         opts = self.opts
@@ -73,7 +93,7 @@ class Pinger:
                 reply_addr=self._reply_addr(target[0]),
                 reply_port=self._port,
             )
-            send_ping(self._sock, ping, target)
+            self._send(ping, target)
             self.pinged_ports.add(target[1])
             pinged.append(f"{target[0]}:{target[1]} (unicast)")
         if broadcast_needed:
@@ -86,7 +106,7 @@ class Pinger:
                 )
                 if opts.ip_addrs and not opts.ext_ip_addrs:
                     ping = ping.model_copy(update={"reply_addr": iface.address})
-                send_ping(self._sock, ping, (iface.broadcast, opts.node_port))
+                self._send(ping, (iface.broadcast, opts.node_port))
                 self.pinged_ports.add(opts.node_port)
                 pinged.append(f"{iface.broadcast}:{opts.node_port} (broadcast on {iface.name})")
         self.pinged = pinged

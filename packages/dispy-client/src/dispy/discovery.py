@@ -8,6 +8,7 @@ import os
 from dataclasses import dataclass
 
 from dispy_core import netinfo
+from dispy_core.aio.admission import Admission, start_server
 from dispy_core.aio.connection import ConnectionClosed, accept_connection
 from dispy_core.aio.discovery import send_ping, udp_socket
 from dispy_core.config import MSG_TIMEOUT, NODE_PORT
@@ -48,21 +49,27 @@ async def discover(
     found: list[FoundNode] = []
     token = os.urandom(12).hex()
 
+    admission = Admission()
+
     async def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = writer.get_extra_info("peername") or ("?", 0)
-        try:
-            conn = await accept_connection(
-                reader,
-                writer,
-                secret=secret,
-                role="client",
-                name="dispy nodes",
-                timeout=MSG_TIMEOUT,
-            )
-        except (ProtocolError, OSError, TimeoutError, ConnectionClosed) as exc:
-            found.append(FoundNode(str(peer[0]), 0, "?", 0, "", "", str(exc) or type(exc).__name__))
-            writer.close()
-            return
+        with admission.slot(writer) as admitted:
+            if not admitted:
+                return
+            try:
+                conn = await accept_connection(
+                    reader,
+                    writer,
+                    secret=secret,
+                    role="client",
+                    name="dispy nodes",
+                    timeout=MSG_TIMEOUT,
+                )
+            except (ProtocolError, OSError, TimeoutError, ConnectionClosed) as exc:
+                error = str(exc) or type(exc).__name__
+                found.append(FoundNode(str(peer[0]), 0, "?", 0, "", "", error))
+                writer.close()
+                return
         try:
             async with asyncio.timeout(MSG_TIMEOUT):
                 msg, _ = await conn.recv()
@@ -74,7 +81,9 @@ async def discover(
             pass
         await conn.refuse(NOT_WANTED)
 
-    server = await asyncio.start_server(on_connect, host=ip_addr, port=0, ssl=tls.server)
+    server = await start_server(
+        on_connect, host=ip_addr, port=0, ssl_context=tls.server, handshake_timeout=MSG_TIMEOUT
+    )
     port = server.sockets[0].getsockname()[1]
     udp = udp_socket(ip_addr, 0)
     try:

@@ -132,6 +132,15 @@ def run(
     scheduler_port: Annotated[
         int, typer.Option("--scheduler_port", "--scheduler-port", help="Scheduler port.")
     ] = CLIENT_PORT,
+    relay: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--relay",
+            help="Address whose pings may name another reply address (a dispy-relay, or a "
+            "NAT gateway); repeat for several. Other pings are answered only at their "
+            "source address (or a loopback one).",
+        ),
+    ] = None,
 ) -> None:
     """Serve jobs to dispy clients until interrupted (SIGINT or SIGTERM).
 
@@ -156,6 +165,7 @@ def run(
             "zombie_interval": zombie_interval * 60.0,
             "scheduler_node": scheduler_node,
             "scheduler_port": scheduler_port,
+            "relays": tuple(relay or ()),
         }
         if name:
             values["name"] = name

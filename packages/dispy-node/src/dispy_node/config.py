@@ -48,6 +48,8 @@ class NodeConfig(BaseModel):
     zombie_interval: float = Field(default=60.0, gt=0)
     scheduler_node: str | None = None
     scheduler_port: int = Field(default=CLIENT_PORT, ge=1, le=65535)
+    # Sources whose pings may ask for a connection to another address (relays, NAT).
+    relays: tuple[str, ...] = ()
 
     @field_validator("dest_path_prefix")
     @classmethod

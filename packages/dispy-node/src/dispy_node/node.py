@@ -10,7 +10,8 @@ handshake the node sends :class:`NodeInfo`; the client answers with a computatio
 closes if it does not want the node). Jobs, cancels, results and pulses then share that one
 connection until the client closes the computation or the connection breaks, and the node is
 free again. Pings heard while busy are remembered, and the node offers itself to those
-clients when it is free.
+clients when it is free. What a ping may make the node do (rate limits, which reply
+addresses it connects to, how many pings it remembers) is decided by :mod:`dispy_node._pings`.
 """
 
 from __future__ import annotations
@@ -21,9 +22,9 @@ import logging
 import platform
 import signal
 import time
-from dataclasses import dataclass
 
 from dispy_core import availability, netinfo
+from dispy_core.aio.admission import Admission, start_server
 from dispy_core.aio.connection import (
     Connection,
     ConnectionClosed,
@@ -40,6 +41,7 @@ from dispy_core.secret import no_secret_warning, user_name
 from dispy_core.security import TLSConfig
 from dispy_node import __version__
 from dispy_node._paths import PrefixError, prepare_prefix
+from dispy_node._pings import PingPolicy, Verdict
 from dispy_node.config import NodeConfig, resolve_cpus
 from dispy_node.executor import WorkerHub
 from dispy_node.session import Session, serve_stored
@@ -47,15 +49,8 @@ from dispy_node.store import ResultStore
 
 log = logging.getLogger("dispy_node")
 
-DECLINE_MEMORY = 600.0
 BUFFER_KEEP = 30.0  # seconds receive buffers outlive the session that used them
 BUFFER_KEEP_BYTES = 64 << 20  # and how many bytes of them
-
-
-@dataclass(slots=True)
-class _HeardPing:
-    ping: Ping
-    when: float
 
 
 class NodeStartError(Exception):
@@ -76,12 +71,13 @@ class Node:
         self._trim: asyncio.TimerHandle | None = None
         self.store = ResultStore(config.dest_path_prefix)
         self._server: asyncio.AbstractServer | None = None
+        self._admission = Admission()
         self._udp: list[asyncio.DatagramTransport] = []
         self._connecting = False
         # Shared by all the node's handshakes: its own connect-back looped to its port fails.
         self._handshakes = LoopGuard()
-        self._heard: dict[str, _HeardPing] = {}
-        self._declined: dict[str, float] = {}
+        self._pings = PingPolicy(now=time.monotonic())
+        self._retry: asyncio.TimerHandle | None = None
         self._stopped = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
         self._active: Session | None = None
@@ -91,6 +87,11 @@ class Node:
 
     async def start(self) -> None:
         cfg = self.config
+        try:
+            relays = [netinfo.resolve(relay) for relay in cfg.relays]
+        except OSError as exc:
+            raise NodeStartError(f"cannot resolve a --relay address: {exc}") from None
+        self._pings = PingPolicy(relays, now=time.monotonic())
         await asyncio.to_thread(_prepare_prefix, cfg.dest_path_prefix, cfg.clean)
         try:
             await self.hub.start()
@@ -99,12 +100,12 @@ class Node:
         host = cfg.ip_addr or ""
         where = f"{host or '*'}:{self.port}"
         try:
-            self._server = await asyncio.start_server(
+            self._server = await start_server(
                 self._accept,
                 host=host or None,
                 port=self.port,
-                ssl=self.tls.server,
-                reuse_address=True,
+                ssl_context=self.tls.server,
+                handshake_timeout=cfg.msg_timeout,
             )
             self.port = self._server.sockets[0].getsockname()[1]
             where = f"{host or '*'}:{self.port}"
@@ -165,6 +166,8 @@ class Node:
             if active.conn is not None:
                 await active.conn.refuse("node shutting down")
             await active.finish()
+        if self._retry is not None:
+            self._retry.cancel()
         for task in list(self._tasks):
             task.cancel()
         await self.hub.stop()
@@ -184,16 +187,23 @@ class Node:
     # -- discovery ----------------------------------------------------------------------
 
     def _on_ping(self, ping: Ping, addr: tuple[str, int]) -> None:
-        now = time.monotonic()
-        if ping.cluster == self._serving:
-            return
-        declined = self._declined.get(ping.cluster)
-        if declined is not None and now - declined < DECLINE_MEMORY:
-            return
-        if self._busy:
-            self._heard[ping.cluster] = _HeardPing(ping, now)
-            log.debug("busy: remembering ping from %s:%d", ping.reply_addr, ping.reply_port)
-            return
+        decision = self._pings.on_ping(
+            ping, addr[0], time.monotonic(), busy=self._busy, serving=self._serving
+        )
+        if decision.verdict is Verdict.CONNECT:
+            self._connect_to(ping)
+        elif decision.verdict is Verdict.REMEMBER:
+            log.debug(
+                "%s: remembering ping from %s:%d",
+                "busy" if self._busy else "connect-back rate reached",
+                ping.reply_addr,
+                ping.reply_port,
+            )
+            self._retry_later()
+        elif decision.reason:
+            log.log(logging.WARNING if decision.warn else logging.DEBUG, "%s", decision.reason)
+
+    def _connect_to(self, ping: Ping) -> None:
         self._connecting = True
         self._spawn(self._connect_back(ping))
 
@@ -215,7 +225,7 @@ class Node:
             )
         except ProtocolError as exc:
             log.warning("client at %s: %s", where, exc)
-            self._declined[ping.cluster] = time.monotonic()
+            self._pings.decline(ping.cluster, time.monotonic())
         except (OSError, TimeoutError, ConnectionClosed) as exc:
             reason = str(exc) or type(exc).__name__
             if isinstance(exc, ConnectionClosed | ConnectionResetError) and not self.tls.enabled:
@@ -225,7 +235,7 @@ class Node:
             # A bug reached by a peer's bytes must cost that peer its connection, never
             # leave the node believing it is still connecting (and so busy for good).
             log.exception("client at %s: unexpected error in the handshake", where)
-            self._declined[ping.cluster] = time.monotonic()
+            self._pings.decline(ping.cluster, time.monotonic())
         finally:
             self._connecting = False
         if conn is None:
@@ -239,43 +249,57 @@ class Node:
     def _offer_to_waiting(self) -> None:
         if self._busy:
             return
-        now = time.monotonic()
-        for cluster, heard in sorted(self._heard.items(), key=lambda kv: -kv[1].when):
-            del self._heard[cluster]
-            if now - heard.when < DECLINE_MEMORY:
-                self._on_ping(heard.ping, (heard.ping.reply_addr, heard.ping.reply_port))
-                return
+        ping = self._pings.next_waiting(time.monotonic())
+        if ping is not None:
+            self._connect_to(ping)
+        else:
+            self._retry_later()
+
+    def _retry_later(self) -> None:
+        # Remembered pings wait for the node to be free and for the connect-back rate.
+        if self._busy or self._retry is not None or self._stopped.is_set():
+            return
+        delay = self._pings.ready_in(time.monotonic())
+        if delay is not None:
+            self._retry = asyncio.get_running_loop().call_later(delay + 0.01, self._retry_now)
+
+    def _retry_now(self) -> None:
+        self._retry = None
+        self._offer_to_waiting()
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = writer.get_extra_info("peername") or ("?", 0)
-        try:
-            conn = await accept_connection(
-                reader,
-                writer,
-                secret=self.config.secret,
-                role="node",
-                name=self.config.name,
-                timeout=self.config.msg_timeout,
-                allocate=self.buffers.take,
-                guard=self._handshakes,
-            )
-        except ProtocolError as exc:
-            log.warning("connection from %s:%s refused: %s", peer[0], peer[1], exc)
-            writer.close()
-            return
-        except (OSError, TimeoutError, ConnectionClosed) as exc:
-            log.warning(
-                "connection from %s:%s dropped before authentication: %s",
-                peer[0],
-                peer[1],
-                "timed out" if isinstance(exc, TimeoutError) else exc,
-            )
-            writer.close()
-            return
-        except Exception:
-            log.exception("connection from %s:%s: unexpected error in the handshake", *peer[:2])
-            writer.close()
-            return
+        with self._admission.slot(writer) as admitted:
+            if not admitted:
+                return
+            try:
+                conn = await accept_connection(
+                    reader,
+                    writer,
+                    secret=self.config.secret,
+                    role="node",
+                    name=self.config.name,
+                    timeout=self.config.msg_timeout,
+                    allocate=self.buffers.take,
+                    guard=self._handshakes,
+                )
+            except ProtocolError as exc:
+                log.warning("connection from %s:%s refused: %s", peer[0], peer[1], exc)
+                writer.close()
+                return
+            except (OSError, TimeoutError, ConnectionClosed) as exc:
+                log.warning(
+                    "connection from %s:%s dropped before authentication: %s",
+                    peer[0],
+                    peer[1],
+                    "timed out" if isinstance(exc, TimeoutError) else exc,
+                )
+                writer.close()
+                return
+            except Exception:
+                log.exception("connection from %s:%s: unexpected error in the handshake", *peer[:2])
+                writer.close()
+                return
         if conn.peer_role == "recover":
             await self._serve_recovery(conn)
             return
@@ -322,7 +346,7 @@ class Node:
             outcome = "lost"
         await conn.close()
         if outcome == "declined" and cluster is not None:
-            self._declined[cluster] = time.monotonic()
+            self._pings.decline(cluster, time.monotonic())
         await self._after_session(session, outcome)
 
     async def _after_session(self, session: Session, outcome: str) -> None:
@@ -347,7 +371,7 @@ class Node:
             self._trim.cancel()
         self._trim = asyncio.get_running_loop().call_later(BUFFER_KEEP, self.buffers.clear)
         if self._serving is not None:
-            self._heard.pop(self._serving, None)
+            self._pings.forget(self._serving)
         self._serving = None
         log.info("free again")
         self._offer_to_waiting()

@@ -35,7 +35,10 @@ from dispy_core.protocol.messages import Message, Refused, Role, _Message, decod
 
 log = logging.getLogger(__name__)
 
-READ_SIZE = 1 << 18
+# What a stream reader may hold during the handshake (it stops reading at twice this): the
+# handshake's frames are at most 4106 bytes, and a peer that has not authenticated must not
+# make us buffer more (see dispy_core.aio.admission).
+HANDSHAKE_READ_LIMIT = 8 << 10
 # Stop reading from a peer when this much is received but not yet consumed.
 PAUSE_READING_AT = 32 << 20
 # A peer that does not take our bytes for this long is treated as gone.
@@ -433,8 +436,12 @@ async def _handshake(
     peername = writer.get_extra_info("peername") or ("?", 0)
     peer = (str(peername[0]), int(peername[1]))
     shake = Handshake(connector=connector, secret=secret, role=role, name=name, guard=guard)
-    # Before authentication only tiny, payload-free frames are accepted.
-    decoder = FrameDecoder(max_message=0, max_header=framing.HANDSHAKE_MAX_HEADER)
+    # Before authentication only tiny, payload-free frames are accepted, into a small buffer.
+    decoder = FrameDecoder(
+        max_message=0,
+        max_header=framing.HANDSHAKE_MAX_HEADER,
+        scratch_size=framing.HANDSHAKE_SCRATCH,
+    )
     encoder = FrameEncoder()
 
     def send_all(messages: list[_Message]) -> None:
@@ -470,6 +477,7 @@ async def _handshake(
     assert shake.peer_name is not None
     decoder.max_header = framing.MAX_HEADER
     decoder.max_message = max_message
+    decoder.grow_scratch(framing.SCRATCH_SIZE)
     if allocate is not None:
         decoder.allocate = allocate
     if not tls:
@@ -557,7 +565,7 @@ async def open_connection(
             port,
             ssl=ssl_context,
             local_addr=(local_addr, 0) if local_addr else None,
-            limit=READ_SIZE,
+            limit=HANDSHAKE_READ_LIMIT,
         )
         try:
             return await _handshake(

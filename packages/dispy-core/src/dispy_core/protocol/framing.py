@@ -42,6 +42,10 @@ HANDSHAKE_MAX_HEADER = 4096
 # the decoder's scratch buffer.
 DIRECT_PAYLOAD = 64 << 10
 SCRATCH_SIZE = 256 << 10
+# The scratch buffer of a connection that has not authenticated yet: its frames are at most
+# PREFIX_SIZE + HANDSHAKE_MAX_HEADER bytes, and a peer that never authenticates must not
+# cost us the session's buffer (see aio.admission).
+HANDSHAKE_SCRATCH = 8 << 10
 # Frames with at least this much payload are authenticated with AES-GMAC, others BLAKE3.
 GMAC_PAYLOAD = 64 << 10
 
@@ -224,13 +228,14 @@ class FrameDecoder:
         self,
         max_message: int = DEFAULT_MAX_MESSAGE,
         max_header: int = MAX_HEADER,
+        scratch_size: int = SCRATCH_SIZE,
     ) -> None:
         self.max_message = max_message
         self.max_header = max_header
         self.authenticator: MessageAuthenticator | None = None
         # Where a large payload's buffer comes from (e.g. a BufferPool's take).
         self.allocate: Callable[[int], bytearray | memoryview] = bytearray
-        self._buf = bytearray(SCRATCH_SIZE)
+        self._buf = bytearray(scratch_size)
         self._start = 0
         self._end = 0
         self._direct: _Direct | None = None
@@ -271,6 +276,16 @@ class FrameDecoder:
     def _make_room(self) -> None:
         self._buf, self._end = make_room(self._buf, self._start, self._end)
         self._start = 0
+
+    def grow_scratch(self, size: int) -> None:
+        """Use a scratch buffer of at least ``size`` bytes from now on (the handshake starts
+        small; an authenticated session reads in large pieces)."""
+        if len(self._buf) >= size:
+            return
+        fresh = bytearray(size)
+        pending = self._end - self._start
+        fresh[:pending] = self._buf[self._start : self._end]
+        self._buf, self._start, self._end = fresh, 0, pending
 
     # -- parsing --------------------------------------------------------------------------
 

@@ -1,0 +1,118 @@
+"""What a TCP acceptor spends on connections that have not authenticated yet.
+
+:func:`start_server` gives every acceptor small stream buffers and, with TLS, a deadline on
+the TLS handshake. :class:`Admission` caps unauthenticated connections per source address
+and in all.
+
+Every TCP acceptor (node, client, scheduler) asks :meth:`Admission.enter` as a connection
+arrives, before the handshake, and calls :meth:`Admission.leave` once the handshake is over,
+whether it succeeded or not. A connection over either cap is closed at once, so someone who
+opens sockets and sends nothing holds at most ``per_source`` handshakes (each bounded by the
+handshake deadline, ``msg_timeout``) and cannot crowd out other sources beyond ``total``.
+Authenticated connections do not count: they hold a peer that knows the secret.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import ssl
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any
+
+from dispy_core.aio.connection import HANDSHAKE_READ_LIMIT
+
+log = logging.getLogger(__name__)
+
+PER_SOURCE = 8
+TOTAL = 128
+
+
+class Admission:
+    """Counts unauthenticated connections; ``enter`` says whether one more may start."""
+
+    def __init__(self, per_source: int = PER_SOURCE, total: int = TOTAL) -> None:
+        if per_source < 1 or total < per_source:
+            raise ValueError("admission needs 1 <= per_source <= total")
+        self.per_source = per_source
+        self.total = total
+        self._by_source: dict[str, int] = {}
+        self._count = 0
+
+    def enter(self, source: str) -> bool:
+        """Count a new connection from ``source``; False (nothing counted) if over a cap."""
+        held = self._by_source.get(source, 0)
+        if held >= self.per_source or self._count >= self.total:
+            return False
+        self._by_source[source] = held + 1
+        self._count += 1
+        return True
+
+    def leave(self, source: str) -> None:
+        """A connection counted by :meth:`enter` authenticated or ended."""
+        held = self._by_source.get(source, 0)
+        if held <= 0:
+            raise RuntimeError(f"leave() without enter() for {source}")
+        if held == 1:
+            del self._by_source[source]
+        else:
+            self._by_source[source] = held - 1
+        self._count -= 1
+
+    @property
+    def pending(self) -> int:
+        """Connections now counted."""
+        return self._count
+
+    @contextlib.contextmanager
+    def slot(self, writer: asyncio.StreamWriter) -> Iterator[bool]:
+        """``with admission.slot(writer) as admitted:``: ``admitted`` is False when the
+        connection was over a cap and has been closed (debug log); otherwise it is counted
+        until the block ends."""
+        peer = writer.get_extra_info("peername") or ("?", 0)
+        source = str(peer[0])
+        if not self.enter(source):
+            log.debug(
+                "closing connection from %s:%s: %d unauthenticated connection(s) from it, "
+                "%d in all (limits %d and %d)",
+                source,
+                peer[1],
+                self._by_source.get(source, 0),
+                self._count,
+                self.per_source,
+                self.total,
+            )
+            writer.transport.abort()
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            self.leave(source)
+
+
+async def start_server(
+    client_connected_cb: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]],
+    *,
+    host: str | None,
+    port: int,
+    ssl_context: ssl.SSLContext | None,
+    handshake_timeout: float,
+    reuse_address: bool = True,
+) -> asyncio.Server:
+    """A TCP server for :func:`accept_connection`, with what every acceptor needs before
+    authentication: small stream buffers, and (with TLS) a deadline on the TLS handshake,
+    which runs before ``client_connected_cb`` is called.
+    """
+    tls: dict[str, Any] = {}
+    if ssl_context is not None:
+        tls = {"ssl": ssl_context, "ssl_handshake_timeout": handshake_timeout}
+    return await asyncio.start_server(
+        client_connected_cb,
+        host=host,
+        port=port,
+        limit=HANDSHAKE_READ_LIMIT,
+        reuse_address=reuse_address,
+        **tls,
+    )

@@ -1,0 +1,95 @@
+"""Rate limits (dispy_core.ratelimit) and the cap on unauthenticated connections
+(dispy_core.aio.admission)."""
+
+from __future__ import annotations
+
+import pytest
+
+from dispy_core.aio.admission import Admission
+from dispy_core.ratelimit import KeyedLimiter, Once, TokenBucket
+
+
+def test_token_bucket_burst_then_rate():
+    bucket = TokenBucket(rate=2.0, burst=3)
+    assert [bucket.take(0.0) for _ in range(4)] == [True, True, True, False]
+    assert bucket.ready_in(0.0) == pytest.approx(0.5)
+    assert bucket.take(0.5)
+    assert not bucket.take(0.5)
+    assert [bucket.take(100.0) for _ in range(4)] == [True, True, True, False]  # capped
+
+
+def test_keyed_limiter_is_per_key_and_bounded():
+    limiter = KeyedLimiter(rate=1.0, burst=1, max_keys=3)
+    assert limiter.take("a", 0.0)
+    assert not limiter.take("a", 0.0)
+    assert limiter.take("b", 0.0)
+    for key in "cdef":
+        limiter.take(key, 0.0)
+    assert len(limiter) == 3
+
+
+def test_once_per_key_and_in_all():
+    once = Once(interval=60.0, max_keys=100, burst=3)
+    assert once("a", 0.0)
+    assert not once("a", 30.0)
+    assert once("a", 61.0)
+    assert once("b", 61.0)
+    assert once("c", 61.0)
+    assert not once("d", 61.0)  # a fourth within the minute, in all
+
+
+def test_admission_caps_per_source_and_in_total():
+    admission = Admission(per_source=2, total=3)
+    assert admission.enter("10.0.0.1")
+    assert admission.enter("10.0.0.1")
+    assert not admission.enter("10.0.0.1")
+    assert admission.enter("10.0.0.2")
+    assert not admission.enter("10.0.0.3")  # total reached
+    assert admission.pending == 3
+    admission.leave("10.0.0.1")
+    assert admission.enter("10.0.0.3")
+    for source in ("10.0.0.1", "10.0.0.2", "10.0.0.3"):
+        admission.leave(source)
+    assert admission.pending == 0
+    assert admission._by_source == {}
+    with pytest.raises(RuntimeError):
+        admission.leave("10.0.0.1")
+
+
+def test_admission_rejects_bad_limits():
+    with pytest.raises(ValueError, match="per_source"):
+        Admission(per_source=4, total=2)
+
+
+class _FakeTransport:
+    aborted = False
+
+    def abort(self) -> None:
+        self.aborted = True
+
+
+class _FakeWriter:
+    def __init__(self, host: str) -> None:
+        self.transport = _FakeTransport()
+        self._peer = (host, 40000)
+
+    def get_extra_info(self, name: str) -> object:
+        return self._peer if name == "peername" else None
+
+
+def test_slot_closes_excess_connection_at_once_and_releases_on_exit():
+    admission = Admission(per_source=1, total=8)
+    first = _FakeWriter("127.0.0.2")
+    with admission.slot(first) as admitted:  # type: ignore[arg-type]
+        assert admitted
+        assert admission.pending == 1
+        second = _FakeWriter("127.0.0.2")
+        with admission.slot(second) as admitted_too:  # type: ignore[arg-type]
+            assert not admitted_too
+        assert second.transport.aborted
+        assert admission.pending == 1
+    assert not first.transport.aborted
+    assert admission.pending == 0
+    with pytest.raises(KeyError), admission.slot(first):  # type: ignore[arg-type]
+        raise KeyError("handshake failed")
+    assert admission.pending == 0
