@@ -40,7 +40,6 @@ from dispy_core.protocol.messages import NodeInfo, RecoverRequest
 from dispy_core.security import TLSConfig
 from dispy_node import __version__
 from dispy_node.config import NodeConfig, resolve_cpus
-from dispy_node.executor import WorkerHub
 from dispy_node.session import Session, serve_stored
 from dispy_node.store import ResultStore
 
@@ -69,7 +68,6 @@ class Node:
         self.cpus = resolve_cpus(config.cpus, availability.cpu_count())
         self.tls = TLSConfig(config.certfile, config.keyfile)
         self.port = config.node_port
-        self.hub = WorkerHub()
         # Receive buffers for large jobs and results, reused while a cluster is served.
         self.buffers = BufferPool()
         self._trim: asyncio.TimerHandle | None = None
@@ -89,10 +87,6 @@ class Node:
     async def start(self) -> None:
         cfg = self.config
         await asyncio.to_thread(_prepare_prefix, cfg.dest_path_prefix, cfg.clean)
-        try:
-            await self.hub.start()
-        except OSError as exc:
-            raise NodeStartError(f"cannot create the workers' socket: {exc}") from None
         host = cfg.ip_addr or ""
         where = f"{host or '*'}:{self.port}"
         try:
@@ -107,7 +101,6 @@ class Node:
             where = f"{host or '*'}:{self.port}"
             unicast = udp_socket(host, self.port)
         except OSError as exc:
-            await self.hub.stop()
             raise NodeStartError(f"cannot listen on {where}: {exc.strerror or exc}") from None
         self._udp.append(await listen_pings(unicast, self._on_ping))
         iface = netinfo.interface_of(cfg.ip_addr) if cfg.ip_addr else None
@@ -162,7 +155,6 @@ class Node:
             await active.finish()
         for task in list(self._tasks):
             task.cancel()
-        await self.hub.stop()
 
     def _spawn(self, coro: object) -> None:
         task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coro)  # type: ignore[arg-type]

@@ -353,7 +353,6 @@ class Session:
                 cpus=cpus,
                 dest_path=self.dest,
                 bundle=payload,
-                hub=node.hub,
                 on_reply=self._on_reply,
                 on_provisional=self._on_provisional,
                 on_send_file=self._on_send_file,
