@@ -175,6 +175,12 @@ class _Worker:  # pragma: no cover - runs in a forked child
     def provisional_result(self, result: Any, timeout: float | None = None) -> int:
         del timeout
         data = serialize.dumps(result, plain_first=True)
+        size = nbytes(data)
+        if size > DEFAULT_MAX_MESSAGE:
+            raise ValueError(
+                f"dispy_provisional_result: {size} bytes pickled, over the "
+                f"{DEFAULT_MAX_MESSAGE} bytes one message can carry"
+            )
         now = time.time()
         self.send(_wire.OP_PROVISIONAL, 0, now, now, data)
         return 0

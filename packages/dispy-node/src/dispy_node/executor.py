@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dispy_core import serialize
-from dispy_core.protocol.framing import DIRECT_PAYLOAD, Payload, make_room
+from dispy_core.protocol.framing import DEFAULT_MAX_MESSAGE, DIRECT_PAYLOAD, Payload, make_room
 from dispy_core.protocol.messages import JobOutcome
 from dispy_node import _wire
 
@@ -39,6 +39,11 @@ EXIT_STATUS_WAIT = 2.0
 STREAM_ABOVE = 256 << 10
 STREAM_SLICE = 256 << 10
 SCRATCH_SIZE = 64 << 10
+# The most a worker may announce in one frame: a reply or provisional result is at most one
+# network message (the worker checks, see _template.pack_reply); a file from
+# dispy_send_file also carries its header and path (a u16 length).
+SEND_FILE_OVERHEAD = _wire.SEND_FILE.size + 0xFFFF
+MAX_FROM_WORKER = DEFAULT_MAX_MESSAGE + SEND_FILE_OVERHEAD
 
 
 SendFileHandler = Callable[[int, str, int, float, Payload], Awaitable[str | None]]
@@ -79,6 +84,7 @@ class _Worker:
     job_start: float = 0.0
     cancelling: bool = False
     retired: bool = False
+    fault: str | None = None  # why the daemon cut the worker off, if it did
     writable: asyncio.Event = field(default_factory=asyncio.Event)
     exit_info: asyncio.Future[dict[str, Any]] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
@@ -135,6 +141,11 @@ class Computation:
         self.held = False  # queued jobs waiting for may_start()
         self._notify: set[int] = set()
         self.max_file_size = max_file_size
+        # what one frame from a worker may announce, by kind: checked before reading it
+        self.max_reply = MAX_FROM_WORKER
+        self.max_send_file = (
+            max_file_size + SEND_FILE_OVERHEAD if max_file_size else MAX_FROM_WORKER
+        )
         self._proc: asyncio.subprocess.Process | None = None
         self._queue: deque[tuple[int, Payload]] = deque()
         self._queued_ids: set[int] = set()
@@ -453,8 +464,9 @@ class Computation:
                     info = await asyncio.wait_for(
                         asyncio.shield(worker.exit_info), EXIT_STATUS_WAIT
                     )
-                self._on_reply(local_reply(job_id, "terminated", describe_exit(info), start))
-                log.warning("job %s of %s: %s", job_id, self.name, describe_exit(info))
+                reason = worker.fault or describe_exit(info)
+                self._on_reply(local_reply(job_id, "terminated", reason, start))
+                log.warning("job %s of %s: %s", job_id, self.name, reason)
         worker.transport.close()
         if worker.retired:
             return
@@ -542,11 +554,31 @@ class _WorkerProtocol(asyncio.BufferedProtocol):
         self._buf, self._end = make_room(self._buf, self._start, self._end)
         self._start = 0
 
+    def _refuse(self, op: int, length: int) -> None:
+        """A worker announced more than it may send: cut it off before reading any of it."""
+        comp, worker = self._comp, self._worker
+        if op == _wire.OP_SEND_FILE:
+            what = f"a file of {length} bytes (this node's max_file_size is {comp.max_file_size})"
+        else:
+            what = f"a message of {length} bytes (at most {comp.max_reply} may be sent)"
+        worker.fault = f"the job's process sent {what}; the node stopped it"
+        log.error("worker %s of %s: %s", worker.wid, comp.name, worker.fault)
+        self._start = self._end = 0
+        if worker.pid:
+            with contextlib.suppress(OSError):
+                os.killpg(worker.pid, signal.SIGKILL)
+        worker.transport.close()
+
     def _parse(self) -> None:
         head = _wire.FROM_WORKER
         buf = self._buf
         while self._end - self._start >= head.size:
             op, outcome, job_id, start, end, length = head.unpack_from(buf, self._start)
+            if length > self._comp.max_reply or (
+                op == _wire.OP_SEND_FILE and length > self._comp.max_send_file
+            ):
+                self._refuse(op, length)
+                return
             body = self._start + head.size
             have = self._end - body
             if have >= length:
