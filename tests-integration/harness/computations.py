@@ -98,3 +98,14 @@ def reshape(data: Any, extra: dict[str, Any] | None = None) -> Any:
 def echo_len(tag: int, data: bytes) -> tuple[int, int, bytes]:
     """Echo ``data`` with its tag and length."""
     return (tag, len(data), data)
+
+
+def loud(megabytes: int) -> int:
+    """Print ``megabytes`` MiB to stdout, then one last line."""
+    import sys
+
+    block = ("y" * 1023 + "\n") * 1024
+    for _ in range(megabytes):
+        sys.stdout.write(block)
+    print("last line")
+    return megabytes

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import contextlib
 import inspect
-import io
 import json
 import os
 import select
@@ -38,6 +37,7 @@ from typing import Any
 from dispy_core import serialize
 from dispy_core.protocol.framing import DEFAULT_MAX_MESSAGE, Buffer, nbytes
 from dispy_node import _wire
+from dispy_node._output import DEFAULT_MAX_OUTPUT, CapturedText, finish
 
 
 class _Control:
@@ -109,9 +109,10 @@ def _uninstall(names: list[str]) -> None:
 class _Worker:  # pragma: no cover - runs in a forked child
     """One warm worker: runs jobs sent by the daemon, one at a time."""
 
-    def __init__(self, computation: Any, sock: socket.socket, max_file_size: int) -> None:
+    def __init__(self, computation: Any, sock: socket.socket, limits: dict[str, int]) -> None:
         self.computation = computation
-        self.max_file_size = max_file_size
+        self.max_file_size = limits["max_file_size"]
+        self.max_output = limits["max_output"]
         self.sock = sock  # the daemon made it for this worker alone (and sized its buffers)
         sock.setblocking(True)
         self.inbox = bytearray()  # bytes read past the last frame
@@ -226,7 +227,7 @@ class _Worker:  # pragma: no cover - runs in a forked child
         real_out, real_err = sys.stdout, sys.stderr
         while True:
             _op, self.job_id, payload = self.read_frame()
-            out, err = io.StringIO(), io.StringIO()
+            out, err = CapturedText(self.max_output), CapturedText(self.max_output)
             start = time.time()
             outcome = _wire.OUTCOME_FINISHED
             result: Any = None
@@ -247,7 +248,15 @@ class _Worker:  # pragma: no cover - runs in a forked child
                 sys.stdout, sys.stderr = real_out, real_err
                 _uninstall(installed)
             end = time.time()
-            outcome, data = pack_reply(outcome, result, out.getvalue(), err.getvalue(), exc_text)
+            stdout, stderr = finish(
+                out.tail.value(),
+                out.tail.dropped,
+                err.tail.value(),
+                err.tail.dropped,
+                self.max_output,
+                "characters",
+            )
+            outcome, data = pack_reply(outcome, result, stdout, stderr, exc_text)
             self.send(_wire.OP_DONE, outcome, start, end, data)
 
 
@@ -308,7 +317,10 @@ def main() -> None:
     item = ctrl.blocking_next()
     if item is None or item[0].get("op") != "init":
         return
-    max_file_size = int(item[0].get("max_file_size", 0))
+    limits = {
+        "max_file_size": int(item[0].get("max_file_size", 0)),
+        "max_output": int(item[0].get("max_output", DEFAULT_MAX_OUTPUT)),
+    }
     try:
         sys.path.insert(0, os.getcwd())
         bundle = serialize.loads(item[1])
@@ -343,7 +355,7 @@ def main() -> None:
             if request is None:
                 watched.remove(spawner)  # the daemon closed it; the control channel follows
             else:
-                _spawn(request, computation, max_file_size, children, ctrl, spawner, wake_r, wake_w)
+                _spawn(request, computation, limits, children, ctrl, spawner, wake_r, wake_w)
         if ctrl.rfd not in readable:
             continue
         if not ctrl.read_available():
@@ -360,7 +372,7 @@ def main() -> None:
 def _spawn(
     request: tuple[int, socket.socket],
     computation: Any,
-    max_file_size: int,
+    limits: dict[str, int],
     children: set[int],
     ctrl: _Control,
     *private: socket.socket | int,
@@ -380,7 +392,7 @@ def _spawn(
             os.close(ctrl.rfd)
             os.close(ctrl.wfd)
             os.setpgid(0, 0)
-            _Worker(computation, sock, max_file_size).run()
+            _Worker(computation, sock, limits).run()
         finally:
             os._exit(0)
     sock.close()  # the worker is now the only process holding it

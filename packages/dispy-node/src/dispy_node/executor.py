@@ -31,6 +31,7 @@ from dispy_core import serialize
 from dispy_core.protocol.framing import DEFAULT_MAX_MESSAGE, DIRECT_PAYLOAD, Payload, make_room
 from dispy_core.protocol.messages import JobOutcome
 from dispy_node import _wire
+from dispy_node._output import DEFAULT_MAX_OUTPUT
 
 log = logging.getLogger(__name__)
 
@@ -124,6 +125,7 @@ class Computation:
         may_start: Callable[[], bool] = lambda: True,
         cleanup_files: bool = True,
         max_file_size: int = 0,
+        max_output: int = DEFAULT_MAX_OUTPUT,
         allocate: Callable[[int], bytearray | memoryview] = bytearray,
     ) -> None:
         self.comp_id = comp_id
@@ -141,6 +143,7 @@ class Computation:
         self.held = False  # queued jobs waiting for may_start()
         self._notify: set[int] = set()
         self.max_file_size = max_file_size
+        self.max_output = max_output
         # what one frame from a worker may announce, by kind: checked before reading it
         self.max_reply = MAX_FROM_WORKER
         self.max_send_file = (
@@ -199,7 +202,11 @@ class Computation:
         ours.setblocking(False)
         self._spawner = ours
         assert self._proc.stdin is not None
-        init = {"op": "init", "max_file_size": self.max_file_size}
+        init = {
+            "op": "init",
+            "max_file_size": self.max_file_size,
+            "max_output": self.max_output,
+        }
         self._proc.stdin.write(_wire.control_frame(init, self._bundle))
         self._bundle = b""
         await self._proc.stdin.drain()

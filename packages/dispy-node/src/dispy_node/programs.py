@@ -24,10 +24,13 @@ from typing import Any
 
 from dispy_core import serialize
 from dispy_core.protocol.framing import Payload
+from dispy_node._output import DEFAULT_MAX_OUTPUT, Tail, finish
 from dispy_node._paths import safe_join
 from dispy_node.executor import ComputationStartError, Reply, local_reply
 
 log = logging.getLogger(__name__)
+
+READ_SIZE = 1 << 16
 
 
 class ProgramComputation:
@@ -45,12 +48,14 @@ class ProgramComputation:
         on_started: Callable[[int], None] = lambda job_id: None,
         may_start: Callable[[], bool] = lambda: True,
         cleanup_files: bool = True,
+        max_output: int = DEFAULT_MAX_OUTPUT,
     ) -> None:
         self.comp_id = comp_id
         self.name = name
         self.cpus = cpus
         self.dest_path = dest_path
         self.cleanup_files = cleanup_files
+        self.max_output = max_output
         self._spec = spec
         self._on_reply = on_reply
         self._on_started = on_started
@@ -145,17 +150,36 @@ class ProgramComputation:
             )
             return
         self._procs[job_id] = proc
+        assert proc.stdout is not None
+        assert proc.stderr is not None
         try:
-            out, err = await proc.communicate()
+            out, err = await asyncio.gather(
+                _read_tail(proc.stdout, self.max_output), _read_tail(proc.stderr, self.max_output)
+            )
+            await proc.wait()
         finally:
             self._procs.pop(job_id, None)
         end = time.time()
+        stdout, stderr = finish(
+            out.value().decode(errors="replace"),
+            out.dropped,
+            err.value().decode(errors="replace"),
+            err.dropped,
+            self.max_output,
+        )
+        if out.dropped or err.dropped:
+            log.warning(
+                "job %s of %s: output over max_job_output (%d bytes) truncated",
+                job_id,
+                self.name,
+                self.max_output,
+            )
         if job_id in self._cancelled:
             self._cancelled.discard(job_id)
-            reply: Any = (None, _text(out), _text(err), "Cancelled")
+            reply: Any = (None, stdout, stderr, "Cancelled")
             self._on_reply(Reply(job_id, "cancelled", start, end, serialize.dumps_plain(reply)))
             return
-        reply = (proc.returncode, _text(out), _text(err), None)
+        reply = (proc.returncode, stdout, stderr, None)
         self._on_reply(Reply(job_id, "finished", start, end, serialize.dumps_plain(reply)))
 
     def pending_ids(self) -> list[int]:
@@ -205,5 +229,9 @@ def _kill_group(pid: int) -> None:
         os.killpg(pid, signal.SIGKILL)
 
 
-def _text(data: bytes) -> str:
-    return data.decode(errors="replace")
+async def _read_tail(stream: asyncio.StreamReader, limit: int) -> Tail[bytes]:
+    """Read ``stream`` to its end, keeping its last ``limit`` bytes."""
+    tail: Tail[bytes] = Tail(limit, b"")
+    while chunk := await stream.read(READ_SIZE):
+        tail.add(chunk)
+    return tail

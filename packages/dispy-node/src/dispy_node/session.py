@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import shutil
@@ -145,6 +146,8 @@ class Session:
     async def serve(self, conn: Connection) -> str:
         """Serve ``conn`` until the computation closes or the connection ends."""
         self.conn = conn
+        if self.node.config.max_file_size:
+            conn.screen_payloads(self._oversized_file)
         if not self._tasks:
             self._spawn(self._watch_zombie())
         try:
@@ -165,6 +168,14 @@ class Session:
         finally:
             if self.conn is conn:
                 self.conn = None
+
+    def _oversized_file(self, header: bytes, size: int) -> bool:
+        """A file.put over max_file_size: its contents are dropped unread (refused below)."""
+        if size <= self.node.config.max_file_size:
+            return False
+        with contextlib.suppress(ValueError, AttributeError):
+            return bool(json.loads(header).get("type") == FilePut.model_fields["type"].default)
+        return False
 
     def may_start(self) -> bool:
         """Whether queued jobs may start now.
@@ -345,6 +356,7 @@ class Session:
                 on_started=self._on_started,
                 may_start=self.may_start,
                 cleanup_files=setup.cleanup,
+                max_output=node.config.max_job_output,
             )
         else:
             runner = Computation(
@@ -360,6 +372,7 @@ class Session:
                 may_start=self.may_start,
                 cleanup_files=setup.cleanup,
                 max_file_size=node.config.max_file_size,
+                max_output=node.config.max_job_output,
                 allocate=node.buffers.take,
             )
         try:
