@@ -152,6 +152,7 @@ class Computation:
         self._proc: asyncio.subprocess.Process | None = None
         self._queue: deque[tuple[int, Payload]] = deque()
         self._queued_ids: set[int] = set()
+        self.queued_bytes = 0  # arguments of the queued jobs
         self._idle: list[_Worker] = []
         self._workers: dict[int, _Worker] = {}
         self._by_pid: dict[int, _Worker] = {}
@@ -233,6 +234,7 @@ class Computation:
             self._on_reply(local_reply(job_id, "cancelled", "Cancelled", time.time()))
         self._queue.clear()
         self._queued_ids.clear()
+        self.queued_bytes = 0
         for worker in list(self._workers.values()):
             if worker.job is not None:
                 self._on_reply(local_reply(worker.job, "cancelled", "Cancelled", worker.job_start))
@@ -282,6 +284,7 @@ class Computation:
             self._notify.add(job_id)
         self._queue.append((job_id, payload))
         self._queued_ids.add(job_id)
+        self.queued_bytes += len(payload)
         self._dispatch()
 
     def pending_ids(self) -> list[int]:
@@ -294,6 +297,7 @@ class Computation:
         if job_id in self._queued_ids:
             self._queued_ids.discard(job_id)
             self._queue = deque(item for item in self._queue if item[0] != job_id)
+            self.queued_bytes = sum(len(payload) for _, payload in self._queue)
             self._on_reply(local_reply(job_id, "cancelled", None, time.time()))
             return True
         for worker in self._workers.values():
@@ -317,6 +321,7 @@ class Computation:
             worker = self._idle.pop()
             job_id, payload = self._queue.popleft()
             self._queued_ids.discard(job_id)
+            self.queued_bytes -= len(payload)
             worker.job = job_id
             worker.job_start = time.time()
             if self._notify and job_id in self._notify:

@@ -48,6 +48,7 @@ log = logging.getLogger("dispy_node")
 DECLINE_MEMORY = 600.0
 BUFFER_KEEP = 30.0  # seconds receive buffers outlive the session that used them
 BUFFER_KEEP_BYTES = 64 << 20  # and how many bytes of them
+STORE_EXPIRY_INTERVAL = 3600.0
 
 
 @dataclass(slots=True)
@@ -71,7 +72,11 @@ class Node:
         # Receive buffers for large jobs and results, reused while a cluster is served.
         self.buffers = BufferPool()
         self._trim: asyncio.TimerHandle | None = None
-        self.store = ResultStore(config.dest_path_prefix)
+        self.store = ResultStore(
+            config.dest_path_prefix,
+            max_bytes=config.max_stored_results,
+            max_age=config.stored_results_age,
+        )
         self._server: asyncio.AbstractServer | None = None
         self._udp: list[asyncio.DatagramTransport] = []
         self._connecting = False
@@ -87,6 +92,7 @@ class Node:
     async def start(self) -> None:
         cfg = self.config
         await asyncio.to_thread(_prepare_prefix, cfg.dest_path_prefix, cfg.clean)
+        self._spawn(self._expire_stored())
         host = cfg.ip_addr or ""
         where = f"{host or '*'}:{self.port}"
         try:
@@ -155,6 +161,15 @@ class Node:
             await active.finish()
         for task in list(self._tasks):
             task.cancel()
+
+    async def _expire_stored(self) -> None:
+        """Apply the stored results' age limit and quota now and every hour."""
+        while True:
+            try:
+                await asyncio.to_thread(self.store.expire)
+            except OSError as exc:
+                log.warning("cannot clean up stored results: %s", exc)
+            await asyncio.sleep(STORE_EXPIRY_INTERVAL)
 
     def _spawn(self, coro: object) -> None:
         task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coro)  # type: ignore[arg-type]

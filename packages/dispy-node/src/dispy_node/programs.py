@@ -64,6 +64,7 @@ class ProgramComputation:
         self._notify: set[int] = set()
         self._argv: list[str] = []
         self._queue: deque[tuple[int, Payload]] = deque()
+        self.queued_bytes = 0  # arguments of the queued jobs
         self._procs: dict[int, asyncio.subprocess.Process] = {}
         self._cancelled: set[int] = set()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -97,6 +98,7 @@ class ProgramComputation:
         if notify:
             self._notify.add(job_id)
         self._queue.append((job_id, payload))
+        self.queued_bytes += len(payload)
         self._dispatch()
 
     def set_cpus(self, cpus: int) -> None:
@@ -113,6 +115,7 @@ class ProgramComputation:
             return
         while self._queue and len(self._tasks) < self.cpus and not self.closing:
             job_id, payload = self._queue.popleft()
+            self.queued_bytes -= len(payload)
             if job_id in self._notify:
                 self._notify.discard(job_id)
                 self._on_started(job_id)
@@ -187,9 +190,10 @@ class ProgramComputation:
         return [job_id for job_id, _ in self._queue] + list(self._procs)
 
     def cancel(self, job_id: int) -> bool:
-        for i, (queued, _) in enumerate(self._queue):
+        for i, (queued, payload) in enumerate(self._queue):
             if queued == job_id:
                 del self._queue[i]
+                self.queued_bytes -= len(payload)
                 self._on_reply(local_reply(job_id, "cancelled", None, time.time()))
                 return True
         proc = self._procs.get(job_id)
@@ -208,6 +212,7 @@ class ProgramComputation:
         for job_id, _ in list(self._queue):
             self._on_reply(local_reply(job_id, "cancelled", "Cancelled", time.time()))
         self._queue.clear()
+        self.queued_bytes = 0
         for job_id, proc in list(self._procs.items()):
             self._cancelled.add(job_id)
             _kill_group(proc.pid)
