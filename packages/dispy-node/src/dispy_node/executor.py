@@ -364,6 +364,7 @@ class Computation:
         finally:
             theirs.close()  # the computation process has its own copy now
         self._starting[worker.wid] = worker
+        transport: asyncio.BaseTransport | None = None
         try:
             transport, _ = await asyncio.get_running_loop().create_unix_connection(
                 lambda: _WorkerProtocol(self, worker), sock=ours
@@ -374,7 +375,11 @@ class Computation:
                 await worker.spawned
         except (TimeoutError, ConnectionError) as exc:
             self._starting.pop(worker.wid, None)
-            ours.close()
+            worker.retired = True
+            if transport is None:
+                ours.close()
+            else:
+                transport.close()
             raise ComputationStartError(f"worker {worker.wid} did not start: {exc!r}") from None
         worker.writable.set()
         # Paused while the transport holds anything, so a large job goes to the socket
