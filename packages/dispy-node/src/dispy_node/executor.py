@@ -370,7 +370,6 @@ class Computation:
                 lambda: _WorkerProtocol(self, worker), sock=ours
             )
             assert isinstance(transport, asyncio.WriteTransport)
-            worker.transport = transport
             async with asyncio.timeout(WORKER_CONNECT_TIMEOUT):
                 await worker.spawned
         except (TimeoutError, ConnectionError) as exc:
@@ -542,6 +541,10 @@ class _WorkerProtocol(asyncio.BufferedProtocol):
         # a large reply being received: its header fields, its buffer, bytes filled
         self._big: tuple[tuple[int, int, int, float, float], bytearray | memoryview] | None = None
         self._filled = 0
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.WriteTransport)
+        self._worker.transport = transport  # before any byte of the worker is parsed
 
     def pause_writing(self) -> None:
         self._worker.writable.clear()
