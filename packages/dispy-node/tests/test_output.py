@@ -43,3 +43,11 @@ def test_finish_tells_the_job_what_was_cut():
     assert stderr.startswith("err\n")
     assert "output over max_job_output (4 bytes) truncated: stdout" in stderr
     assert finish("a", 0, "b", 0, 4) == ("a", "b")
+
+
+def test_a_cleared_tail_starts_again():
+    tail: Tail[str] = Tail(3, "")
+    tail.add("abcdef")
+    tail.clear()
+    tail.add("xy")
+    assert (tail.value(), tail.total, tail.dropped) == ("xy", 2, 0)

@@ -25,6 +25,10 @@ class Tail(Generic[AnyStr]):
         self._parts: deque[AnyStr] = deque()
         self._size = 0
 
+    def clear(self) -> None:
+        self._parts.clear()
+        self._size = self.total = 0
+
     def add(self, piece: AnyStr) -> None:
         if not piece:
             return

@@ -225,9 +225,12 @@ class _Worker:  # pragma: no cover - runs in a forked child
         builtins.dispy_provisional_result = self.provisional_result  # type: ignore[attr-defined]
         builtins.dispy_send_file = self.send_file  # type: ignore[attr-defined]
         real_out, real_err = sys.stdout, sys.stderr
+        # reused from job to job: cleared, not rebuilt, per job
+        out, err = CapturedText(self.max_output), CapturedText(self.max_output)
         while True:
             _op, self.job_id, payload = self.read_frame()
-            out, err = CapturedText(self.max_output), CapturedText(self.max_output)
+            out.tail.clear()
+            err.tail.clear()
             start = time.time()
             outcome = _wire.OUTCOME_FINISHED
             result: Any = None
