@@ -115,3 +115,14 @@ def send_with_mode(relpath: str, mode: int) -> Any:
         fh.write("sent")
     os.chmod(relpath, mode)
     return dispy_send_file(relpath)  # type: ignore[name-defined]  # noqa: F821
+
+
+def loud(megabytes: int) -> int:
+    """Print ``megabytes`` MiB to stdout, then one last line."""
+    import sys
+
+    block = ("y" * 1023 + "\n") * 1024
+    for _ in range(megabytes):
+        sys.stdout.write(block)
+    print("last line")
+    return megabytes

@@ -416,3 +416,66 @@ def test_grow_scratch_keeps_bytes_not_yet_decoded():
     assert [f.header for f in dec.frames(b"")] == [b"one", b"two"]
     dec.grow_scratch(16)  # never shrinks
     assert len(dec._buf) == SCRATCH_SIZE
+
+
+# --- screening large payloads (a receiver's own size limits) ----------------------------
+
+
+@pytest.mark.parametrize("authenticated", [False, True])
+def test_screened_payload_is_dropped_unread_and_the_stream_goes_on(authenticated):
+    enc = FrameEncoder()
+    dec = FrameDecoder()
+    if authenticated:
+        enc.authenticator = MessageAuthenticator(KEY)
+        dec.authenticator = MessageAuthenticator(KEY)
+    asked: list[tuple[bytes, int]] = []
+    allocated: list[int] = []
+
+    def screen(header: bytes, size: int) -> bool:
+        asked.append((header, size))
+        return header == b'{"drop":1}'
+
+    def allocate(size: int) -> bytearray:
+        allocated.append(size)
+        return bytearray(size)
+
+    dec.screen = screen
+    dec.allocate = allocate
+    big = bytes(range(256)) * (4 * DIRECT_PAYLOAD // 256)  # 4 x DIRECT_PAYLOAD: many reads
+    data = (
+        wire(enc.encode(b'{"drop":1}', big))
+        + wire(enc.encode(b'{"keep":1}', big))
+        + wire(enc.encode(b'{"small":1}', b"tail"))
+    )
+    frames = []
+    for start in range(0, len(data), 10_000):  # as a socket would deliver it
+        view = memoryview(data)[start : start + 10_000]
+        while view:
+            target = dec.get_buffer()
+            take = min(len(target), len(view))
+            target[:take] = view[:take]
+            dec.buffer_updated(take)
+            view = view[take:]
+            if not frames:
+                assert dec.buffered < 2 * DIRECT_PAYLOAD  # a dropped payload is never held
+            while (frame := dec.next_frame()) is not None:
+                frames.append(frame)
+    assert frames == [
+        Frame(b'{"drop":1}', b"", dropped=len(big)),
+        Frame(b'{"keep":1}', big),
+        Frame(b'{"small":1}', b"tail"),
+    ]
+    assert asked == [(b'{"drop":1}', len(big)), (b'{"keep":1}', len(big))]  # large ones only
+    assert allocated == [len(big)]  # nothing for the dropped one
+
+
+def test_a_dropped_payload_is_still_authenticated():
+    enc, dec = keyed()
+    dec.screen = lambda header, size: True
+    data = bytearray(wire(enc.encode(b"{}", b"z" * DIRECT_PAYLOAD * 2)))
+    data[PREFIX_SIZE + 2 + 1000] ^= 1  # tampered inside the dropped payload
+    dec.feed(bytes(data[:-10]))
+    assert dec.next_frame() is None
+    dec.feed(bytes(data[-10:]))
+    with pytest.raises(RemoteProtocolError, match="authentication failed"):
+        dec.next_frame()

@@ -72,6 +72,27 @@ def test_max_file_size_is_parsed(captured, spelling, text, size):
     assert captured[0].max_file_size == size
 
 
+def test_memory_and_disk_limits_default(captured):
+    result = runner.invoke(cli.app, ["run"])
+    assert result.exit_code == 0, result.output
+    (config,) = captured
+    assert config.max_job_output == 64 << 20
+    assert config.max_stored_results == 1 << 30
+    assert config.stored_results_age == 7 * 24 * 3600.0  # hours on the command line
+
+
+@pytest.mark.parametrize("dash", [False, True])
+def test_memory_and_disk_limits_accept_both_spellings(captured, dash):
+    options = ["--max_job_output", "1m", "--max_stored_results", "2g", "--stored_results_age", "2"]
+    if dash:
+        options = [o.replace("_", "-") if o.startswith("--") else o for o in options]
+    result = runner.invoke(cli.app, ["run", *options])
+    assert result.exit_code == 0, result.output
+    (config,) = captured
+    assert (config.max_job_output, config.max_stored_results) == (1 << 20, 2 << 30)
+    assert config.stored_results_age == 7200.0
+
+
 def test_invalid_max_file_size_exits_2_with_a_clear_message(captured):
     result = runner.invoke(cli.app, ["run", "--max_file_size", "abc"])
     assert result.exit_code == 2

@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
+import socket
 import struct
 
-import pytest
-
-from dispy_core.testing import async_test
 from dispy_node import _wire
-from dispy_node._template import _Control
-from dispy_node.executor import WorkerHub
+from dispy_node._template import _Control, _receive_worker_socket
 
 
 def test_struct_sizes_match_protocol_md():
@@ -70,77 +66,29 @@ def test_worker_frames_round_trip():
     assert _wire.FROM_WORKER.unpack(back) == (_wire.OP_DONE, 1, 7, 1.5, 2.5, 0)
 
 
-# --- the worker hub (a Unix socket, never the network) ----------------------------------------
+# --- the spawn channel: a worker's socket passed to the computation process -------------------
 
 
-async def _connect(hub: WorkerHub, token: bytes, wid: int):
-    reader, writer = await asyncio.open_unix_connection(hub.path)
-    writer.write(token + wid.to_bytes(4, "big"))
-    await writer.drain()
-    return reader, writer
-
-
-@pytest.fixture
-def hub_dir(tmp_path, monkeypatch):
-    monkeypatch.setenv("TMPDIR", str(tmp_path))  # keep the hub's socket inside the test dir
-    import tempfile
-
-    monkeypatch.setattr(tempfile, "tempdir", None)
-    return tmp_path
-
-
-@async_test()
-async def test_worker_with_the_token_is_handed_to_the_daemon(hub_dir):
-    hub = WorkerHub()
-    await hub.start()
+def test_spawn_request_carries_the_workers_number_and_its_own_socket():
+    daemon, process = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
-        if hub.path.startswith("\0"):
-            # Linux: an abstract socket, so no file (and no TMPDIR path-length limit)
-            assert hub.address.startswith("@")
-            assert not list(hub_dir.iterdir())
-        else:
-            assert oct(os.stat(hub.path).st_mode & 0o777) == oct(0o600)
-        wid, fut = hub.expect()
-        _, writer = await _connect(hub, hub.token, wid)
-        _reader, daemon_side = await asyncio.wait_for(fut, 5.0)
-        daemon_side.close()
-        writer.close()
+        socket.send_fds(daemon, [_wire.SPAWN.pack(7)], [theirs.fileno()])
+        socket.send_fds(daemon, [_wire.SPAWN.pack(8)], [theirs.fileno()])
+        theirs.close()
+        first = _receive_worker_socket(process)
+        second = _receive_worker_socket(process)
+        assert first is not None
+        assert second is not None
+        assert (first[0], second[0]) == (7, 8)  # one request per read, never merged
+        _wid, worker_end = first
+        assert not os.get_inheritable(worker_end.fileno())
+        worker_end.sendall(b"result")
+        assert ours.recv(16) == b"result"
+        worker_end.close()
+        second[1].close()
+        daemon.close()
+        assert _receive_worker_socket(process) is None  # the daemon is gone
     finally:
-        await hub.stop()
-    if not hub.path.startswith("\0"):
-        assert not await asyncio.to_thread(os.path.exists, hub.path)
-
-
-@async_test()
-async def test_worker_with_a_wrong_token_is_turned_away(hub_dir):
-    hub = WorkerHub()
-    await hub.start()
-    try:
-        wid, fut = hub.expect()
-        reader, writer = await _connect(hub, b"\x00" * len(hub.token), wid)
-        assert await asyncio.wait_for(reader.read(), 5.0) == b""  # closed on us
-        assert not fut.done() or fut.cancelled()
-        writer.close()
-    finally:
-        await hub.stop()
-
-
-@async_test()
-async def test_wrong_token_does_not_spoil_the_real_workers_slot(hub_dir):
-    hub = WorkerHub()
-    await hub.start()
-    try:
-        wid, fut = hub.expect()
-        turned_away, intruder = await _connect(hub, b"\x00" * len(hub.token), wid)
-        assert await asyncio.wait_for(turned_away.read(), 5.0) == b""
-        worker_reader, worker = await _connect(hub, hub.token, wid)
-        eof = asyncio.ensure_future(worker_reader.read())  # the hub closing on the worker
-        await asyncio.wait({fut, eof}, timeout=5.0, return_when=asyncio.FIRST_COMPLETED)
-        eof.cancel()
-        assert fut.done(), "the real worker was turned away"
-        _reader, daemon_side = fut.result()
-        daemon_side.close()
-        intruder.close()
-        worker.close()
-    finally:
-        await hub.stop()
+        for sock in (daemon, process, ours, theirs):
+            sock.close()

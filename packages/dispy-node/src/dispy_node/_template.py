@@ -1,17 +1,19 @@
 """The computation process: loads a computation once, runs setup, forks warm workers.
 
-Run as ``python -m dispy_node._template SOCKET TOKEN`` by the node daemon, with the
+Run as ``python -m dispy_node._template SPAWN_FD DIRECTORY`` by the node daemon, with the
 computation's directory as working directory. Standard input/output carry the control
 channel (see :mod:`._wire`); user code that prints during setup writes to the node's stderr.
+``SPAWN_FD`` is an inherited Unix socket on which the daemon sends, for each worker, one end
+of a socket pair made for that worker alone.
 
 Theory of operation
 -------------------
 1. Read ``init`` (the pickled bundle: computation, setup, cleanup, depends), unpickle it,
    run ``setup`` once, answer ``ready`` or ``failed``.
-2. On each ``spawn`` fork a worker. The worker becomes a process-group leader (so a cancel
-   can kill whatever the job started), connects to the daemon's Unix socket, introduces
-   itself with the token and its worker number, then runs jobs one at a time. It inherits
-   setup's globals, so a job costs a message, not a process start.
+2. For each worker socket received on the spawn channel fork a worker that keeps it (the
+   computation process closes its copy). The worker becomes a process-group leader (so a
+   cancel can kill whatever the job started) and runs jobs one at a time from that socket.
+   It inherits setup's globals, so a job costs a message, not a process start.
 3. Report every worker's exit status (``exited``) so the daemon can explain a crash.
 4. On ``close`` run ``cleanup`` (if a function) and exit.
 
@@ -22,7 +24,6 @@ from __future__ import annotations
 
 import contextlib
 import inspect
-import io
 import json
 import os
 import select
@@ -36,6 +37,7 @@ from typing import Any
 from dispy_core import serialize
 from dispy_core.protocol.framing import DEFAULT_MAX_MESSAGE, Buffer, nbytes
 from dispy_node import _wire
+from dispy_node._output import DEFAULT_MAX_OUTPUT, CapturedText, finish
 
 
 class _Control:
@@ -107,15 +109,12 @@ def _uninstall(names: list[str]) -> None:
 class _Worker:  # pragma: no cover - runs in a forked child
     """One warm worker: runs jobs sent by the daemon, one at a time."""
 
-    def __init__(
-        self, computation: Any, sock_path: str, token: bytes, wid: int, max_file_size: int
-    ) -> None:
+    def __init__(self, computation: Any, sock: socket.socket, limits: dict[str, int]) -> None:
         self.computation = computation
-        self.max_file_size = max_file_size
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        _wire.widen(self.sock)
-        self.sock.connect(sock_path)
-        self.sock.sendall(token + wid.to_bytes(4, "big"))
+        self.max_file_size = limits["max_file_size"]
+        self.max_output = limits["max_output"]
+        self.sock = sock  # the daemon made it for this worker alone (and sized its buffers)
+        sock.setblocking(True)
         self.inbox = bytearray()  # bytes read past the last frame
         # Jobs' arguments are read into this buffer, reused from job to job (a fresh large
         # buffer per job would cost a page fault per 4 KiB).
@@ -177,6 +176,12 @@ class _Worker:  # pragma: no cover - runs in a forked child
     def provisional_result(self, result: Any, timeout: float | None = None) -> int:
         del timeout
         data = serialize.dumps(result, plain_first=True)
+        size = nbytes(data)
+        if size > DEFAULT_MAX_MESSAGE:
+            raise ValueError(
+                f"dispy_provisional_result: {size} bytes pickled, over the "
+                f"{DEFAULT_MAX_MESSAGE} bytes one message can carry"
+            )
         now = time.time()
         self.send(_wire.OP_PROVISIONAL, 0, now, now, data)
         return 0
@@ -220,9 +225,12 @@ class _Worker:  # pragma: no cover - runs in a forked child
         builtins.dispy_provisional_result = self.provisional_result  # type: ignore[attr-defined]
         builtins.dispy_send_file = self.send_file  # type: ignore[attr-defined]
         real_out, real_err = sys.stdout, sys.stderr
+        # reused from job to job: cleared, not rebuilt, per job
+        out, err = CapturedText(self.max_output), CapturedText(self.max_output)
         while True:
             _op, self.job_id, payload = self.read_frame()
-            out, err = io.StringIO(), io.StringIO()
+            out.tail.clear()
+            err.tail.clear()
             start = time.time()
             outcome = _wire.OUTCOME_FINISHED
             result: Any = None
@@ -243,7 +251,15 @@ class _Worker:  # pragma: no cover - runs in a forked child
                 sys.stdout, sys.stderr = real_out, real_err
                 _uninstall(installed)
             end = time.time()
-            outcome, data = pack_reply(outcome, result, out.getvalue(), err.getvalue(), exc_text)
+            stdout, stderr = finish(
+                out.tail.value(),
+                out.tail.dropped,
+                err.tail.value(),
+                err.tail.dropped,
+                self.max_output,
+                "characters",
+            )
+            outcome, data = pack_reply(outcome, result, stdout, stderr, exc_text)
             self.send(_wire.OP_DONE, outcome, start, end, data)
 
 
@@ -272,12 +288,26 @@ def pack_reply(
     return outcome, data
 
 
+def _receive_worker_socket(spawner: socket.socket) -> tuple[int, socket.socket] | None:
+    """The next worker's number and socket from the daemon; None once the daemon is gone.
+
+    The kernel ends a read at a message that carries descriptors, so one read takes one
+    spawn request whole.
+    """
+    data, fds, _flags, _addr = socket.recv_fds(spawner, _wire.SPAWN.size, 1)
+    if len(data) != _wire.SPAWN.size or len(fds) != 1:
+        for fd in fds:
+            os.close(fd)
+        return None
+    os.set_inheritable(fds[0], False)  # a program the job starts must not hold it
+    (wid,) = _wire.SPAWN.unpack(data)
+    return wid, socket.socket(fileno=fds[0])
+
+
 def main() -> None:
-    # argv: hub address ('@name' = Linux abstract socket), token, directory (for ps only)
-    sock_path, token_hex = sys.argv[1], sys.argv[2]
-    if sock_path.startswith("@"):
-        sock_path = "\0" + sock_path[1:]
-    token = bytes.fromhex(token_hex)
+    # argv: the spawn channel's descriptor, the directory (for ps only)
+    spawner = socket.socket(fileno=int(sys.argv[1]))
+    os.set_inheritable(spawner.fileno(), False)
     # The control channel moves off stdin/stdout so that user code printing during setup
     # cannot corrupt it.
     ctrl = _Control(os.dup(0), os.dup(1))
@@ -290,7 +320,10 @@ def main() -> None:
     item = ctrl.blocking_next()
     if item is None or item[0].get("op") != "init":
         return
-    max_file_size = int(item[0].get("max_file_size", 0))
+    limits = {
+        "max_file_size": int(item[0].get("max_file_size", 0)),
+        "max_output": int(item[0].get("max_output", DEFAULT_MAX_OUTPUT)),
+    }
     try:
         sys.path.insert(0, os.getcwd())
         bundle = serialize.loads(item[1])
@@ -313,12 +346,19 @@ def main() -> None:
     signal.set_wakeup_fd(wake_w)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     children: set[int] = set()
+    watched: list[Any] = [ctrl.rfd, wake_r, spawner]
     while True:
-        readable, _, _ = select.select([ctrl.rfd, wake_r], [], [])
+        readable, _, _ = select.select(watched, [], [])
         if wake_r in readable:
             with contextlib.suppress(BlockingIOError):
                 os.read(wake_r, 512)
         _reap(children, ctrl)
+        if spawner in readable:
+            request = _receive_worker_socket(spawner)
+            if request is None:
+                watched.remove(spawner)  # the daemon closed it; the control channel follows
+            else:
+                _spawn(request, computation, limits, children, ctrl, spawner, wake_r, wake_w)
         if ctrl.rfd not in readable:
             continue
         if not ctrl.read_available():
@@ -327,31 +367,44 @@ def main() -> None:
             _kill_children(children)
             break
         while (msg := ctrl.next()) is not None:
-            op = msg[0].get("op")
-            if op == "spawn":
-                wid = int(msg[0]["wid"])
-                pid = os.fork()
-                if pid == 0:  # pragma: no cover - child
-                    try:
-                        signal.set_wakeup_fd(-1)
-                        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-                        os.close(wake_r)
-                        os.close(wake_w)
-                        os.close(ctrl.rfd)
-                        os.close(ctrl.wfd)
-                        os.setpgid(0, 0)
-                        _Worker(computation, sock_path, token, wid, max_file_size).run()
-                    finally:
-                        os._exit(0)
-                # The child makes itself a group leader too; doing it here as well closes
-                # the window in which a killpg() would miss a child that has not yet.
-                with contextlib.suppress(OSError):
-                    os.setpgid(pid, pid)
-                children.add(pid)
-                ctrl.send({"op": "spawned", "wid": wid, "pid": pid})
-            elif op == "close":
+            if msg[0].get("op") == "close":
                 _close(bundle, children, ctrl)
                 return
+
+
+def _spawn(
+    request: tuple[int, socket.socket],
+    computation: Any,
+    limits: dict[str, int],
+    children: set[int],
+    ctrl: _Control,
+    *private: socket.socket | int,
+) -> None:
+    """Fork a worker that keeps ``request``'s socket; close this process's copy of it."""
+    wid, sock = request
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - child
+        try:
+            signal.set_wakeup_fd(-1)
+            signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+            for item in private:
+                if isinstance(item, int):
+                    os.close(item)
+                else:
+                    item.close()
+            os.close(ctrl.rfd)
+            os.close(ctrl.wfd)
+            os.setpgid(0, 0)
+            _Worker(computation, sock, limits).run()
+        finally:
+            os._exit(0)
+    sock.close()  # the worker is now the only process holding it
+    # The child makes itself a group leader too; doing it here as well closes the window
+    # in which a killpg() would miss a child that has not yet.
+    with contextlib.suppress(OSError):
+        os.setpgid(pid, pid)
+    children.add(pid)
+    ctrl.send({"op": "spawned", "wid": wid, "pid": pid})
 
 
 def _reap(children: set[int], ctrl: _Control) -> None:

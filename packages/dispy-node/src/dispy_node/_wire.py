@@ -4,6 +4,8 @@ These pipes never leave the machine and connect processes the node started itsel
 use fixed binary headers, not the network protocol.
 
 * control (daemon <-> computation process): ``json_len:u32 | payload_len:u32 | json | payload``
+* spawn channel (daemon -> computation process, a Unix socket pair): ``wid:u32`` with one end
+  of the new worker's socket pair attached (SCM_RIGHTS)
 * daemon -> worker: ``op:u8 | job_id:u64 | payload_len:u32 | payload``
 * worker -> daemon: ``op:u8 | outcome:u8 | job_id:u64 | start:f64 | end:f64 | len:u32 | payload``
 
@@ -20,6 +22,7 @@ import struct
 from typing import Any
 
 CONTROL = struct.Struct("!II")
+SPAWN = struct.Struct("!I")
 TO_WORKER = struct.Struct("!BQI")
 FROM_WORKER = struct.Struct("!BBQddI")
 

@@ -118,6 +118,30 @@ def run(
             help="Largest file to transfer (k/m/g/t; 0 = any).",
         ),
     ] = str(MAX_FILE_SIZE),
+    max_job_output: Annotated[
+        str,
+        typer.Option(
+            "--max_job_output",
+            "--max-job-output",
+            help="Output kept per stream of a job, its tail (k/m/g/t; 0 = all).",
+        ),
+    ] = "64m",
+    max_stored_results: Annotated[
+        str,
+        typer.Option(
+            "--max_stored_results",
+            "--max-stored-results",
+            help="Disk for undelivered results; oldest removed first (k/m/g/t; 0 = any).",
+        ),
+    ] = "1g",
+    stored_results_age: Annotated[
+        float,
+        typer.Option(
+            "--stored_results_age",
+            "--stored-results-age",
+            help="Hours an undelivered result is kept (0 = forever).",
+        ),
+    ] = 168.0,
     zombie_interval: Annotated[
         float,
         typer.Option(
@@ -162,6 +186,9 @@ def run(
             "clean": clean,
             "msg_timeout": msg_timeout,
             "max_file_size": size,
+            "max_job_output": parse_size(max_job_output),
+            "max_stored_results": parse_size(max_stored_results),
+            "stored_results_age": stored_results_age * 3600.0,
             "zombie_interval": zombie_interval * 60.0,
             "scheduler_node": scheduler_node,
             "scheduler_port": scheduler_port,

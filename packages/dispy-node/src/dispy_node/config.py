@@ -9,6 +9,14 @@ import tempfile
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from dispy_core.config import CLIENT_PORT, MAX_FILE_SIZE, MSG_TIMEOUT, NODE_PORT
+from dispy_node._output import DEFAULT_MAX_OUTPUT
+
+# Per stream of one job: the node keeps the last this many bytes of its stdout and stderr.
+MAX_JOB_OUTPUT = DEFAULT_MAX_OUTPUT
+# Results kept on disk for clients that went away: at most this many bytes, each at most this
+# many seconds (7 days); the oldest go first. 0 = no limit.
+MAX_STORED_RESULTS = 1 << 30
+STORED_RESULTS_AGE = 7 * 24 * 3600.0
 
 
 def default_dest_path_prefix() -> str:
@@ -45,6 +53,9 @@ class NodeConfig(BaseModel):
     clean: bool = False
     msg_timeout: float = Field(default=MSG_TIMEOUT, gt=0)
     max_file_size: int = Field(default=MAX_FILE_SIZE, ge=0)
+    max_job_output: int = Field(default=MAX_JOB_OUTPUT, ge=0)
+    max_stored_results: int = Field(default=MAX_STORED_RESULTS, ge=0)
+    stored_results_age: float = Field(default=STORED_RESULTS_AGE, ge=0, allow_inf_nan=False)
     zombie_interval: float = Field(default=60.0, gt=0)
     scheduler_node: str | None = None
     scheduler_port: int = Field(default=CLIENT_PORT, ge=1, le=65535)

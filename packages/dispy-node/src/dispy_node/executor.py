@@ -2,26 +2,25 @@
 
 A :class:`Computation` starts ``python -m dispy_node._template`` in the computation's
 directory, hands it the pickled bundle, and asks it to fork one worker per allocated CPU.
-Workers connect back to the node's :class:`WorkerHub` (a Unix socket in a private
-directory, guarded by a random token), and the daemon then feeds each worker one job at a
-time directly, with no further hop. The daemon never unpickles user data: arguments and
-results pass through as bytes.
+For each worker the daemon makes a socket pair and passes one end to the computation
+process (SCM_RIGHTS over the spawn channel, a socket pair inherited at start); the worker
+forked for it is the only process that holds that end. Nothing listens and there is no
+token, so no other local process can pose as a worker. The daemon then feeds each worker one
+job at a time directly, with no further hop. The daemon never unpickles user data: arguments
+and results pass through as bytes.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import json
 import logging
 import os
-import secrets
-import shutil
 import signal
+import socket
 import struct
 import sys
-import tempfile
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -29,10 +28,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dispy_core import serialize
-from dispy_core.protocol.framing import DIRECT_PAYLOAD, Payload, make_room
+from dispy_core.protocol.framing import DEFAULT_MAX_MESSAGE, DIRECT_PAYLOAD, Payload, make_room
 from dispy_core.protocol.messages import JobOutcome
 from dispy_core.secret import without_secrets
 from dispy_node import _wire
+from dispy_node._output import DEFAULT_MAX_OUTPUT
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +41,11 @@ EXIT_STATUS_WAIT = 2.0
 STREAM_ABOVE = 256 << 10
 STREAM_SLICE = 256 << 10
 SCRATCH_SIZE = 64 << 10
+# The most a worker may announce in one frame: a reply or provisional result is at most one
+# network message (the worker checks, see _template.pack_reply); a file from
+# dispy_send_file also carries its header and path (a u16 length).
+SEND_FILE_OVERHEAD = _wire.SEND_FILE.size + 0xFFFF
+MAX_FROM_WORKER = DEFAULT_MAX_MESSAGE + SEND_FILE_OVERHEAD
 
 
 SendFileHandler = Callable[[int, str, int, float, Payload], Awaitable[str | None]]
@@ -67,82 +72,21 @@ def local_reply(job_id: int, outcome: JobOutcome, text: str | None, start: float
     return Reply(job_id, outcome, start, time.time(), payload)
 
 
-_Streams = tuple[asyncio.StreamReader, asyncio.StreamWriter]
-
-
-class WorkerHub:
-    """The Unix socket every worker of this node connects to.
-
-    On Linux it lives in the abstract namespace (no file, no path-length limit from a long
-    TMPDIR); elsewhere in a private short directory. Either way a worker must present the
-    hub's random token, so other local processes cannot pose as workers.
-    """
-
-    def __init__(self) -> None:
-        self._dir: str | None = None
-        name = f"dispy-node-{os.getpid()}-{secrets.token_hex(8)}"
-        if sys.platform.startswith("linux"):
-            self.path = "\0" + name
-            self.address = "@" + name  # how it is spelled on a command line
-        else:
-            self._dir = tempfile.mkdtemp(prefix="dispy-", dir="/tmp")
-            self.path = self.address = os.path.join(self._dir, "w.sock")
-        self.token = secrets.token_bytes(16)
-        self._waiting: dict[int, asyncio.Future[_Streams]] = {}
-        self._server: asyncio.AbstractServer | None = None
-        self._next_wid = 0
-
-    async def start(self) -> None:
-        self._server = await asyncio.start_unix_server(self._accept, path=self.path)
-        if self._dir is not None:
-            os.chmod(self.path, 0o600)
-
-    async def stop(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._server.wait_closed(), 1.0)
-        if self._dir is not None:
-            shutil.rmtree(self._dir, ignore_errors=True)
-
-    def expect(self) -> tuple[int, asyncio.Future[_Streams]]:
-        self._next_wid += 1
-        fut = asyncio.get_running_loop().create_future()
-        self._waiting[self._next_wid] = fut
-        return self._next_wid, fut
-
-    def forget(self, wid: int) -> None:
-        self._waiting.pop(wid, None)
-
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            hello = await asyncio.wait_for(reader.readexactly(len(self.token) + 4), 5.0)
-        except (asyncio.IncompleteReadError, TimeoutError, ConnectionError):
-            writer.close()
-            return
-        if not hmac.compare_digest(hello[:-4], self.token):
-            writer.close()
-            return
-        wid = int.from_bytes(hello[-4:], "big")
-        fut = self._waiting.pop(wid, None)
-        if fut is None or fut.done():
-            writer.close()
-            return
-        fut.set_result((reader, writer))
-
-
 @dataclass(eq=False)
 class _Worker:
     wid: int
-    transport: asyncio.WriteTransport
-    # The StreamWriter that accepted the worker closes the transport when garbage
-    # collected, so it lives as long as the worker.
-    streams: object = None
+    transport: asyncio.WriteTransport = field(init=False)
     pid: int = 0
+    registered: bool = False  # counted among the computation's workers
+    lost: bool = False  # its channel closed before it was registered
+    spawned: asyncio.Future[int] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future()
+    )
     job: int | None = None
     job_start: float = 0.0
     cancelling: bool = False
     retired: bool = False
+    fault: str | None = None  # why the daemon cut the worker off, if it did
     writable: asyncio.Event = field(default_factory=asyncio.Event)
     exit_info: asyncio.Future[dict[str, Any]] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
@@ -175,7 +119,6 @@ class Computation:
         cpus: int,
         dest_path: str,
         bundle: Payload,
-        hub: WorkerHub,
         on_reply: Callable[[Reply], None],
         on_provisional: Callable[[int, Payload], None],
         on_send_file: SendFileHandler | None = None,
@@ -183,6 +126,7 @@ class Computation:
         may_start: Callable[[], bool] = lambda: True,
         cleanup_files: bool = True,
         max_file_size: int = 0,
+        max_output: int = DEFAULT_MAX_OUTPUT,
         allocate: Callable[[int], bytearray | memoryview] = bytearray,
     ) -> None:
         self.comp_id = comp_id
@@ -192,7 +136,6 @@ class Computation:
         self.dest_path = dest_path
         self.cleanup_files = cleanup_files
         self._bundle = bundle
-        self._hub = hub
         self._on_reply = on_reply
         self._on_provisional = on_provisional
         self._on_send_file = on_send_file
@@ -201,13 +144,22 @@ class Computation:
         self.held = False  # queued jobs waiting for may_start()
         self._notify: set[int] = set()
         self.max_file_size = max_file_size
+        self.max_output = max_output
+        # what one frame from a worker may announce, by kind: checked before reading it
+        self.max_reply = MAX_FROM_WORKER
+        self.max_send_file = (
+            max_file_size + SEND_FILE_OVERHEAD if max_file_size else MAX_FROM_WORKER
+        )
         self._proc: asyncio.subprocess.Process | None = None
         self._queue: deque[tuple[int, Payload]] = deque()
         self._queued_ids: set[int] = set()
+        self.queued_bytes = 0  # arguments of the queued jobs
         self._idle: list[_Worker] = []
         self._workers: dict[int, _Worker] = {}
         self._by_pid: dict[int, _Worker] = {}
-        self._early_pids: dict[int, int] = {}
+        self._starting: dict[int, _Worker] = {}
+        self._next_wid = 0
+        self._spawner: socket.socket | None = None
         self._control_events: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         self._tasks: set[asyncio.Task[None]] = set()
         self.closing = False
@@ -229,21 +181,35 @@ class Computation:
         Raises:
             ComputationStartError: with the reason (setup's traceback, a crash, ...).
         """
-        self._proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "dispy_node._template",
-            self._hub.address,
-            self._hub.token.hex(),
-            self.dest_path,
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-            cwd=self.dest_path,
-            env=without_secrets(),  # the computation and its workers never see the secret
-            start_new_session=True,
-        )
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            # argv shows only the spawn channel's descriptor number and the directory
+            self._proc = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "dispy_node._template",
+                str(theirs.fileno()),
+                self.dest_path,
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                cwd=self.dest_path,
+                env=without_secrets(),  # the computation and its workers never see the secret
+                start_new_session=True,
+                pass_fds=(theirs.fileno(),),
+            )
+        except BaseException:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
+        ours.setblocking(False)
+        self._spawner = ours
         assert self._proc.stdin is not None
-        init = {"op": "init", "max_file_size": self.max_file_size}
+        init = {
+            "op": "init",
+            "max_file_size": self.max_file_size,
+            "max_output": self.max_output,
+        }
         self._proc.stdin.write(_wire.control_frame(init, self._bundle))
         self._bundle = b""
         await self._proc.stdin.drain()
@@ -270,6 +236,7 @@ class Computation:
             self._on_reply(local_reply(job_id, "cancelled", "Cancelled", time.time()))
         self._queue.clear()
         self._queued_ids.clear()
+        self.queued_bytes = 0
         for worker in list(self._workers.values()):
             if worker.job is not None:
                 self._on_reply(local_reply(worker.job, "cancelled", "Cancelled", worker.job_start))
@@ -290,6 +257,8 @@ class Computation:
         await self._kill_process()
         for task in list(self._tasks):
             task.cancel()
+        if self._spawner is not None:
+            self._spawner.close()
         return error
 
     async def _kill_process(self) -> None:
@@ -317,6 +286,7 @@ class Computation:
             self._notify.add(job_id)
         self._queue.append((job_id, payload))
         self._queued_ids.add(job_id)
+        self.queued_bytes += len(payload)
         self._dispatch()
 
     def pending_ids(self) -> list[int]:
@@ -329,6 +299,7 @@ class Computation:
         if job_id in self._queued_ids:
             self._queued_ids.discard(job_id)
             self._queue = deque(item for item in self._queue if item[0] != job_id)
+            self.queued_bytes = sum(len(payload) for _, payload in self._queue)
             self._on_reply(local_reply(job_id, "cancelled", None, time.time()))
             return True
         for worker in self._workers.values():
@@ -352,6 +323,7 @@ class Computation:
             worker = self._idle.pop()
             job_id, payload = self._queue.popleft()
             self._queued_ids.discard(job_id)
+            self.queued_bytes -= len(payload)
             worker.job = job_id
             worker.job_start = time.time()
             if self._notify and job_id in self._notify:
@@ -378,36 +350,51 @@ class Computation:
     # -- workers ------------------------------------------------------------------------
 
     async def _add_worker(self) -> None:
-        assert self._proc is not None
-        assert self._proc.stdin is not None
-        wid, fut = self._hub.expect()
-        self._proc.stdin.write(_wire.control_frame({"op": "spawn", "wid": wid}))
+        assert self._spawner is not None
+        self._next_wid += 1
+        worker = _Worker(self._next_wid)
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
+            _wire.widen(ours)
+            _wire.widen(theirs)
+            # A few bytes and one descriptor into a socket the computation process drains
+            # between forks: it never fills unless that process is stuck.
+            socket.send_fds(self._spawner, [_wire.SPAWN.pack(worker.wid)], [theirs.fileno()])
+        except OSError as exc:
+            ours.close()
+            raise ComputationStartError(f"worker {worker.wid} not started: {exc}") from None
+        finally:
+            theirs.close()  # the computation process has its own copy now
+        self._starting[worker.wid] = worker
+        transport: asyncio.BaseTransport | None = None
+        try:
+            transport, _ = await asyncio.get_running_loop().create_unix_connection(
+                lambda: _WorkerProtocol(self, worker), sock=ours
+            )
+            assert isinstance(transport, asyncio.WriteTransport)
             async with asyncio.timeout(WORKER_CONNECT_TIMEOUT):
-                await self._proc.stdin.drain()
-                _reader, writer = await fut
+                await worker.spawned
         except (TimeoutError, ConnectionError) as exc:
-            self._hub.forget(wid)
-            raise ComputationStartError(f"worker {wid} did not start: {exc!r}") from None
-        worker = _Worker(wid, writer.transport, streams=(_reader, writer))
+            self._starting.pop(worker.wid, None)
+            worker.retired = True
+            if transport is None:
+                ours.close()
+            else:
+                transport.close()
+            raise ComputationStartError(f"worker {worker.wid} did not start: {exc!r}") from None
         worker.writable.set()
         # Paused while the transport holds anything, so a large job goes to the socket
         # slice by slice, never copied into the transport's buffer.
-        writer.transport.set_write_buffer_limits(high=1, low=0)
-        _wire.widen(writer.transport.get_extra_info("socket"))
-        if len(self._workers) >= self.cpus or self.closing:
-            # set_cpus() lowered the count while this worker was starting
+        transport.set_write_buffer_limits(high=1, low=0)
+        if worker.lost or len(self._workers) >= self.cpus or self.closing:
+            # it died at once, or set_cpus() lowered the count while it was starting
             worker.retired = True
-            writer.transport.close()
+            transport.close()
+            if worker.lost and not self.closing:
+                raise ComputationStartError(f"worker {worker.wid} ended as it started")
             return
-        # From here the worker's bytes are parsed in the protocol callback itself: no task
-        # wake-up between a result arriving and it being sent on.
-        writer.transport.set_protocol(_WorkerProtocol(self, worker))
-        self._workers[wid] = worker
-        early_pid = self._early_pids.pop(wid, None)
-        if early_pid is not None:
-            worker.pid = early_pid
-            self._by_pid[early_pid] = worker
+        worker.registered = True
+        self._workers[worker.wid] = worker
         self._idle.append(worker)
         self._dispatch()
 
@@ -495,8 +482,9 @@ class Computation:
                     info = await asyncio.wait_for(
                         asyncio.shield(worker.exit_info), EXIT_STATUS_WAIT
                     )
-                self._on_reply(local_reply(job_id, "terminated", describe_exit(info), start))
-                log.warning("job %s of %s: %s", job_id, self.name, describe_exit(info))
+                reason = worker.fault or describe_exit(info)
+                self._on_reply(local_reply(job_id, "terminated", reason, start))
+                log.warning("job %s of %s: %s", job_id, self.name, reason)
         worker.transport.close()
         if worker.retired:
             return
@@ -520,12 +508,11 @@ class Computation:
                     await stdout.readexactly(plen)
                 op = event.get("op")
                 if op == "spawned":
-                    worker = self._workers.get(int(event["wid"]))
-                    if worker is None:
-                        self._early_pids[int(event["wid"])] = int(event["pid"])
-                    else:
+                    worker = self._starting.pop(int(event["wid"]), None)
+                    if worker is not None and not worker.spawned.done():
                         worker.pid = int(event["pid"])
                         self._by_pid[worker.pid] = worker
+                        worker.spawned.set_result(worker.pid)
                 elif op == "exited":
                     worker = self._by_pid.pop(int(event["pid"]), None)
                     if worker is not None and not worker.exit_info.done():
@@ -534,6 +521,10 @@ class Computation:
                     self._control_events.put_nowait(event)
         except (asyncio.IncompleteReadError, ConnectionError):
             self._control_events.put_nowait({"op": "eof"})
+            for worker in self._starting.values():
+                if not worker.spawned.done():
+                    worker.spawned.set_exception(ConnectionError("the computation process ended"))
+            self._starting.clear()
 
 
 class _WorkerProtocol(asyncio.BufferedProtocol):
@@ -552,6 +543,10 @@ class _WorkerProtocol(asyncio.BufferedProtocol):
         # a large reply being received: its header fields, its buffer, bytes filled
         self._big: tuple[tuple[int, int, int, float, float], bytearray | memoryview] | None = None
         self._filled = 0
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.WriteTransport)
+        self._worker.transport = transport  # before any byte of the worker is parsed
 
     def pause_writing(self) -> None:
         self._worker.writable.clear()
@@ -581,11 +576,31 @@ class _WorkerProtocol(asyncio.BufferedProtocol):
         self._buf, self._end = make_room(self._buf, self._start, self._end)
         self._start = 0
 
+    def _refuse(self, op: int, length: int) -> None:
+        """A worker announced more than it may send: cut it off before reading any of it."""
+        comp, worker = self._comp, self._worker
+        if op == _wire.OP_SEND_FILE:
+            what = f"a file of {length} bytes (this node's max_file_size is {comp.max_file_size})"
+        else:
+            what = f"a message of {length} bytes (at most {comp.max_reply} may be sent)"
+        worker.fault = f"the job's process sent {what}; the node stopped it"
+        log.error("worker %s of %s: %s", worker.wid, comp.name, worker.fault)
+        self._start = self._end = 0
+        if worker.pid:
+            with contextlib.suppress(OSError):
+                os.killpg(worker.pid, signal.SIGKILL)
+        worker.transport.close()
+
     def _parse(self) -> None:
         head = _wire.FROM_WORKER
         buf = self._buf
         while self._end - self._start >= head.size:
             op, outcome, job_id, start, end, length = head.unpack_from(buf, self._start)
+            if length > self._comp.max_reply or (
+                op == _wire.OP_SEND_FILE and length > self._comp.max_send_file
+            ):
+                self._refuse(op, length)
+                return
             body = self._start + head.size
             have = self._end - body
             if have >= length:
@@ -605,5 +620,9 @@ class _WorkerProtocol(asyncio.BufferedProtocol):
             self._start = self._end = 0
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._worker.writable.set()  # lets a streaming task see the closed transport
-        self._comp._spawn_task(self._comp._worker_lost(self._worker))
+        worker = self._worker
+        worker.writable.set()  # lets a streaming task see the closed transport
+        if not worker.registered:
+            worker.lost = True  # _add_worker, still waiting for it, reports it
+            return
+        self._comp._spawn_task(self._comp._worker_lost(worker))

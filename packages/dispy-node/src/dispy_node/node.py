@@ -43,7 +43,6 @@ from dispy_node import __version__
 from dispy_node._paths import PrefixError, prepare_prefix
 from dispy_node._pings import PingPolicy, Verdict
 from dispy_node.config import NodeConfig, resolve_cpus
-from dispy_node.executor import WorkerHub
 from dispy_node.session import Session, serve_stored
 from dispy_node.store import ResultStore
 
@@ -51,6 +50,7 @@ log = logging.getLogger("dispy_node")
 
 BUFFER_KEEP = 30.0  # seconds receive buffers outlive the session that used them
 BUFFER_KEEP_BYTES = 64 << 20  # and how many bytes of them
+STORE_EXPIRY_INTERVAL = 3600.0
 
 
 class NodeStartError(Exception):
@@ -65,11 +65,14 @@ class Node:
         self.cpus = resolve_cpus(config.cpus, availability.cpu_count())
         self.tls = TLSConfig(config.certfile, config.keyfile)
         self.port = config.node_port
-        self.hub = WorkerHub()
         # Receive buffers for large jobs and results, reused while a cluster is served.
         self.buffers = BufferPool()
         self._trim: asyncio.TimerHandle | None = None
-        self.store = ResultStore(config.dest_path_prefix)
+        self.store = ResultStore(
+            config.dest_path_prefix,
+            max_bytes=config.max_stored_results,
+            max_age=config.stored_results_age,
+        )
         self._server: asyncio.AbstractServer | None = None
         self._admission = Admission()
         self._udp: list[asyncio.DatagramTransport] = []
@@ -93,10 +96,7 @@ class Node:
             raise NodeStartError(f"cannot resolve a --relay address: {exc}") from None
         self._pings = PingPolicy(relays, now=time.monotonic())
         await asyncio.to_thread(_prepare_prefix, cfg.dest_path_prefix, cfg.clean)
-        try:
-            await self.hub.start()
-        except OSError as exc:
-            raise NodeStartError(f"cannot create the workers' socket: {exc}") from None
+        self._spawn(self._expire_stored())
         host = cfg.ip_addr or ""
         where = f"{host or '*'}:{self.port}"
         try:
@@ -111,7 +111,6 @@ class Node:
             where = f"{host or '*'}:{self.port}"
             unicast = udp_socket(host, self.port)
         except OSError as exc:
-            await self.hub.stop()
             raise NodeStartError(f"cannot listen on {where}: {exc.strerror or exc}") from None
         self._udp.append(await listen_pings(unicast, self._on_ping))
         iface = netinfo.interface_of(cfg.ip_addr) if cfg.ip_addr else None
@@ -170,7 +169,15 @@ class Node:
             self._retry.cancel()
         for task in list(self._tasks):
             task.cancel()
-        await self.hub.stop()
+
+    async def _expire_stored(self) -> None:
+        """Apply the stored results' age limit and quota now and every hour."""
+        while True:
+            try:
+                await asyncio.to_thread(self.store.expire)
+            except OSError as exc:
+                log.warning("cannot clean up stored results: %s", exc)
+            await asyncio.sleep(STORE_EXPIRY_INTERVAL)
 
     def _spawn(self, coro: object) -> None:
         task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coro)  # type: ignore[arg-type]

@@ -25,10 +25,13 @@ from typing import Any
 from dispy_core import serialize
 from dispy_core.protocol.framing import Payload
 from dispy_core.secret import without_secrets
+from dispy_node._output import DEFAULT_MAX_OUTPUT, Tail, finish
 from dispy_node._paths import safe_join
 from dispy_node.executor import ComputationStartError, Reply, local_reply
 
 log = logging.getLogger(__name__)
+
+READ_SIZE = 1 << 16
 
 
 class ProgramComputation:
@@ -46,12 +49,14 @@ class ProgramComputation:
         on_started: Callable[[int], None] = lambda job_id: None,
         may_start: Callable[[], bool] = lambda: True,
         cleanup_files: bool = True,
+        max_output: int = DEFAULT_MAX_OUTPUT,
     ) -> None:
         self.comp_id = comp_id
         self.name = name
         self.cpus = cpus
         self.dest_path = dest_path
         self.cleanup_files = cleanup_files
+        self.max_output = max_output
         self._spec = spec
         self._on_reply = on_reply
         self._on_started = on_started
@@ -62,6 +67,7 @@ class ProgramComputation:
         # Jobs run with the node's environment minus the secret (DISPY_SECRET and kin).
         self._env = without_secrets()
         self._queue: deque[tuple[int, Payload]] = deque()
+        self.queued_bytes = 0  # arguments of the queued jobs
         self._procs: dict[int, asyncio.subprocess.Process] = {}
         self._cancelled: set[int] = set()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -95,6 +101,7 @@ class ProgramComputation:
         if notify:
             self._notify.add(job_id)
         self._queue.append((job_id, payload))
+        self.queued_bytes += len(payload)
         self._dispatch()
 
     def set_cpus(self, cpus: int) -> None:
@@ -111,6 +118,7 @@ class ProgramComputation:
             return
         while self._queue and len(self._tasks) < self.cpus and not self.closing:
             job_id, payload = self._queue.popleft()
+            self.queued_bytes -= len(payload)
             if job_id in self._notify:
                 self._notify.discard(job_id)
                 self._on_started(job_id)
@@ -149,17 +157,36 @@ class ProgramComputation:
             )
             return
         self._procs[job_id] = proc
+        assert proc.stdout is not None
+        assert proc.stderr is not None
         try:
-            out, err = await proc.communicate()
+            out, err = await asyncio.gather(
+                _read_tail(proc.stdout, self.max_output), _read_tail(proc.stderr, self.max_output)
+            )
+            await proc.wait()
         finally:
             self._procs.pop(job_id, None)
         end = time.time()
+        stdout, stderr = finish(
+            out.value().decode(errors="replace"),
+            out.dropped,
+            err.value().decode(errors="replace"),
+            err.dropped,
+            self.max_output,
+        )
+        if out.dropped or err.dropped:
+            log.warning(
+                "job %s of %s: output over max_job_output (%d bytes) truncated",
+                job_id,
+                self.name,
+                self.max_output,
+            )
         if job_id in self._cancelled:
             self._cancelled.discard(job_id)
-            reply: Any = (None, _text(out), _text(err), "Cancelled")
+            reply: Any = (None, stdout, stderr, "Cancelled")
             self._on_reply(Reply(job_id, "cancelled", start, end, serialize.dumps_plain(reply)))
             return
-        reply = (proc.returncode, _text(out), _text(err), None)
+        reply = (proc.returncode, stdout, stderr, None)
         self._on_reply(Reply(job_id, "finished", start, end, serialize.dumps_plain(reply)))
 
     def pending_ids(self) -> list[int]:
@@ -167,9 +194,10 @@ class ProgramComputation:
         return [job_id for job_id, _ in self._queue] + list(self._procs)
 
     def cancel(self, job_id: int) -> bool:
-        for i, (queued, _) in enumerate(self._queue):
+        for i, (queued, payload) in enumerate(self._queue):
             if queued == job_id:
                 del self._queue[i]
+                self.queued_bytes -= len(payload)
                 self._on_reply(local_reply(job_id, "cancelled", None, time.time()))
                 return True
         proc = self._procs.get(job_id)
@@ -188,6 +216,7 @@ class ProgramComputation:
         for job_id, _ in list(self._queue):
             self._on_reply(local_reply(job_id, "cancelled", "Cancelled", time.time()))
         self._queue.clear()
+        self.queued_bytes = 0
         for job_id, proc in list(self._procs.items()):
             self._cancelled.add(job_id)
             _kill_group(proc.pid)
@@ -209,5 +238,9 @@ def _kill_group(pid: int) -> None:
         os.killpg(pid, signal.SIGKILL)
 
 
-def _text(data: bytes) -> str:
-    return data.decode(errors="replace")
+async def _read_tail(stream: asyncio.StreamReader, limit: int) -> Tail[bytes]:
+    """Read ``stream`` to its end, keeping its last ``limit`` bytes."""
+    tail: Tail[bytes] = Tail(limit, b"")
+    while chunk := await stream.read(READ_SIZE):
+        tail.add(chunk)
+    return tail

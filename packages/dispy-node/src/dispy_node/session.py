@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import shutil
@@ -62,6 +63,7 @@ from dispy_core.protocol.messages import (
     RecoverStatus,
     SetCpus,
 )
+from dispy_node._limits import MAX_UNACKED_BYTES, oldest_over_budget, queue_full
 from dispy_node._paths import UnsafePathError, computation_dir, safe_join
 from dispy_node.executor import Computation, ComputationStartError, Reply, local_reply
 from dispy_node.programs import ProgramComputation
@@ -93,6 +95,7 @@ class _Runner(Protocol):
     async def start(self) -> None: ...
 
     held: bool
+    queued_bytes: int
 
     def submit(self, job_id: int, payload: Payload, notify: bool = False) -> None: ...
     def kick(self) -> None: ...
@@ -110,6 +113,7 @@ class Session:
         self.conn: Connection | None = None
         self.ended = False
         self._unacked: dict[int, Reply] = {}
+        self._unacked_bytes = 0
         self._stored = False  # some results of this session went to the ResultStore
         self.setup: ComputationSetup | None = None
         self.dest: str | None = None
@@ -145,6 +149,8 @@ class Session:
     async def serve(self, conn: Connection) -> str:
         """Serve ``conn`` until the computation closes or the connection ends."""
         self.conn = conn
+        if self.node.config.max_file_size:
+            conn.screen_payloads(self._oversized_file)
         if not self._tasks:
             self._spawn(self._watch_zombie())
         try:
@@ -165,6 +171,14 @@ class Session:
         finally:
             if self.conn is conn:
                 self.conn = None
+
+    def _oversized_file(self, header: bytes, size: int) -> bool:
+        """A file.put over max_file_size: its contents are dropped unread (refused below)."""
+        if size <= self.node.config.max_file_size:
+            return False
+        with contextlib.suppress(ValueError, AttributeError):
+            return bool(json.loads(header).get("type") == FilePut.model_fields["type"].default)
+        return False
 
     def may_start(self) -> bool:
         """Whether queued jobs may start now.
@@ -191,6 +205,7 @@ class Session:
         store.save_meta(setup.comp_id, {"name": setup.name, "comp_id": setup.comp_id})
         pending = list(self._unacked.values()) + self._outbox
         self._unacked.clear()
+        self._unacked_bytes = 0
         self._outbox = []
         if pending:
             store.save(setup.comp_id, pending)
@@ -263,7 +278,9 @@ class Session:
 
     def _acked(self, job_ids: list[int]) -> None:
         for job_id in job_ids:
-            self._unacked.pop(job_id, None)
+            reply = self._unacked.pop(job_id, None)
+            if reply is not None:
+                self._unacked_bytes -= len(reply.payload)
         # Results that went through the disk (orphaned, then recovered) are deleted there too.
         if self._stored and self.setup is not None:
             self.node.store.remove(self.setup.comp_id, job_ids)
@@ -345,6 +362,7 @@ class Session:
                 on_started=self._on_started,
                 may_start=self.may_start,
                 cleanup_files=setup.cleanup,
+                max_output=node.config.max_job_output,
             )
         else:
             runner = Computation(
@@ -353,7 +371,6 @@ class Session:
                 cpus=cpus,
                 dest_path=self.dest,
                 bundle=payload,
-                hub=node.hub,
                 on_reply=self._on_reply,
                 on_provisional=self._on_provisional,
                 on_send_file=self._on_send_file,
@@ -361,6 +378,7 @@ class Session:
                 may_start=self.may_start,
                 cleanup_files=setup.cleanup,
                 max_file_size=node.config.max_file_size,
+                max_output=node.config.max_job_output,
                 allocate=node.buffers.take,
             )
         try:
@@ -423,6 +441,13 @@ class Session:
                 reason = f"a file of this job was refused: {error}"
                 self._on_reply(local_reply(job_id, "terminated", reason, time.time()))
                 continue
+            cpus = self.node.cpus
+            if comp.queued >= cpus and (
+                full := queue_full(comp.queued, comp.queued_bytes, size, cpus)
+            ):
+                log.warning("job %s of %s refused: %s", job_id, comp.name, full)
+                self._on_reply(local_reply(job_id, "terminated", full, time.time()))
+                continue
             comp.submit(job_id, data, job_id in notify)
 
     def _on_reply(self, reply: Reply) -> None:
@@ -470,10 +495,29 @@ class Session:
             return
         for reply in replies:
             self._unacked[reply.job_id] = reply
+            self._unacked_bytes += len(reply.payload)
+        if self._unacked_bytes > MAX_UNACKED_BYTES:
+            self._spill(self.setup)
         # On failure the replies stay in _unacked and go to disk when the session is orphaned.
         with contextlib.suppress(ConnectionClosed):
             for message, payloads in job_done_messages(self.setup.comp_id, replies):
                 conn.send_nowait(message, payloads)
+
+    def _spill(self, setup: ComputationSetup) -> None:
+        """Move the oldest unacknowledged results to disk (the client acknowledges them there
+        as usual; recover_jobs finds them too)."""
+        spilled = oldest_over_budget(self._unacked, self._unacked_bytes)
+        self._unacked_bytes -= sum(len(reply.payload) for reply in spilled)
+        store = self.node.store
+        store.save_meta(setup.comp_id, {"name": setup.name, "comp_id": setup.comp_id})
+        store.save(setup.comp_id, spilled)
+        self._stored = True
+        log.info(
+            "%d unacknowledged result(s) of %s moved to disk (over %d bytes in memory)",
+            len(spilled),
+            setup.name,
+            MAX_UNACKED_BYTES,
+        )
 
     def _on_provisional(self, job_id: int, payload: Payload) -> None:
         if self.setup is None or self.conn is None:

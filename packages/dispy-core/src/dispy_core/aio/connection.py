@@ -117,6 +117,12 @@ class Connection(asyncio.BufferedProtocol):
         name = self._transport.get_extra_info("sockname")
         return (str(name[0]), int(name[1])) if name else None
 
+    def screen_payloads(self, screen: framing.Screen | None) -> None:
+        """Drop, unread, every large payload for which ``screen(header, length)`` is True
+        (asked once the frame's header is in, before any of its payload; the message is
+        then handed over with an empty payload). E.g. a file over the receiver's limit."""
+        self._decoder.screen = screen
+
     # -- asyncio.Protocol ---------------------------------------------------------------
 
     def get_buffer(self, sizehint: int) -> memoryview:

@@ -72,10 +72,19 @@ def nbytes(payload: Outgoing) -> int:
 
 @dataclass(frozen=True, slots=True)
 class Frame:
-    """One whole message: its header bytes and its payload."""
+    """One whole message: its header bytes and its payload.
+
+    ``dropped``: the payload's length when the receiver's screen refused to keep it (the
+    payload is then empty; its bytes were read, authenticated and thrown away).
+    """
 
     header: bytes
     payload: Payload
+    dropped: int = 0
+
+
+# Whether to throw away a large payload unread, from its frame's header and payload length.
+Screen = Callable[[bytes, int], bool]
 
 
 class _Gmac:
@@ -201,15 +210,25 @@ def make_room(buf: bytearray, start: int, end: int) -> tuple[bytearray, int]:
 
 
 class _Direct:
-    """A large payload being received straight into its own buffer."""
+    """A large payload being received straight into its own buffer (or, dropped, into a
+    small sink reused slice after slice)."""
 
-    __slots__ = ("filled", "header", "mac", "target")
+    __slots__ = ("dropped", "filled", "header", "mac", "size", "target")
 
-    def __init__(self, header: bytes, target: bytearray | memoryview, mac: Mac | None) -> None:
+    def __init__(
+        self,
+        header: bytes,
+        target: bytearray | memoryview,
+        mac: Mac | None,
+        size: int,
+        dropped: bool,
+    ) -> None:
         self.header = header
         self.target = target
+        self.size = size
         self.filled = 0
         self.mac = mac
+        self.dropped = dropped
 
 
 class FrameDecoder:
@@ -235,6 +254,8 @@ class FrameDecoder:
         self.authenticator: MessageAuthenticator | None = None
         # Where a large payload's buffer comes from (e.g. a BufferPool's take).
         self.allocate: Callable[[int], bytearray | memoryview] = bytearray
+        # Asked once per large payload, before any of it is read: True drops it unread.
+        self.screen: Screen | None = None
         self._buf = bytearray(scratch_size)
         self._start = 0
         self._end = 0
@@ -245,7 +266,9 @@ class FrameDecoder:
     def get_buffer(self) -> memoryview:
         """Where the next received bytes go (never empty); then call :meth:`buffer_updated`."""
         direct = self._direct
-        if direct is not None and direct.filled < len(direct.target):
+        if direct is not None and direct.filled < direct.size:
+            if direct.dropped:
+                return memoryview(direct.target)[: direct.size - direct.filled]
             return memoryview(direct.target)[direct.filled :]
         if self._end == len(self._buf):
             self._make_room()
@@ -254,10 +277,11 @@ class FrameDecoder:
     def buffer_updated(self, nbytes: int) -> None:
         """``nbytes`` bytes were written into the buffer :meth:`get_buffer` returned."""
         direct = self._direct
-        if direct is not None and direct.filled < len(direct.target):
+        if direct is not None and direct.filled < direct.size:
             if direct.mac is not None:
+                start = 0 if direct.dropped else direct.filled
                 with memoryview(direct.target) as view:
-                    direct.mac.update(view[direct.filled : direct.filled + nbytes])
+                    direct.mac.update(view[start : start + nbytes])
             direct.filled += nbytes
         else:
             self._end += nbytes
@@ -353,17 +377,19 @@ class FrameDecoder:
                 mac = self.authenticator.begin(plen)
                 mac.update(view[pos:hstart])
                 mac.update(header)
+            drop = self.screen is not None and self.screen(header, plen)
             try:
-                target = self.allocate(plen)
+                target = bytearray(min(plen, SCRATCH_SIZE)) if drop else self.allocate(plen)
             except MemoryError:
                 raise RemoteProtocolError(
                     f"not enough memory to receive a message of {plen} bytes"
                 ) from None
-            direct = _Direct(header, target, mac)
+            direct = _Direct(header, target, mac, plen, drop)
             got = min(plen, self._end - pstart)
             if got:
                 chunk = view[pstart : pstart + got]
-                target[:got] = chunk
+                if not drop:
+                    target[:got] = chunk
                 if mac is not None:
                     mac.update(chunk)
                 chunk.release()
@@ -376,7 +402,7 @@ class FrameDecoder:
     def _finish_direct(self) -> Frame | None:
         direct = self._direct
         assert direct is not None
-        if direct.filled < len(direct.target):
+        if direct.filled < direct.size:
             return None
         if direct.mac is not None:
             if self._end - self._start < MAC_SIZE:
@@ -387,6 +413,8 @@ class FrameDecoder:
             if self._start == self._end:
                 self._start = self._end = 0
         self._direct = None
+        if direct.dropped:
+            return Frame(direct.header, b"", dropped=direct.size)
         return Frame(direct.header, direct.target)
 
     def frames(self, data: Buffer) -> list[Frame]:
@@ -400,5 +428,6 @@ class FrameDecoder:
     @property
     def buffered(self) -> int:
         """Bytes received but not yet part of a returned frame."""
-        filled = self._direct.filled if self._direct is not None else 0
+        direct = self._direct
+        filled = direct.filled if direct is not None and not direct.dropped else 0
         return self._end - self._start + filled
