@@ -370,6 +370,11 @@ class Connection(asyncio.BufferedProtocol):
             return
         self._dispatch()
 
+    def fail(self, exc: BaseException) -> None:
+        """End :meth:`serve` (or the next :meth:`recv`) with ``exc``, as if a handler had
+        raised it: for work done outside the handler (a task) that must end the session."""
+        self._fail(exc)
+
     def _fail(self, exc: BaseException) -> None:
         if self._error is None:
             self._error = exc
