@@ -16,7 +16,6 @@ from dispy_core import serialize
 from dispy_core.aio.connection import Connection, ConnectionClosed, PeerRefused, open_connection
 from dispy_core.protocol.errors import ProtocolError
 from dispy_core.protocol.messages import ComputationSetup, ComputationStart, NodeInfo
-
 from harness.computations import square_plus
 from harness.ports import LOOPBACK
 
@@ -37,9 +36,7 @@ async def connect(port: int, secret: str, *, timeout: float = 10.0) -> tuple[Con
 
 async def start_computation(conn: Connection, *, timeout: float = 20.0) -> None:
     """Set up and start a real function computation (``square_plus``) and wait until ready."""
-    conn.send_nowait(
-        ComputationSetup(comp_id=COMP_ID, name="rawpeer", kind="function", cpus=1)
-    )
+    conn.send_nowait(ComputationSetup(comp_id=COMP_ID, name="rawpeer", kind="function", cpus=1))
     bundle = serialize.dumps(
         {"computation": square_plus, "setup": None, "cleanup": None, "depends": []}
     )
