@@ -98,3 +98,13 @@ def reshape(data: Any, extra: dict[str, Any] | None = None) -> Any:
 def echo_len(tag: int, data: bytes) -> tuple[int, int, bytes]:
     """Echo ``data`` with its tag and length."""
     return (tag, len(data), data)
+
+
+def setup_forever() -> int:
+    """A setup that never ends, with a child process of its own (both must be stopped)."""
+    import subprocess
+    import time
+
+    subprocess.Popen(["sleep", "3600"])
+    time.sleep(3600)
+    return 0

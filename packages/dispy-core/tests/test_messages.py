@@ -429,7 +429,8 @@ TOO_MANY = list(range(MAX_IDS + 1))
     ],
 )
 def test_out_of_bounds_value_refused(kind, field, value):
-    with pytest.raises(RemoteProtocolError, match=f"malformed message header: .* at {kind}.{field}"):
+    where = f"malformed message header: .* at {kind}.{field}"
+    with pytest.raises(RemoteProtocolError, match=where):
         decode(as_header({**SAMPLES[kind], field: value}))
 
 

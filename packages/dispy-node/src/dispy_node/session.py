@@ -412,6 +412,9 @@ class Session:
         try:
             await runner.start()
         except (ComputationStartError, UnsafePathError, OSError) as exc:
+            if self._starting is not runner:
+                return  # _close() stopped it during setup: nothing to report
+            self._starting = None
             await runner.close(terminate=True)
             await self._fail_start(setup, str(exc))
             return
@@ -423,9 +426,10 @@ class Session:
                 self._starting = None
                 await asyncio.shield(runner.close(terminate=True))
             raise
-        finally:
-            if self._starting is runner:
-                self._starting = None
+        if self._starting is not runner:
+            await runner.close(terminate=True)  # _close() came while start() finished
+            return
+        self._starting = None
         self.computation = runner
         log.info("computation %s ready on %d CPU(s) in %s", setup.name, cpus, self.dest)
         self._send(ComputationReady(comp_id=setup.comp_id, cpus=cpus, dest_path=self.dest))
