@@ -27,8 +27,10 @@ def _no_children(node, timeout: float = 10.0) -> None:
     wait_for(
         lambda: not node.descendants(),
         timeout,
-        lambda: "processes of the node left behind: "
-        + "; ".join(describe(p) for p in node.descendants()),
+        lambda: (
+            "processes of the node left behind: "
+            + "; ".join(describe(p) for p in node.descendants())
+        ),
     )
 
 
