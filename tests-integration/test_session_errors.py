@@ -118,3 +118,41 @@ def test_valid_but_unexpected_messages_do_not_end_the_session(node_factory, secr
 
     asyncio.run(scenario())
     node.wait_log("free again")
+
+
+def test_client_error_on_a_nodes_message_drops_only_that_node(
+    node_factory, cluster_factory, dispy_log, monkeypatch
+):
+    """A bug in the client while it handles one node's message ends that node's connection
+    (the node is told why and freed), is logged once, and the cluster finishes elsewhere."""
+    from dispy import _core
+
+    first, second = node_factory(2, cpus=1, name="client-bug")
+    original = _core.ClusterCore._job_replies
+    planted: list[str] = []
+
+    def sometimes_broken(self, session, msg, payload):
+        if not planted and session.node.name == first.name:
+            planted.append(session.node.name)
+            raise RuntimeError("planted client bug")
+        return original(self, session, msg, payload)
+
+    monkeypatch.setattr(_core.ClusterCore, "_job_replies", sometimes_broken)
+    history = History()
+    cluster = cluster_factory(
+        square_plus,
+        [first, second],
+        reentrant=True,
+        callback=history.callback,
+        cluster_status=history.cluster_status,
+    )
+    for i in range(30):
+        history.submit(cluster, i)
+    assert cluster.wait(timeout=30), history.summary()
+    history.check(square_plus, allowed={DispyJob.Finished})
+    assert planted == [first.name]
+    errors = [r for r in dispy_log.records if "planted client bug" in str(r.exc_info)]
+    assert len(errors) == 1, dispy_log.text()
+    first.wait_log("client error: RuntimeError: planted client bug")
+    first.wait_log("free again")
+    cluster.close()
