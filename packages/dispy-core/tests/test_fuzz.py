@@ -35,6 +35,7 @@ from dispy_core.protocol.framing import (
 from dispy_core.protocol.messages import (
     HANDSHAKE_MESSAGE,
     MESSAGE,
+    Refused,
     decode,
     decode_handshake,
     encode,
@@ -122,6 +123,7 @@ def check_decodes_or_refuses(data: bytes) -> None:
     except RemoteProtocolError as exc:
         error = str(exc)
         assert error.startswith("malformed message header"), error
+        Refused(reason=error)  # the error can always go back to the peer
         return
     # Accepted: it must go back out unchanged (a node echoes ids, names and paths).
     assert decode(encode(message)) == message
@@ -148,6 +150,7 @@ def test_any_handshake_header_decodes_or_is_refused(header: Any) -> None:
     except RemoteProtocolError as exc:
         error = str(exc)
         assert error.startswith("malformed handshake message"), error
+        Refused(reason=error)  # the handshake sends it back in a refused message
 
 
 @given(st.binary(max_size=600))

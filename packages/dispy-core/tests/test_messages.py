@@ -24,6 +24,7 @@ from dispy_core.protocol.messages import (
     JobSubmit,
     Message,
     Notice,
+    Refused,
     clip,
     decode,
     decode_handshake,
@@ -472,3 +473,16 @@ def test_clip_makes_any_text_a_valid_reason():
     message = Notice(text=reason)
     assert decode(encode(message)) == message
     assert clip("short") == "short"
+
+
+@pytest.mark.parametrize("key", ["k" * 2000, "a\x00b"])
+def test_refusal_text_of_any_header_can_go_back_in_a_refused_message(key):
+    # The location of an error names a key the peer chose: before this was clipped, answering
+    # a handshake with such a key raised ValidationError out of the handshake.
+    for header, parse in (
+        ({**SAMPLES["proof"], key: 1}, decode_handshake),
+        ({**SAMPLES["pulse"], key: 1}, decode),
+    ):
+        with pytest.raises(RemoteProtocolError) as info:
+            parse(as_header(header))
+        assert Refused(reason=str(info.value)).reason == str(info.value)

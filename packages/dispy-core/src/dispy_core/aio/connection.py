@@ -31,7 +31,15 @@ from dispy_core.protocol.framing import (
     Payload,
 )
 from dispy_core.protocol.handshake import Handshake, HandshakeFailed, parse_handshake
-from dispy_core.protocol.messages import Message, Refused, Role, _Message, decode, encode
+from dispy_core.protocol.messages import (
+    Message,
+    Refused,
+    Role,
+    _Message,
+    clip,
+    decode,
+    encode,
+)
 
 log = logging.getLogger(__name__)
 
@@ -389,7 +397,7 @@ class Connection(asyncio.BufferedProtocol):
     async def refuse(self, reason: str) -> None:
         """Tell the peer why the session ends, then close."""
         with contextlib.suppress(Exception):
-            self.send_nowait(Refused(reason=reason))
+            self.send_nowait(Refused(reason=clip(reason, 1024)))
         await self.close()
 
     async def close(self) -> None:

@@ -398,8 +398,10 @@ def decode_handshake(header: bytes) -> HandshakeMessage:
 
 
 def _first_error(exc: ValidationError) -> str:
+    # Clipped: the location may hold a key the peer chose (any length, NULs), and the text
+    # goes back to the peer in a ``refused`` reason, which must always be valid.
     if exc.errors():
         err = exc.errors()[0]
         where = ".".join(str(p) for p in err.get("loc", ()))
-        return f"{err.get('msg', 'invalid')}{f' at {where}' if where else ''}"
-    return str(exc)
+        return clip(f"{err.get('msg', 'invalid')}{f' at {where}' if where else ''}", 512)
+    return clip(str(exc), 512)
