@@ -222,6 +222,12 @@ class Connection(asyncio.BufferedProtocol):
         except (ConnectionClosed, OSError) as exc:
             self._outq.clear()
             self._fail(ConnectionClosed(str(exc)))
+        except Exception as exc:
+            # Not the network: a bug. The connection is unusable now; its owner (serve() or
+            # the next recv()) gets the error, with its traceback, rather than a silent task.
+            self._outq.clear()
+            self._transport.abort()
+            self._fail(exc)
         finally:
             self._streamer = None
             if not self._outq:
