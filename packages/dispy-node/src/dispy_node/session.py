@@ -38,6 +38,8 @@ import time
 from collections.abc import Awaitable, Coroutine
 from typing import TYPE_CHECKING, Any, Protocol
 
+from pydantic import ValidationError
+
 from dispy_core import availability
 from dispy_core.aio.connection import Connection, ConnectionClosed, PeerRefused
 from dispy_core.aio.tasks import spawn
@@ -555,21 +557,23 @@ class Session:
             return "the client is not connected"
         self._send_file_req += 1
         req = self._send_file_req
+        try:
+            message = FilePut(
+                comp_id=self.setup.comp_id,
+                path=path,
+                size=len(data),
+                mode=mode,
+                mtime=mtime,
+                job_id=job_id,
+                req=req,
+            )
+        except ValidationError as exc:
+            # The job named a file the wire cannot carry (a NUL, a path too long, ...).
+            return clip(f"cannot send {path!r}: {exc.errors()[0].get('msg', 'invalid')}")
         waiter: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
         self._send_file_waiters[req] = waiter
         try:
-            await conn.send(
-                FilePut(
-                    comp_id=self.setup.comp_id,
-                    path=path,
-                    size=len(data),
-                    mode=mode,
-                    mtime=mtime,
-                    job_id=job_id,
-                    req=req,
-                ),
-                data,
-            )
+            await conn.send(message, data)
             async with asyncio.timeout(max(self.node.config.msg_timeout * 6, 30)):
                 return await waiter
         except ConnectionClosed:
