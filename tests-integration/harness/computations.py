@@ -126,3 +126,13 @@ def loud(megabytes: int) -> int:
         sys.stdout.write(block)
     print("last line")
     return megabytes
+
+
+def setup_forever() -> int:
+    """A setup that never ends, with a child process of its own (both must be stopped)."""
+    import subprocess
+    import time
+
+    subprocess.Popen(["sleep", "3600"])
+    time.sleep(3600)
+    return 0

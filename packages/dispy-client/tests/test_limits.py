@@ -41,3 +41,18 @@ def test_arguments_over_the_message_limit_are_refused_at_submit(monkeypatch, cap
         jc.cancel(job)
     finally:
         jc.close(timeout=5, terminate=True)
+
+
+@pytest.mark.parametrize(
+    ("computation", "kwargs", "expected"),
+    [
+        ("prog\x00ram", {}, "holds a NUL"),
+        ("", {}, "is empty"),
+        (echo, {"dest_path": "work\x00dir"}, "dest_path must be at most 4096 characters"),
+        (echo, {"dest_path": "d" * 4097}, "dest_path must be at most 4096 characters"),
+    ],
+)
+def test_what_no_node_would_accept_is_refused_at_once(computation, kwargs, expected):
+    # Nothing is started: the check comes before any socket or thread.
+    with pytest.raises(ValueError, match=expected):
+        dispy.JobCluster(computation, nodes=["127.0.0.1"], ip_addr="127.0.0.1", port=0, **kwargs)

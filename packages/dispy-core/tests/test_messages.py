@@ -8,16 +8,24 @@ import typing
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from dispy_core.protocol.discovery import Ping
 from dispy_core.protocol.errors import RemoteProtocolError
 from dispy_core.protocol.messages import (
     HANDSHAKE_MESSAGE,
+    MAX_CPUS,
+    MAX_IDS,
+    MAX_NAME,
+    MAX_PATH,
+    MAX_TEXT,
     MESSAGE,
     PROTOCOL_VERSION,
     JobSubmit,
     Message,
     Notice,
+    Refused,
+    clip,
     decode,
     decode_handshake,
     encode,
@@ -348,3 +356,141 @@ def test_wire_schema_matches_snapshot():
 def test_protocol_version_is_a_positive_integer():
     assert isinstance(PROTOCOL_VERSION, int)
     assert PROTOCOL_VERSION >= 1
+
+
+# --- bounds (issue 9, item 4): what a consumer could not use is refused here ------------------
+
+NAN, INF = float("nan"), float("inf")
+TOO_MANY = list(range(MAX_IDS + 1))
+
+
+@pytest.mark.parametrize(
+    ("kind", "field", "value"),
+    [
+        # ids are u64
+        ("jobs.submit", "jobs", [[-1, 0]]),
+        ("jobs.submit", "jobs", [[2**64, 0]]),
+        ("jobs.submit", "jobs", [[1, 2**32]]),
+        ("jobs.submit", "notify", [-1]),
+        ("jobs.submit", "comp_id", 2**64),
+        ("jobs.cancel", "job_ids", [2**64]),
+        ("jobs.ack", "job_ids", [-7]),
+        ("jobs.started", "job_ids", [2**70]),
+        ("jobs.provisional", "job_id", -1),
+        ("jobs.done", "jobs", [{**REPORT, "job_id": -1}]),
+        ("jobs.done", "jobs", [{**REPORT, "job_id": 2**64}]),
+        ("file.put", "job_id", -1),
+        ("file.put", "req", -1),
+        ("file.ack", "req", 2**64),
+        ("recover.request", "comp_id", -1),
+        ("computation.start", "comp_id", 2**64),
+        ("computation.close", "comp_id", -2),
+        # times and floats are finite and in range
+        ("jobs.done", "jobs", [{**REPORT, "start": NAN}]),
+        ("jobs.done", "jobs", [{**REPORT, "end": INF}]),
+        ("jobs.done", "jobs", [{**REPORT, "end": 1e300}]),
+        ("jobs.done", "jobs", [{**REPORT, "start": -1.0}]),
+        ("file.put", "mtime", 1e300),
+        ("file.put", "mtime", NAN),
+        ("file.put", "mtime", -INF),
+        ("pulse", "avail", {**AVAIL, "cpu": NAN}),
+        ("pulse", "avail", {**AVAIL, "cpu": 100.5}),
+        ("pulse", "avail", {**AVAIL, "swap": -1.0}),
+        ("pulse", "avail", {**AVAIL, "memory": -1}),
+        ("pulse", "avail", {**AVAIL, "disk": 2**64}),
+        ("pulse", "running", -1),
+        ("node.info", "zombie_interval", INF),
+        ("node.info", "zombie_interval", 0.0),
+        ("computation", "pulse_interval", NAN),
+        # sizes are >= 0 and fit a frame
+        ("file.put", "size", 2**32),
+        ("recover.status", "stored", -1),
+        # cpus are bounded
+        ("node.info", "cpus", MAX_CPUS + 1),
+        ("computation", "cpus", 10**9),
+        ("computation.ready", "cpus", 0),
+        ("computation.cpus", "cpus", MAX_CPUS + 1),
+        # strings: no NUL, bounded
+        ("file.put", "path", "dir/a\x00b"),
+        ("file.put", "path", "x" * (MAX_PATH + 1)),
+        ("computation", "dest_path", "a\x00"),
+        ("computation", "name", "comp\x00"),
+        ("computation", "name", "n" * (MAX_NAME + 1)),
+        ("computation.ready", "dest_path", ""),
+        ("computation.failed", "reason", "\x00"),
+        ("computation.failed", "reason", "r" * (MAX_TEXT + 1)),
+        ("file.ack", "error", "bad\x00"),
+        ("node.info", "name", "\x00"),
+        ("node.info", "ip_addr", "1" * 256),
+        ("node.info", "platform", "p\x00"),
+        ("node.info", "version", "v" * (MAX_NAME + 1)),
+        ("notice", "text", "t\x00t"),
+        ("refused", "reason", "\x00"),
+        ("refused", "protocol", -1),
+        # lists are bounded
+        ("jobs.submit", "jobs", [[i, 0] for i in range(MAX_IDS + 1)]),
+        ("jobs.submit", "notify", TOO_MANY),
+        ("jobs.cancel", "job_ids", TOO_MANY),
+        ("jobs.ack", "job_ids", TOO_MANY),
+        ("jobs.started", "job_ids", TOO_MANY),
+        ("recover.status", "pending", TOO_MANY),
+        ("jobs.done", "jobs", [REPORT] * (MAX_IDS + 1)),
+    ],
+)
+def test_out_of_bounds_value_refused(kind, field, value):
+    where = f"malformed message header: .* at {kind}.{field}"
+    with pytest.raises(RemoteProtocolError, match=where):
+        decode(as_header({**SAMPLES[kind], field: value}))
+
+
+@pytest.mark.parametrize(
+    ("kind", "field", "value"),
+    [
+        ("jobs.submit", "jobs", [[0, 0], [2**64 - 1, 2**32 - 1]]),
+        ("jobs.submit", "jobs", [[i, 0] for i in range(MAX_IDS)]),
+        ("jobs.cancel", "job_ids", list(range(MAX_IDS))),
+        ("file.put", "mtime", -86400.0),  # a file from before 1970
+        ("file.put", "mtime", None),
+        ("file.put", "path", "d/" * 2000 + "f"),
+        ("pulse", "avail", {**AVAIL, "cpu": 0, "swap": 100}),  # integers where floats go
+        ("pulse", "avail", {**AVAIL, "memory": 2**64 - 1}),
+        ("node.info", "name", "ünïcode-node ✓"),
+        ("node.info", "cpus", MAX_CPUS),
+        ("jobs.done", "jobs", [{**REPORT, "start": 1.7e9, "end": 1.7e9 + 1}]),
+    ],
+)
+def test_values_at_the_bounds_accepted(kind, field, value):
+    message = decode(as_header({**SAMPLES[kind], field: value}))
+    assert decode(encode(message)) == message
+
+
+def test_ping_fields_are_bounded():
+    ping = {"type": "ping", "cluster": "c" * 16, "reply_addr": "127.0.0.1", "reply_port": 9}
+    Ping.model_validate_json(json.dumps(ping))
+    for field, value in (("cluster", "c\x00" * 8), ("reply_addr", "1\x00"), ("protocol", -1)):
+        with pytest.raises(ValidationError):
+            Ping.model_validate_json(json.dumps({**ping, field: value}))
+
+
+def test_clip_makes_any_text_a_valid_reason():
+    text = "setup failed:\x00 " + "x" * (2 * MAX_TEXT)
+    reason = clip(text)
+    assert len(reason) <= MAX_TEXT
+    assert "\x00" not in reason
+    assert reason.endswith("(text clipped)")
+    message = Notice(text=reason)
+    assert decode(encode(message)) == message
+    assert clip("short") == "short"
+
+
+@pytest.mark.parametrize("key", ["k" * 2000, "a\x00b"])
+def test_refusal_text_of_any_header_can_go_back_in_a_refused_message(key):
+    # The location of an error names a key the peer chose: before this was clipped, answering
+    # a handshake with such a key raised ValidationError out of the handshake.
+    for header, parse in (
+        ({**SAMPLES["proof"], key: 1}, decode_handshake),
+        ({**SAMPLES["pulse"], key: 1}, decode),
+    ):
+        with pytest.raises(RemoteProtocolError) as info:
+            parse(as_header(header))
+        assert Refused(reason=str(info.value)).reason == str(info.value)

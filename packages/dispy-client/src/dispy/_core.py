@@ -41,6 +41,7 @@ from dispy_core.aio.connection import (
     PeerRefused,
     accept_connection,
 )
+from dispy_core.aio.tasks import spawn
 from dispy_core.buffers import BufferPool
 from dispy_core.config import DEFAULT_PULSE, dead_after
 from dispy_core.files import store_file
@@ -48,6 +49,7 @@ from dispy_core.protocol.errors import ProtocolError
 from dispy_core.protocol.framing import Buffer, Outgoing, Payload, nbytes
 from dispy_core.protocol.jobs import JobStatus, NodeStatus
 from dispy_core.protocol.messages import (
+    MAX_IDS,
     NOT_WANTED,
     CloseComputation,
     ComputationClosed,
@@ -69,6 +71,7 @@ from dispy_core.protocol.messages import (
     Notice,
     Pulse,
     SetCpus,
+    clip,
 )
 from dispy_core.scheduling import Scheduler
 from dispy_core.secret import SECRET_ENV, no_secret_warning, user_name
@@ -241,11 +244,7 @@ class ClusterCore:
         )
 
     def _spawn(self, coro: Any) -> asyncio.Task[Any]:
-        assert self.loop is not None
-        task = self.loop.create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        return task
+        return spawn(coro, self._tasks, log=log, what=getattr(coro, "__name__", "task"))
 
     async def close(self, terminate: bool) -> None:
         """Close the computation on every node and stop serving."""
@@ -429,8 +428,15 @@ class ClusterCore:
         except PeerRefused as exc:
             self._node_lost(session, exc.reason)
         except ProtocolError as exc:
-            await conn.refuse(str(exc))
+            await conn.refuse(clip(str(exc), 1000))
             self._node_lost(session, str(exc))
+        except Exception as exc:
+            # A bug on this side while handling the node's messages: this node's connection
+            # ends (its jobs are resubmitted or cancelled), the cluster goes on.
+            log.exception("node %s: error while handling its messages", session.node.name)
+            reason = f"client error: {type(exc).__name__}: {exc}"
+            await conn.refuse(clip(reason, 1000))
+            self._node_lost(session, reason)
         finally:
             session.closed.set()
             if self.sessions.get(key) is session:
@@ -628,7 +634,9 @@ class ClusterCore:
             if session.acks:
                 acks, session.acks = session.acks, []
                 with contextlib.suppress(ConnectionClosed):
-                    session.conn.send_nowait(JobAck(comp_id=self.comp_id, job_ids=acks))
+                    for at in range(0, len(acks), MAX_IDS):
+                        part = acks[at : at + MAX_IDS]
+                        session.conn.send_nowait(JobAck(comp_id=self.comp_id, job_ids=part))
 
     def _do_pump(self) -> None:
         self._pump_scheduled = False
@@ -871,7 +879,7 @@ class ClusterCore:
             target = safe_local_path(os.getcwd(), msg.path)
             await asyncio.to_thread(store_file, target, payload, msg.mode, msg.mtime)
         except (ValueError, OSError) as exc:
-            error = f"client refused {msg.path!r}: {exc}"
+            error = clip(f"client refused {msg.path!r}: {exc}")
             log.warning("file from node %s: %s", session.node.name, error)
         if msg.req:
             with contextlib.suppress(ConnectionClosed):

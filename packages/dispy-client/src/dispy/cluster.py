@@ -25,6 +25,7 @@ from dispy.recovery import default_recover_file
 from dispy_core import netinfo, serialize
 from dispy_core.config import CLIENT_PORT, MSG_TIMEOUT, NODE_PORT
 from dispy_core.protocol.framing import DEFAULT_MAX_MESSAGE, nbytes
+from dispy_core.protocol.messages import MAX_NAME, MAX_PATH
 from dispy_core.secret import Secret, resolve_secret
 from dispy_core.security import TLSConfig
 
@@ -115,6 +116,15 @@ class JobCluster:
             raise ValueError(f"ping_interval must be positive, not {ping_interval}")
         if not isinstance(secret, str):
             raise TypeError("secret must be a string")
+        # What the wire refuses (section 7.3 of PROTOCOL.md) is refused here, once, rather
+        # than by every node.
+        if isinstance(computation, str) and (not computation or "\0" in computation):
+            raise ValueError(f"program {computation!r} is empty or holds a NUL")
+        dest_path = dest_path or None  # '' asks for a fresh directory, as None does
+        if dest_path is not None and ("\0" in dest_path or len(dest_path) > MAX_PATH):
+            raise ValueError(
+                f"dest_path must be at most {MAX_PATH} characters without NUL, not {dest_path!r}"
+            )
         resolved = cluster_secret(secret)
         node_list = [to_allocate(n) for n in (nodes if nodes is not None else ["*"])]
         for alloc in node_list:
@@ -153,6 +163,7 @@ class JobCluster:
                     "depends": objects,
                 }
             )
+        name = name[:MAX_NAME]
         self.name = name
         self._options = ClusterOptions(
             name=name,

@@ -36,6 +36,7 @@ from dispy_core.protocol.errors import ProtocolError
 from dispy_core.protocol.framing import Payload
 from dispy_core.protocol.jobs import JobStatus
 from dispy_core.protocol.messages import (
+    MAX_IDS,
     CloseComputation,
     ComputationClosed,
     JobAck,
@@ -382,7 +383,9 @@ async def _recover_node(
                 received += len(msg.jobs)
                 await take(msg, payload)
         if pending and terminate:
-            await conn.send(JobCancel(comp_id=comp_id, job_ids=sorted(pending)))
+            cancel = sorted(pending)
+            for at in range(0, len(cancel), MAX_IDS):
+                await conn.send(JobCancel(comp_id=comp_id, job_ids=cancel[at : at + MAX_IDS]))
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(msg_timeout * 2):
                     while pending:

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dispy_core import serialize
+from dispy_core.aio.tasks import spawn
 from dispy_core.protocol.framing import DEFAULT_MAX_MESSAGE, DIRECT_PAYLOAD, Payload, make_room
 from dispy_core.protocol.messages import JobOutcome
 from dispy_core.secret import without_secrets
@@ -163,6 +164,7 @@ class Computation:
         self._control_events: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         self._tasks: set[asyncio.Task[None]] = set()
         self.closing = False
+        self._ready = False  # setup finished
         self._job_ended = asyncio.Event()
 
     @property
@@ -220,6 +222,7 @@ class Computation:
             raise ComputationStartError(
                 first.get("reason") or "the computation process ended during setup"
             )
+        self._ready = True
         await asyncio.gather(*(self._add_worker() for _ in range(self.cpus)))
 
     async def close(self, *, terminate: bool = True) -> str | None:
@@ -228,6 +231,13 @@ class Computation:
         Returns the cleanup error, if any.
         """
         self.closing = True
+        if not self._ready:
+            # Setup has not finished (it may never): the process reads no control message
+            # until it does, so there is no one to ask for a cleanup; stop it now.
+            await self._kill_process()
+            for task in list(self._tasks):
+                task.cancel()
+            return None
         if not terminate:
             while self._queue or self.running:
                 self._job_ended.clear()
@@ -268,15 +278,16 @@ class Computation:
                     os.killpg(worker.pid, signal.SIGKILL)
         proc = self._proc
         if proc is not None and proc.returncode is None:
+            # The whole group (start_new_session): whatever setup started goes with it.
+            with contextlib.suppress(OSError):
+                os.killpg(proc.pid, signal.SIGKILL)
             with contextlib.suppress(ProcessLookupError):
                 proc.kill()
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(proc.wait(), 5.0)
 
     def _spawn_task(self, coro: Any) -> None:
-        task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        spawn(coro, self._tasks, log=log, what=f"computation {self.name}: {coro.__name__}")
 
     # -- jobs ---------------------------------------------------------------------------
 

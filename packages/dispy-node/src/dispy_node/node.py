@@ -22,6 +22,8 @@ import logging
 import platform
 import signal
 import time
+from collections.abc import Coroutine
+from typing import Any
 
 from dispy_core import availability, netinfo
 from dispy_core.aio.admission import Admission, start_server
@@ -32,11 +34,12 @@ from dispy_core.aio.connection import (
     open_connection,
 )
 from dispy_core.aio.discovery import listen_pings, udp_socket
+from dispy_core.aio.tasks import spawn
 from dispy_core.buffers import BufferPool
 from dispy_core.protocol.discovery import Ping
 from dispy_core.protocol.errors import ProtocolError
 from dispy_core.protocol.handshake import LoopGuard
-from dispy_core.protocol.messages import NodeInfo, RecoverRequest
+from dispy_core.protocol.messages import MAX_INTERVAL, NodeInfo, RecoverRequest
 from dispy_core.secret import no_secret_warning, user_name
 from dispy_core.security import TLSConfig
 from dispy_node import __version__
@@ -179,10 +182,8 @@ class Node:
                 log.warning("cannot clean up stored results: %s", exc)
             await asyncio.sleep(STORE_EXPIRY_INTERVAL)
 
-    def _spawn(self, coro: object) -> None:
-        task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coro)  # type: ignore[arg-type]
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        spawn(coro, self._tasks, log=log, what=getattr(coro, "__name__", "node task"))
 
     def _no_secret_warning(self) -> str:
         where = f"{self.config.ip_addr or 'any address of this host'} port {self.port}"
@@ -307,16 +308,21 @@ class Node:
                 log.exception("connection from %s:%s: unexpected error in the handshake", *peer[:2])
                 writer.close()
                 return
-        if conn.peer_role == "recover":
-            await self._serve_recovery(conn)
-            return
-        if conn.peer_role != "client":
-            await conn.refuse(f"a node does not serve a {conn.peer_role} yet")
-            return
-        if self._busy:
-            await conn.refuse("node is busy serving another client")
-            return
-        await self._serve_client(conn, None)
+        try:
+            if conn.peer_role == "recover":
+                await self._serve_recovery(conn)
+                return
+            if conn.peer_role != "client":
+                await conn.refuse(f"a node does not serve a {conn.peer_role} yet")
+                return
+            if self._busy:
+                await conn.refuse("node is busy serving another client")
+                return
+            await self._serve_client(conn, None)
+        except Exception as exc:
+            # asyncio would only print it; log it once and hang up.
+            log.exception("connection from %s failed", conn.peer_name)
+            await conn.refuse(f"node error: {type(exc).__name__}")
 
     # -- one client -----------------------------------------------------------------------
 
@@ -331,7 +337,7 @@ class Node:
             platform=platform.platform(),
             avail=availability.measure(cfg.dest_path_prefix),
             version=__version__,
-            zombie_interval=cfg.zombie_interval,
+            zombie_interval=min(cfg.zombie_interval, MAX_INTERVAL),
         )
 
     @property
@@ -346,15 +352,30 @@ class Node:
             self._trim.cancel()
             self._trim = None
         self._serving = cluster
+        outcome = "failed"
         try:
             await conn.send(self._node_info(conn))
             outcome = await session.serve(conn)
         except ConnectionClosed:
             outcome = "lost"
-        await conn.close()
-        if outcome == "declined" and cluster is not None:
-            self._pings.decline(cluster, time.monotonic())
-        await self._after_session(session, outcome)
+        except Exception as exc:
+            log.exception("serving client %s failed", conn.peer_name)
+            await conn.refuse(f"node error: {type(exc).__name__}")
+        finally:
+            # Whatever happened (even cancellation), the node must not stay "busy".
+            await asyncio.shield(self._end_client(session, conn, cluster, outcome))
+
+    async def _end_client(
+        self, session: Session, conn: Connection, cluster: str | None, outcome: str
+    ) -> None:
+        try:
+            await conn.close()
+            if outcome == "declined" and cluster is not None:
+                self._pings.decline(cluster, time.monotonic())
+            await self._after_session(session, outcome)
+        except Exception:
+            log.exception("ending the session of client %s failed", conn.peer_name)
+            self.session_ended(session)
 
     async def _after_session(self, session: Session, outcome: str) -> None:
         # Only a computation that is still there (not closed) and has jobs or unacknowledged
@@ -400,9 +421,13 @@ class Node:
                 await conn.refuse("the computation's client is still connected")
                 return
             log.info("recovering computation %d for %s", msg.comp_id, conn.peer_name)
-            outcome = await active.recover(conn)
-            await conn.close()
-            await self._after_session(active, outcome)
+            outcome = "failed"  # an unexpected error (logged by _accept) frees the node
+            try:
+                outcome = await active.recover(conn)
+            except ConnectionClosed:
+                outcome = "lost"
+            finally:
+                await asyncio.shield(self._end_client(active, conn, None, outcome))
             return
         await serve_stored(self.store, conn, msg.comp_id)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -89,6 +90,9 @@ class ProgramComputation:
             transferred = bool(spec.get("transferred"))
         except (ValueError, KeyError, TypeError) as exc:
             raise ComputationStartError(f"malformed program specification: {exc}") from None
+        if not program or "\0" in program:
+            # No exec() could run it: refuse it here, once, rather than fail every job.
+            raise ComputationStartError(f"program name {program!r} is empty or holds a NUL")
         if transferred:
             path = safe_join(self.dest_path, program)
             if not await asyncio.to_thread(_make_executable, path):
@@ -124,10 +128,17 @@ class ProgramComputation:
                 self._on_started(job_id)
             task = asyncio.get_running_loop().create_task(self._run(job_id, payload))
             self._tasks.add(task)
-            task.add_done_callback(self._task_done)
+            task.add_done_callback(functools.partial(self._task_done, job_id))
 
-    def _task_done(self, task: asyncio.Task[None]) -> None:
+    def _task_done(self, job_id: int, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            # A bug: say so once, and end the job rather than leave the client waiting.
+            exc = task.exception()
+            log.error("program job %d failed: %s", job_id, exc, exc_info=exc)
+            self._procs.pop(job_id, None)
+            reason = f"the node failed to run the job: {type(exc).__name__}: {exc}"
+            self._on_reply(local_reply(job_id, "terminated", reason, time.time()))
         self._job_ended.set()
         self._dispatch()
 
@@ -137,6 +148,8 @@ class ProgramComputation:
             args = json.loads(bytes(payload))
             if not isinstance(args, list) or not all(isinstance(a, str) for a in args):
                 raise ValueError("program arguments must be strings")
+            if any("\0" in a for a in args):
+                raise ValueError("a program argument holds a NUL")
         except ValueError as exc:
             self._on_reply(local_reply(job_id, "terminated", f"bad arguments: {exc}", start))
             return
@@ -151,7 +164,7 @@ class ProgramComputation:
                 env=self._env,
                 start_new_session=True,
             )
-        except OSError as exc:
+        except (OSError, ValueError) as exc:
             self._on_reply(
                 local_reply(job_id, "terminated", f"cannot run {self._argv[0]}: {exc}", start)
             )

@@ -18,7 +18,13 @@ jobs are done; stored results stay on disk until recovered or ``--clean``.
 
 Outcomes of :meth:`Session.serve`: ``closed`` (the client closed the computation),
 ``declined`` (the client did not want this node), ``refused`` (the client ended the session,
-e.g. it declared this node dead), ``lost`` (the connection broke).
+e.g. it declared this node dead, or sent a message this node refuses), ``lost`` (the
+connection broke), ``failed`` (an error of this node while serving: logged once with its
+traceback; the session ends and the node is free, never left "busy").
+
+Every task a session starts is owned by it (:func:`dispy_core.aio.tasks.spawn`): if one
+fails, the failure ends the session the same way, so no error is lost and nothing it started
+(a computation process still in setup, say) is left behind.
 """
 
 from __future__ import annotations
@@ -33,13 +39,17 @@ import time
 from collections.abc import Awaitable, Coroutine
 from typing import TYPE_CHECKING, Any, Protocol
 
+from pydantic import ValidationError
+
 from dispy_core import availability
 from dispy_core.aio.connection import Connection, ConnectionClosed, PeerRefused
+from dispy_core.aio.tasks import spawn
 from dispy_core.config import DEFAULT_PULSE, dead_after
 from dispy_core.files import store_file
 from dispy_core.protocol.errors import ProtocolError, RemoteProtocolError
 from dispy_core.protocol.framing import DIRECT_PAYLOAD, Payload
 from dispy_core.protocol.messages import (
+    MAX_IDS,
     NOT_WANTED,
     CloseComputation,
     ComputationClosed,
@@ -62,6 +72,7 @@ from dispy_core.protocol.messages import (
     Pulse,
     RecoverStatus,
     SetCpus,
+    clip,
 )
 from dispy_node._limits import MAX_UNACKED_BYTES, oldest_over_budget, queue_full
 from dispy_node._paths import UnsafePathError, computation_dir, safe_join
@@ -119,6 +130,8 @@ class Session:
         self.dest: str | None = None
         self.setup_error: str | None = None
         self.computation: _Runner | None = None
+        self._starting: _Runner | None = None  # between computation.start and ready
+        self._start_seen = False
         self.last_heard = time.monotonic()
         self._job_files: dict[int, list[str]] = {}
         self._failed_job_files: dict[int, str] = {}
@@ -130,9 +143,26 @@ class Session:
         self._send_file_waiters: dict[int, asyncio.Future[str | None]] = {}
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.get_running_loop().create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        name = getattr(coro, "__name__", "task")
+        spawn(coro, self._tasks, log=log, what=f"session task {name}", on_error=self._task_failed)
+
+    def _task_failed(self, exc: BaseException) -> None:
+        """A task of this session raised: end the session with that error."""
+        conn = self.conn
+        if conn is not None and not conn.closed:
+            conn.fail(exc)  # serve() logs it once and ends the session
+            return
+        # No client to tell (orphaned session): log it and free the node.
+        log.error("session task failed: %s", exc, exc_info=exc)
+        if not self.ended:
+            self.ended = True
+            self.node._spawn(self._end_after_failure())
+
+    async def _end_after_failure(self) -> None:
+        try:
+            await self._close(terminate=True)
+        finally:
+            self.node.session_ended(self)
 
     @property
     def comp_id(self) -> int | None:
@@ -166,8 +196,14 @@ class Session:
             return "refused"
         except ProtocolError as exc:
             log.warning("client %s: %s", conn.peer_name, exc)
-            await conn.refuse(str(exc))
+            await conn.refuse(clip(str(exc), 1000))
             return "refused"
+        except Exception as exc:
+            # A bug here, not the client's fault: one record with the traceback, the client
+            # told why, and the caller frees the node.
+            log.exception("session of client %s failed", conn.peer_name)
+            await conn.refuse(clip(f"node error: {type(exc).__name__}: {exc}", 1000))
+            return "failed"
         finally:
             if self.conn is conn:
                 self.conn = None
@@ -225,7 +261,9 @@ class Session:
         stored = self.node.store.load(setup.comp_id)
         self._stored = self._stored or bool(stored)
         await conn.send(
-            RecoverStatus(comp_id=setup.comp_id, known=True, pending=pending, stored=len(stored))
+            RecoverStatus(
+                comp_id=setup.comp_id, known=True, pending=pending[:MAX_IDS], stored=len(stored)
+            )
         )
         self.conn = conn
         for reply in stored:
@@ -255,7 +293,14 @@ class Session:
             elif isinstance(msg, ComputationSetup):
                 self._begin(msg)
             elif isinstance(msg, ComputationStart):
-                self._spawn(self._start(msg, payload))
+                if self._start_seen:
+                    # One computation per session: a second start would leave the first
+                    # one's processes running with nothing to close them.
+                    log.warning("client %s sent computation.start twice", conn.peer_name)
+                    self._send(Notice(level="error", text="computation already started"))
+                else:
+                    self._start_seen = True
+                    self._spawn(self._start(msg, payload))
             elif isinstance(msg, SetCpus):
                 self._set_cpus(msg)
             elif isinstance(msg, FileAck):
@@ -318,7 +363,8 @@ class Session:
                 self._job_files.setdefault(msg.job_id, [])
                 self._failed_job_files[msg.job_id] = error
         if msg.req:
-            self._send(FileAck(comp_id=msg.comp_id, req=msg.req, error=error))
+            reply_error = None if error is None else clip(error)
+            self._send(FileAck(comp_id=msg.comp_id, req=msg.req, error=reply_error))
 
     async def _write_file(self, msg: FilePut, payload: Payload) -> str | None:
         if self.dest is None or self.setup is None or msg.comp_id != self.setup.comp_id:
@@ -343,7 +389,8 @@ class Session:
         setup = self.setup
         if setup is None or setup.comp_id != msg.comp_id or self.dest is None:
             reason = self.setup_error or "computation.start without computation"
-            self._send(ComputationFailed(comp_id=msg.comp_id, reason=reason))
+            self._start_seen = False
+            self._send(ComputationFailed(comp_id=msg.comp_id, reason=clip(reason)))
             return
         if self.setup_error is not None:
             await self._fail_start(setup, self.setup_error)
@@ -381,12 +428,28 @@ class Session:
                 max_output=node.config.max_job_output,
                 allocate=node.buffers.take,
             )
+        self._starting = runner
         try:
             await runner.start()
         except (ComputationStartError, UnsafePathError, OSError) as exc:
+            if self._starting is not runner:
+                return  # _close() stopped it during setup: nothing to report
+            self._starting = None
             await runner.close(terminate=True)
             await self._fail_start(setup, str(exc))
             return
+        except BaseException:
+            # A bug, or the session closing while setup runs: what start() began must not
+            # outlive it (the error itself goes to the session's task owner). _close() may
+            # have stopped it already.
+            if self._starting is runner:
+                self._starting = None
+                await asyncio.shield(runner.close(terminate=True))
+            raise
+        if self._starting is not runner:
+            await runner.close(terminate=True)  # _close() came while start() finished
+            return
+        self._starting = None
         self.computation = runner
         log.info("computation %s ready on %d CPU(s) in %s", setup.name, cpus, self.dest)
         self._send(ComputationReady(comp_id=setup.comp_id, cpus=cpus, dest_path=self.dest))
@@ -399,7 +462,8 @@ class Session:
         self.dest = None
         self.setup = None
         self.setup_error = None
-        self._send(ComputationFailed(comp_id=setup.comp_id, reason=reason))
+        self._start_seen = False
+        self._send(ComputationFailed(comp_id=setup.comp_id, reason=clip(reason)))
 
     def _set_cpus(self, msg: SetCpus) -> None:
         comp = self.computation
@@ -485,7 +549,9 @@ class Session:
             started, self._started = self._started, []
             if conn is not None:
                 with contextlib.suppress(ConnectionClosed):
-                    conn.send_nowait(JobStarted(comp_id=self.setup.comp_id, job_ids=started))
+                    for at in range(0, len(started), MAX_IDS):
+                        part = started[at : at + MAX_IDS]
+                        conn.send_nowait(JobStarted(comp_id=self.setup.comp_id, job_ids=part))
         if not self._outbox:
             return
         replies, self._outbox = self._outbox, []
@@ -535,21 +601,23 @@ class Session:
             return "the client is not connected"
         self._send_file_req += 1
         req = self._send_file_req
+        try:
+            message = FilePut(
+                comp_id=self.setup.comp_id,
+                path=path,
+                size=len(data),
+                mode=mode,
+                mtime=mtime,
+                job_id=job_id,
+                req=req,
+            )
+        except ValidationError as exc:
+            # The job named a file the wire cannot carry (a NUL, a path too long, ...).
+            return clip(f"cannot send {path!r}: {exc.errors()[0].get('msg', 'invalid')}")
         waiter: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
         self._send_file_waiters[req] = waiter
         try:
-            await conn.send(
-                FilePut(
-                    comp_id=self.setup.comp_id,
-                    path=path,
-                    size=len(data),
-                    mode=mode,
-                    mtime=mtime,
-                    job_id=job_id,
-                    req=req,
-                ),
-                data,
-            )
+            await conn.send(message, data)
             async with asyncio.timeout(max(self.node.config.msg_timeout * 6, 30)):
                 return await waiter
         except ConnectionClosed:
@@ -594,6 +662,11 @@ class Session:
     async def _close(self, *, terminate: bool) -> None:
         comp = self.computation
         self.computation = None
+        starting, self._starting = self._starting, None
+        if starting is not None:
+            # Setup still running (maybe forever): stop its process now; the start task,
+            # cancelled below, then finds nothing left to do.
+            await starting.close(terminate=True)
         if comp is not None:
             error = await comp.close(terminate=terminate)
             self._flush()
@@ -648,11 +721,14 @@ async def serve_stored(store: ResultStore, conn: Connection, comp_id: int) -> No
 
 def job_done_messages(comp_id: int, replies: list[Reply]) -> list[tuple[JobDone, list[Payload]]]:
     """``jobs.done`` messages for ``replies``, each carrying at most MAX_BATCH_BYTES of results
-    (a larger result goes alone), so none nears the peer's message limit."""
+    (a larger result goes alone) and MAX_IDS jobs, so none nears the peer's limits."""
     batches: list[list[Reply]] = []
     size = 0
     for reply in replies:
-        if not batches or (batches[-1] and size + len(reply.payload) > MAX_BATCH_BYTES):
+        if not batches or (
+            batches[-1]
+            and (size + len(reply.payload) > MAX_BATCH_BYTES or len(batches[-1]) >= MAX_IDS)
+        ):
             batches.append([])
             size = 0
         batches[-1].append(reply)

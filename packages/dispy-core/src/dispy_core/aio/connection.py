@@ -31,7 +31,15 @@ from dispy_core.protocol.framing import (
     Payload,
 )
 from dispy_core.protocol.handshake import Handshake, HandshakeFailed, LoopGuard, parse_handshake
-from dispy_core.protocol.messages import Message, Refused, Role, _Message, decode, encode
+from dispy_core.protocol.messages import (
+    Message,
+    Refused,
+    Role,
+    _Message,
+    clip,
+    decode,
+    encode,
+)
 
 log = logging.getLogger(__name__)
 
@@ -223,6 +231,12 @@ class Connection(asyncio.BufferedProtocol):
         except (ConnectionClosed, OSError) as exc:
             self._outq.clear()
             self._fail(ConnectionClosed(str(exc)))
+        except Exception as exc:
+            # Not the network: a bug. The connection is unusable now; its owner (serve() or
+            # the next recv()) gets the error, with its traceback, rather than a silent task.
+            self._outq.clear()
+            self._transport.abort()
+            self._fail(exc)
         finally:
             self._streamer = None
             if not self._outq:
@@ -379,6 +393,11 @@ class Connection(asyncio.BufferedProtocol):
             return
         self._dispatch()
 
+    def fail(self, exc: BaseException) -> None:
+        """End :meth:`serve` (or the next :meth:`recv`) with ``exc``, as if a handler had
+        raised it: for work done outside the handler (a task) that must end the session."""
+        self._fail(exc)
+
     def _fail(self, exc: BaseException) -> None:
         if self._error is None:
             self._error = exc
@@ -393,7 +412,7 @@ class Connection(asyncio.BufferedProtocol):
     async def refuse(self, reason: str) -> None:
         """Tell the peer why the session ends, then close."""
         with contextlib.suppress(Exception):
-            self.send_nowait(Refused(reason=reason))
+            self.send_nowait(Refused(reason=clip(reason, 1024)))
         await self.close()
 
     async def close(self) -> None:

@@ -12,12 +12,12 @@ from __future__ import annotations
 import fnmatch
 import re
 from functools import lru_cache
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
 from dispy_core.protocol.errors import RemoteProtocolError
-from dispy_core.protocol.messages import PROTOCOL_VERSION
+from dispy_core.protocol.messages import NO_NUL, PROTOCOL_VERSION, U32_MAX
 
 MAX_DATAGRAM = 2048
 
@@ -28,9 +28,9 @@ class Ping(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     type: Literal["ping"] = "ping"
-    protocol: int = PROTOCOL_VERSION
-    cluster: str = Field(min_length=8, max_length=64)
-    reply_addr: str = Field(max_length=255)
+    protocol: int = Field(default=PROTOCOL_VERSION, ge=0, le=U32_MAX)
+    cluster: Annotated[str, StringConstraints(min_length=8, max_length=64, pattern=NO_NUL)]
+    reply_addr: Annotated[str, StringConstraints(max_length=255, pattern=NO_NUL)]
     reply_port: int = Field(ge=1, le=65535)
     role: Literal["client", "scheduler", "recover"] = "client"
 

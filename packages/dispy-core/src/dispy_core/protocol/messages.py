@@ -34,6 +34,52 @@ Role = Literal["client", "node", "scheduler", "recover", "relay"]
 JobOutcome = Literal["finished", "terminated", "cancelled", "abandoned"]
 
 
+# --- bounds of every field (see PROTOCOL.md, "Field bounds") ---------------------------------
+# A value a peer sends must be usable as it is by whatever consumes it (a struct field, a
+# syscall, a file name, a log line), so the schema refuses what would fail later: ids that
+# do not fit a u64, times that are not finite, NULs, lists and strings without a limit.
+# Constraints are checked by pydantic-core itself: a bounded integer costs some 20-30 ns
+# more than a bare one, less than any check written in Python (measured on jobs.submit).
+
+U64_MAX = 2**64 - 1
+U32_MAX = 2**32 - 1
+MAX_CPUS = 1 << 16
+MAX_NAME = 1024  # names of nodes and computations, platform and version strings
+MAX_PATH = 4096  # PATH_MAX on Linux
+MAX_TEXT = 16384  # human-readable reasons and notices (longer ones are clipped by clip())
+MAX_IDS = 1 << 16  # ids or jobs in one message (senders split longer lists)
+MAX_TIME = 1e11  # seconds since the epoch (the year 5138): any real time stamp
+MAX_INTERVAL = 1e9  # seconds: any real interval
+
+# Ids (computations, jobs, requests): u64, as the node's worker link packs them.
+Id = Annotated[int, Field(ge=0, le=U64_MAX)]
+# Byte counts: a payload's part (a frame's payload length is a u32) or a size on a disk.
+Size = Annotated[int, Field(ge=0, le=U32_MAX)]
+Count = Annotated[int, Field(ge=0, le=U64_MAX)]
+Cpus = Annotated[int, Field(ge=1, le=MAX_CPUS)]
+Time = Annotated[float, Field(ge=0.0, le=MAX_TIME, allow_inf_nan=False)]
+Percent = Annotated[float, Field(ge=0.0, le=100.0, allow_inf_nan=False)]
+NO_NUL = r"^[^\x00]*$"
+
+
+# Strings: no NUL (it truncates a C string: a path, an argv entry, a log line), bounded.
+Name = Annotated[str, StringConstraints(max_length=MAX_NAME, pattern=NO_NUL)]
+Path = Annotated[str, StringConstraints(min_length=1, max_length=MAX_PATH, pattern=NO_NUL)]
+Reason = Annotated[str, StringConstraints(max_length=MAX_TEXT, pattern=NO_NUL)]
+
+
+def clip(text: str, limit: int = MAX_TEXT) -> str:
+    """``text`` made fit for a :data:`Reason` field: NULs replaced, clipped to ``limit``.
+
+    For text this side did not write itself (a setup's traceback, an OS error naming a
+    client's path), so building the message cannot fail.
+    """
+    text = text.replace("\0", "\ufffd")
+    if len(text) <= limit:
+        return text
+    return text[: limit - 20] + " ... (text clipped)"
+
+
 class _Message(BaseModel):
     # strict: a header says 7, not "7", 7.0 or true, where an integer is meant
     model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
@@ -92,8 +138,8 @@ class Refused(_Message):
     """One side refuses the handshake or the session; the connection closes after it."""
 
     type: Literal["refused"] = "refused"
-    reason: str = Field(max_length=1024)
-    protocol: int = PROTOCOL_VERSION
+    reason: Annotated[str, StringConstraints(max_length=1024, pattern=NO_NUL)]
+    protocol: Annotated[int, Field(ge=0, le=U32_MAX)] = PROTOCOL_VERSION
 
 
 # --- node <-> client session ---------------------------------------------------------------
@@ -102,25 +148,25 @@ class Refused(_Message):
 class AvailInfo(_Message):
     """Availability of a node as psutil sees it (see DispyNodeAvailInfo)."""
 
-    cpu: float
-    memory: int
-    disk: int
-    swap: float
+    cpu: Percent
+    memory: Count
+    disk: Count
+    swap: Percent
 
 
 class NodeInfo(_Message):
     """A node introduces itself right after the handshake."""
 
     type: Literal["node.info"] = "node.info"
-    name: str
-    ip_addr: str
+    name: Name
+    ip_addr: Annotated[str, StringConstraints(max_length=255, pattern=NO_NUL)]
     port: int = Field(ge=0, le=65535)
-    cpus: int = Field(ge=1)
-    platform: str
+    cpus: Cpus
+    platform: Name
     avail: AvailInfo | None = None
-    version: str
+    version: Name
     busy: bool = False
-    zombie_interval: float = 3600.0
+    zombie_interval: float = Field(default=3600.0, gt=0, le=MAX_INTERVAL, allow_inf_nan=False)
 
 
 class ComputationSetup(_Message):
@@ -132,33 +178,33 @@ class ComputationSetup(_Message):
     """
 
     type: Literal["computation"] = "computation"
-    comp_id: int = Field(ge=0)
-    name: str
+    comp_id: Id
+    name: Name
     kind: Literal["function", "program"]
-    cpus: int = Field(ge=1)
-    dest_path: str | None = None
+    cpus: Cpus
+    dest_path: Path | None = None
     cleanup: bool = True
-    pulse_interval: float | None = Field(default=None, ge=0.05, le=600)
+    pulse_interval: float | None = Field(default=None, ge=0.05, le=600, allow_inf_nan=False)
 
 
 class ComputationStart(_Message):
     """All files are there: start the computation (payload: bundle or program JSON)."""
 
     type: Literal["computation.start"] = "computation.start"
-    comp_id: int
+    comp_id: Id
 
 
 class ComputationReady(_Message):
     type: Literal["computation.ready"] = "computation.ready"
-    comp_id: int
-    cpus: int
-    dest_path: str
+    comp_id: Id
+    cpus: Cpus
+    dest_path: Path
 
 
 class ComputationFailed(_Message):
     type: Literal["computation.failed"] = "computation.failed"
-    comp_id: int
-    reason: str
+    comp_id: Id
+    reason: Reason
 
 
 class JobSubmit(_Message):
@@ -169,16 +215,16 @@ class JobSubmit(_Message):
     """
 
     type: Literal["jobs.submit"] = "jobs.submit"
-    comp_id: int
-    jobs: list[tuple[int, Annotated[int, Field(ge=0)]]]
+    comp_id: Id
+    jobs: list[tuple[Id, Size]] = Field(max_length=MAX_IDS)
     # Jobs the client sends ahead of a free CPU: the node reports when each one starts.
-    notify: list[int] = []
+    notify: list[Id] = Field(default=[], max_length=MAX_IDS)
 
 
 class JobCancel(_Message):
     type: Literal["jobs.cancel"] = "jobs.cancel"
-    comp_id: int
-    job_ids: list[int]
+    comp_id: Id
+    job_ids: list[Id] = Field(max_length=MAX_IDS)
 
 
 class JobStarted(_Message):
@@ -186,41 +232,41 @@ class JobStarted(_Message):
     ``notify`` (jobs queued on the node until a CPU frees up)."""
 
     type: Literal["jobs.started"] = "jobs.started"
-    comp_id: int
-    job_ids: list[int]
+    comp_id: Id
+    job_ids: list[Id] = Field(max_length=MAX_IDS)
 
 
 class JobReport(_Message):
     """One job's end: ``size`` bytes of the payload hold its pickled reply."""
 
-    job_id: int
+    job_id: Id
     outcome: JobOutcome
-    start: float
-    end: float
-    size: int = Field(ge=0)
+    start: Time
+    end: Time
+    size: Size
 
 
 class JobDone(_Message):
     """Finished jobs; the payload is the replies of ``jobs`` concatenated in order."""
 
     type: Literal["jobs.done"] = "jobs.done"
-    comp_id: int
-    jobs: list[JobReport]
+    comp_id: Id
+    jobs: list[JobReport] = Field(max_length=MAX_IDS)
 
 
 class JobAck(_Message):
     """The client has these results: the node may forget them."""
 
     type: Literal["jobs.ack"] = "jobs.ack"
-    comp_id: int
-    job_ids: list[int]
+    comp_id: Id
+    job_ids: list[Id] = Field(max_length=MAX_IDS)
 
 
 class RecoverRequest(_Message):
     """A ``recover`` connection asks for a computation's results (see recover_jobs)."""
 
     type: Literal["recover.request"] = "recover.request"
-    comp_id: int
+    comp_id: Id
 
 
 class RecoverStatus(_Message):
@@ -231,18 +277,18 @@ class RecoverStatus(_Message):
     """
 
     type: Literal["recover.status"] = "recover.status"
-    comp_id: int
+    comp_id: Id
     known: bool
-    pending: list[int]
-    stored: int
+    pending: list[Id] = Field(max_length=MAX_IDS)
+    stored: Count
 
 
 class JobProvisional(_Message):
     """A running job's provisional result (payload: pickled object)."""
 
     type: Literal["jobs.provisional"] = "jobs.provisional"
-    comp_id: int
-    job_id: int
+    comp_id: Id
+    job_id: Id
 
 
 class FilePut(_Message):
@@ -254,51 +300,51 @@ class FilePut(_Message):
     """
 
     type: Literal["file.put"] = "file.put"
-    comp_id: int
-    path: str = Field(min_length=1, max_length=4096)
-    size: int = Field(ge=0)
+    comp_id: Id
+    path: Path
+    size: Size
     mode: int = Field(default=0o644, ge=0, le=0o7777)
-    mtime: float | None = None
-    job_id: int | None = None
-    req: int = 0
+    mtime: float | None = Field(default=None, ge=-MAX_TIME, le=MAX_TIME, allow_inf_nan=False)
+    job_id: Id | None = None
+    req: Id = 0
 
 
 class FileAck(_Message):
     type: Literal["file.ack"] = "file.ack"
-    comp_id: int
-    req: int
-    error: str | None = None
+    comp_id: Id
+    req: Id
+    error: Reason | None = None
 
 
 class SetCpus(_Message):
     """Client asks the node to use ``cpus`` CPUs for the computation."""
 
     type: Literal["computation.set_cpus"] = "computation.set_cpus"
-    comp_id: int
-    cpus: int = Field(ge=1)
+    comp_id: Id
+    cpus: Cpus
 
 
 class CpusSet(_Message):
     type: Literal["computation.cpus"] = "computation.cpus"
-    comp_id: int
-    cpus: int
+    comp_id: Id
+    cpus: Cpus
 
 
 class Pulse(_Message):
     type: Literal["pulse"] = "pulse"
     avail: AvailInfo | None = None
-    running: int = 0
+    running: int = Field(default=0, ge=0, le=U32_MAX)
 
 
 class CloseComputation(_Message):
     type: Literal["computation.close"] = "computation.close"
-    comp_id: int
+    comp_id: Id
     terminate: bool = False
 
 
 class ComputationClosed(_Message):
     type: Literal["computation.closed"] = "computation.closed"
-    comp_id: int
+    comp_id: Id
 
 
 class Notice(_Message):
@@ -306,7 +352,7 @@ class Notice(_Message):
 
     type: Literal["notice"] = "notice"
     level: Literal["info", "warning", "error"] = "warning"
-    text: str
+    text: Reason
 
 
 Message = Annotated[
@@ -372,8 +418,10 @@ def decode_handshake(header: bytes) -> HandshakeMessage:
 
 
 def _first_error(exc: ValidationError) -> str:
+    # Clipped: the location may hold a key the peer chose (any length, NULs), and the text
+    # goes back to the peer in a ``refused`` reason, which must always be valid.
     if exc.errors():
         err = exc.errors()[0]
         where = ".".join(str(p) for p in err.get("loc", ()))
-        return f"{err.get('msg', 'invalid')}{f' at {where}' if where else ''}"
-    return str(exc)
+        return clip(f"{err.get('msg', 'invalid')}{f' at {where}' if where else ''}", 512)
+    return clip(str(exc), 512)
