@@ -14,6 +14,7 @@ import json
 import pytest
 from harness import History
 from harness.computations import square_plus
+from harness.features import wait_nodes
 from harness.rawpeer import COMP_ID, connect, ending, send_raw, start_computation
 
 from dispy import DispyJob
@@ -146,6 +147,8 @@ def test_client_error_on_a_nodes_message_drops_only_that_node(
         callback=history.callback,
         cluster_status=history.cluster_status,
     )
+    # Both nodes must be in before the jobs go, or the quicker one may take all of them.
+    wait_nodes(cluster, 2)
     for i in range(30):
         history.submit(cluster, i)
     assert cluster.wait(timeout=30), history.summary()
