@@ -7,6 +7,7 @@ import logging
 
 import pytest
 
+from dispy_core.aio import admission as admission_module
 from dispy_core.protocol.discovery import Ping
 from dispy_node import node as node_module
 from dispy_node.config import NodeConfig
@@ -50,7 +51,7 @@ def test_unexpected_error_in_connect_back_frees_the_node(node, monkeypatch, capl
 
 
 def test_unexpected_error_in_accept_closes_only_that_connection(node, monkeypatch, caplog):
-    monkeypatch.setattr(node_module, "accept_connection", _raise)
+    monkeypatch.setattr(admission_module, "accept_connection", _raise)
     writer = _Writer()
     with caplog.at_level(logging.WARNING, logger="dispy_node"):
         asyncio.run(node._accept(None, writer))  # type: ignore[arg-type]

@@ -39,7 +39,6 @@ from dispy_core.aio.connection import (
     Connection,
     ConnectionClosed,
     PeerRefused,
-    accept_connection,
 )
 from dispy_core.aio.tasks import spawn
 from dispy_core.buffers import BufferPool
@@ -313,34 +312,26 @@ class ClusterCore:
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = writer.get_extra_info("peername") or ("?", 0)
-        where = f"{peer[0]}"
-        with self.admission.slot(writer) as admitted:
-            if not admitted:
-                return
-            try:
-                conn = await accept_connection(
-                    reader,
-                    writer,
-                    secret=self.opts.secret,
-                    role="client",
-                    name=self.opts.name,
-                    timeout=self.opts.msg_timeout,
-                    allocate=self.buffers.take,
-                )
-            except ProtocolError as exc:
-                log.warning("node at %s: %s", where, exc)
-                self.refusals[where] = str(exc)
-                writer.close()
-                return
-            except (OSError, TimeoutError, ConnectionClosed) as exc:
-                log.info("connection from %s dropped during the handshake: %r", where, exc)
-                writer.close()
-                return
-            except Exception:
-                # a bug reached by a peer's bytes ends that connection only, never the acceptor
-                log.exception("node at %s: unexpected error in the handshake", where)
-                writer.close()
-                return
+
+        def refused(exc: BaseException) -> None:
+            # kept for the no-node warning: why a node that reached us was not used
+            if isinstance(exc, ProtocolError):
+                self.refusals[str(peer[0])] = str(exc)
+
+        conn = await self.admission.accept(
+            reader,
+            writer,
+            logger=log,
+            dropped_level=logging.INFO,
+            on_failure=refused,
+            secret=self.opts.secret,
+            role="client",
+            name=self.opts.name,
+            timeout=self.opts.msg_timeout,
+            allocate=self.buffers.take,
+        )
+        if conn is None:
+            return
         try:
             await self._serve_node(conn)
         except Exception:

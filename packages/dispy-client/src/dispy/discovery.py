@@ -4,18 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 from dataclasses import dataclass
 
 from dispy_core import netinfo
 from dispy_core.aio.admission import Admission, start_server
-from dispy_core.aio.connection import ConnectionClosed, accept_connection
+from dispy_core.aio.connection import ConnectionClosed
 from dispy_core.aio.discovery import send_ping, udp_socket
 from dispy_core.config import MSG_TIMEOUT, NODE_PORT
 from dispy_core.protocol.discovery import Ping, is_pattern
 from dispy_core.protocol.errors import ProtocolError
 from dispy_core.protocol.messages import NOT_WANTED, NodeInfo
 from dispy_core.security import TLSConfig
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -53,23 +56,25 @@ async def discover(
 
     async def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = writer.get_extra_info("peername") or ("?", 0)
-        with admission.slot(writer) as admitted:
-            if not admitted:
-                return
-            try:
-                conn = await accept_connection(
-                    reader,
-                    writer,
-                    secret=secret,
-                    role="client",
-                    name="dispy nodes",
-                    timeout=MSG_TIMEOUT,
-                )
-            except (ProtocolError, OSError, TimeoutError, ConnectionClosed) as exc:
-                error = str(exc) or type(exc).__name__
-                found.append(FoundNode(str(peer[0]), 0, "?", 0, "", "", error))
-                writer.close()
-                return
+
+        def failed(exc: BaseException) -> None:
+            error = str(exc) or type(exc).__name__
+            found.append(FoundNode(str(peer[0]), 0, "?", 0, "", "", error))
+
+        conn = await admission.accept(
+            reader,
+            writer,
+            logger=log,
+            refused_level=logging.DEBUG,  # reported in the list of nodes instead
+            dropped_level=logging.DEBUG,
+            on_failure=failed,
+            secret=secret,
+            role="client",
+            name="dispy nodes",
+            timeout=MSG_TIMEOUT,
+        )
+        if conn is None:
+            return
         try:
             async with asyncio.timeout(MSG_TIMEOUT):
                 msg, _ = await conn.recv()

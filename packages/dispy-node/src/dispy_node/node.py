@@ -30,7 +30,6 @@ from dispy_core.aio.admission import Admission, start_server
 from dispy_core.aio.connection import (
     Connection,
     ConnectionClosed,
-    accept_connection,
     open_connection,
 )
 from dispy_core.aio.discovery import listen_pings, udp_socket
@@ -276,38 +275,19 @@ class Node:
         self._offer_to_waiting()
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        peer = writer.get_extra_info("peername") or ("?", 0)
-        with self._admission.slot(writer) as admitted:
-            if not admitted:
-                return
-            try:
-                conn = await accept_connection(
-                    reader,
-                    writer,
-                    secret=self.config.secret,
-                    role="node",
-                    name=self.config.name,
-                    timeout=self.config.msg_timeout,
-                    allocate=self.buffers.take,
-                    guard=self._handshakes,
-                )
-            except ProtocolError as exc:
-                log.warning("connection from %s:%s refused: %s", peer[0], peer[1], exc)
-                writer.close()
-                return
-            except (OSError, TimeoutError, ConnectionClosed) as exc:
-                log.warning(
-                    "connection from %s:%s dropped before authentication: %s",
-                    peer[0],
-                    peer[1],
-                    "timed out" if isinstance(exc, TimeoutError) else exc,
-                )
-                writer.close()
-                return
-            except Exception:
-                log.exception("connection from %s:%s: unexpected error in the handshake", *peer[:2])
-                writer.close()
-                return
+        conn = await self._admission.accept(
+            reader,
+            writer,
+            logger=log,
+            secret=self.config.secret,
+            role="node",
+            name=self.config.name,
+            timeout=self.config.msg_timeout,
+            allocate=self.buffers.take,
+            guard=self._handshakes,
+        )
+        if conn is None:
+            return
         try:
             if conn.peer_role == "recover":
                 await self._serve_recovery(conn)

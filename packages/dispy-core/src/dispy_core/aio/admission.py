@@ -21,7 +21,13 @@ import ssl
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
-from dispy_core.aio.connection import HANDSHAKE_READ_LIMIT
+from dispy_core.aio.connection import (
+    HANDSHAKE_READ_LIMIT,
+    Connection,
+    ConnectionClosed,
+    accept_connection,
+)
+from dispy_core.protocol.errors import ProtocolError
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +96,50 @@ class Admission:
             yield True
         finally:
             self.leave(source)
+
+    async def accept(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        *,
+        logger: logging.Logger,
+        refused_level: int = logging.WARNING,
+        dropped_level: int = logging.WARNING,
+        on_failure: Callable[[BaseException], None] | None = None,
+        **handshake: Any,
+    ) -> Connection | None:
+        """Admit a fresh connection and run the acceptor's handshake on it
+        (``handshake``: the arguments of :func:`accept_connection`).
+
+        Returns the authenticated connection, or None when it was over a cap, failed the
+        handshake, or broke: the stream is then closed, the reason logged once on
+        ``logger`` (a refusal at ``refused_level``, a dropped connection at
+        ``dropped_level``, a bug with its traceback) and handed to ``on_failure``. Nothing
+        a peer sends escapes from here: an acceptor keeps serving whatever one connection
+        did.
+        """
+        peer = writer.get_extra_info("peername") or ("?", 0)
+        where = f"{peer[0]}:{peer[1]}"
+        with self.slot(writer) as admitted:
+            if not admitted:
+                return None
+            try:
+                return await accept_connection(reader, writer, **handshake)
+            except ProtocolError as exc:
+                logger.log(refused_level, "connection from %s refused: %s", where, exc)
+                failure: BaseException = exc
+            except (OSError, TimeoutError, ConnectionClosed) as exc:
+                reason = "timed out" if isinstance(exc, TimeoutError) else exc
+                logger.log(dropped_level, "connection from %s dropped before authentication: %s",
+                           where, reason)  # fmt: skip
+                failure = exc
+            except Exception as exc:
+                logger.exception("connection from %s: unexpected error in the handshake", where)
+                failure = exc
+        writer.close()
+        if on_failure is not None:
+            on_failure(failure)
+        return None
 
 
 async def start_server(
