@@ -409,6 +409,70 @@ async def test_tcp_loopback_connection_round_trips():
         await client.close()
 
 
+async def _tcp_pair() -> tuple[asyncio.Server, Connection, Connection]:
+    accepted: asyncio.Future[Connection] = asyncio.get_running_loop().create_future()
+
+    async def on_client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.set_result(
+            await accept_connection(
+                reader, writer, secret=SECRET, role="client", name="cluster", timeout=5.0
+            )
+        )
+
+    server = await asyncio.start_server(on_client, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    node = await open_connection(
+        "127.0.0.1", port, secret=SECRET, role="node", name="n1", timeout=5.0
+    )
+    return server, node, await asyncio.wait_for(accepted, 5)
+
+
+PAST_THE_PAUSE_MARK = bytes(range(256)) * (48 * 4096)  # 48 MiB, over PAUSE_READING_AT
+
+
+@async_test(timeout=30)
+async def test_a_message_larger_than_the_pause_mark_reaches_recv():
+    # Reading paused at 32 MiB of a 48 MiB payload and never resumed: the payload's own
+    # buffer was counted as backlog, and it only shrinks once the whole message is in.
+    server, node, client = await _tcp_pair()
+    async with server:
+        await node.send(Notice(text="big"), memoryview(PAST_THE_PAUSE_MARK))
+        message, payload = await asyncio.wait_for(client.recv(), 20)
+        assert message == Notice(text="big")
+        assert bytes(payload) == PAST_THE_PAUSE_MARK
+        await node.close()
+        await client.close()
+
+
+@async_test(timeout=30)
+async def test_a_large_message_behind_a_blocked_handler_arrives_once_it_unblocks():
+    server, node, client = await _tcp_pair()
+    release = asyncio.Event()
+    seen: list[tuple[str, int]] = []
+
+    async def blocked() -> None:
+        await release.wait()
+
+    def handler(message, payload):
+        seen.append((message.text, len(payload)))
+        if message.text == "big":
+            client.finish("done")
+            return None
+        return blocked()
+
+    async with server:
+        node.send_nowait(Notice(text="first"))
+        node.send_nowait(Notice(text="big"), memoryview(PAST_THE_PAUSE_MARK))
+        serving = asyncio.ensure_future(client.serve(handler))
+        await async_wait_for(lambda: seen == [("first", 0)], timeout=5)
+        await asyncio.sleep(0.5)  # the big one arrives while the handler is blocked
+        release.set()
+        assert await asyncio.wait_for(serving, 20) == "done"
+        assert seen == [("first", 0), ("big", len(PAST_THE_PAUSE_MARK))]
+        await node.close()
+        await client.close()
+
+
 @async_test()
 async def test_tcp_connect_with_wrong_secret_fails_on_both_ends():
     accepted: asyncio.Queue[BaseException | None] = asyncio.Queue()

@@ -144,7 +144,7 @@ class Connection(asyncio.BufferedProtocol):
             self._wake()
         if (
             not self._paused_reading
-            and self._decoder.buffered > PAUSE_READING_AT
+            and self._decoder.backlog > PAUSE_READING_AT
             and (self._handler is None or self._blocked)
         ):
             self._paused_reading = True
@@ -288,7 +288,7 @@ class Connection(asyncio.BufferedProtocol):
             raise
 
     def _resume_reading(self) -> None:
-        if self._paused_reading and self._decoder.buffered < PAUSE_READING_AT // 2:
+        if self._paused_reading and self._decoder.backlog < PAUSE_READING_AT // 2:
             self._paused_reading = False
             if not self._transport.is_closing():
                 self._transport.resume_reading()

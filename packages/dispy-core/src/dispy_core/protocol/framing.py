@@ -431,3 +431,13 @@ class FrameDecoder:
         direct = self._direct
         filled = direct.filled if direct is not None and not direct.dropped else 0
         return self._end - self._start + filled
+
+    @property
+    def backlog(self) -> int:
+        """Bytes waiting in the scratch buffer: what reading more would add to memory.
+
+        A large payload being received is not counted: its buffer was allocated whole when
+        its header arrived, so reading the rest of it costs nothing more, and it can only be
+        handed over once it is all read (pausing on it would wait forever).
+        """
+        return self._end - self._start
