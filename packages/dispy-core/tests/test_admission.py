@@ -93,3 +93,29 @@ def test_slot_closes_excess_connection_at_once_and_releases_on_exit():
     with pytest.raises(KeyError), admission.slot(first):  # type: ignore[arg-type]
         raise KeyError("handshake failed")
     assert admission.pending == 0
+
+
+def _churn(admission: Admission, source: str, now: float) -> bool:
+    admitted = admission.enter(source, now)
+    if admitted:
+        admission.leave(source)  # the connection ended at once
+    return admitted
+
+
+def test_admission_limits_the_rate_of_new_connections_per_source():
+    # Each handshake costs the acceptor a SPAKE2 computation: open-and-close loops from
+    # one source must not keep it computing.
+    admission = Admission(rate_per_source=2.0, burst_per_source=3)
+    assert [_churn(admission, "10.0.0.1", 0.0) for _ in range(4)] == [True, True, True, False]
+    assert _churn(admission, "10.0.0.1", 0.5)  # 2 a second after the burst
+    assert not _churn(admission, "10.0.0.1", 0.5)
+    assert _churn(admission, "10.0.0.2", 0.5)  # another source has its own bucket
+    assert admission.pending == 0
+
+
+def test_admission_limits_the_rate_of_new_connections_in_all():
+    admission = Admission(rate_total=2.0, burst_total=3)
+    assert [_churn(admission, f"10.0.0.{i}", 0.0) for i in range(4)] == [True, True, True, False]
+    assert _churn(admission, "10.0.1.1", 0.5)
+    assert not _churn(admission, "10.0.1.2", 0.5)
+    assert admission.pending == 0

@@ -10,6 +10,11 @@ whether it succeeded or not. A connection over either cap is closed at once, so 
 opens sockets and sends nothing holds at most ``per_source`` handshakes (each bounded by the
 handshake deadline, ``msg_timeout``) and cannot crowd out other sources beyond ``total``.
 Authenticated connections do not count: they hold a peer that knows the secret.
+
+New connections are also rate-limited, per source and in all: each handshake costs the
+acceptor a SPAKE2 computation (some milliseconds of CPU), so a source that opens and
+closes connections as fast as it can would otherwise keep the acceptor busy computing.
+The bursts are large enough for a client that hundreds of nodes connect back to at once.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import asyncio
 import contextlib
 import logging
 import ssl
+import time
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
@@ -28,28 +34,48 @@ from dispy_core.aio.connection import (
     accept_connection,
 )
 from dispy_core.protocol.errors import ProtocolError
+from dispy_core.ratelimit import KeyedLimiter, TokenBucket
 
 log = logging.getLogger(__name__)
 
 PER_SOURCE = 8
 TOTAL = 128
+# New connections (handshakes) a second: per source, and in all, after a burst.
+RATE_PER_SOURCE, BURST_PER_SOURCE = 16.0, 64
+RATE_TOTAL, BURST_TOTAL = 100.0, 512
+MAX_SOURCES = 4096  # sources whose rate is remembered (least recently seen forgotten)
 
 
 class Admission:
     """Counts unauthenticated connections; ``enter`` says whether one more may start."""
 
-    def __init__(self, per_source: int = PER_SOURCE, total: int = TOTAL) -> None:
+    def __init__(
+        self,
+        per_source: int = PER_SOURCE,
+        total: int = TOTAL,
+        *,
+        rate_per_source: float = RATE_PER_SOURCE,
+        burst_per_source: int = BURST_PER_SOURCE,
+        rate_total: float = RATE_TOTAL,
+        burst_total: int = BURST_TOTAL,
+    ) -> None:
         if per_source < 1 or total < per_source:
             raise ValueError("admission needs 1 <= per_source <= total")
         self.per_source = per_source
         self.total = total
         self._by_source: dict[str, int] = {}
         self._count = 0
+        self._source_rate = KeyedLimiter(rate_per_source, burst_per_source, MAX_SOURCES)
+        self._total_rate = TokenBucket(rate_total, burst_total)
 
-    def enter(self, source: str) -> bool:
-        """Count a new connection from ``source``; False (nothing counted) if over a cap."""
+    def enter(self, source: str, now: float | None = None) -> bool:
+        """Count a new connection from ``source``; False (nothing counted) if over a cap or
+        a rate (``now``: a monotonic time, the current one by default)."""
         held = self._by_source.get(source, 0)
         if held >= self.per_source or self._count >= self.total:
+            return False
+        when = time.monotonic() if now is None else now
+        if not self._source_rate.take(source, when) or not self._total_rate.take(when):
             return False
         self._by_source[source] = held + 1
         self._count += 1
@@ -81,7 +107,7 @@ class Admission:
         if not self.enter(source):
             log.debug(
                 "closing connection from %s:%s: %d unauthenticated connection(s) from it, "
-                "%d in all (limits %d and %d)",
+                "%d in all (limits %d and %d), or too many new ones a second",
                 source,
                 peer[1],
                 self._by_source.get(source, 0),
