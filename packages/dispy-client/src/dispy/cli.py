@@ -43,12 +43,12 @@ def root(
 
 
 def _fail(command: str, message: str) -> NoReturn:
-    _err.print(f"[bold red]{command}:[/] {message}", highlight=False)
+    _err.print(f"[bold red]{command}:[/] {message}", highlight=False, soft_wrap=True)
     raise typer.Exit(2)
 
 
 def _warn(message: str) -> None:
-    _err.print(f"[bold yellow]warning:[/] {message}", highlight=False)
+    _err.print(f"[bold yellow]warning:[/] {message}", highlight=False, soft_wrap=True)
 
 
 def _log_to_stderr() -> None:

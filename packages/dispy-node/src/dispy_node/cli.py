@@ -54,7 +54,7 @@ def _setup_logging(debug: bool) -> None:
 
 
 def _fail(message: str) -> typer.Exit:
-    _err.print(f"[bold red]dispy-node:[/] {message}", highlight=False)
+    _err.print(f"[bold red]dispy-node:[/] {message}", highlight=False, soft_wrap=True)
     return typer.Exit(2)
 
 
