@@ -54,8 +54,7 @@ class Pinger:
         PROTOCOL.md 6.2 says), so its port is not passed on.
         """
         return [
-            Target(a.ip_addr, None if is_pattern(a.ip_addr) else a.port)
-            for a in self.opts.nodes
+            Target(a.ip_addr, None if is_pattern(a.ip_addr) else a.port) for a in self.opts.nodes
         ]
 
     def ping_all(self) -> None:

@@ -14,8 +14,8 @@ from dispy_core.aio.connection import ConnectionClosed
 from dispy_core.aio.fanout import PingSender
 from dispy_core.config import MSG_TIMEOUT, NODE_PORT
 from dispy_core.protocol.discovery import is_pattern
-from dispy_core.protocol.fanout import Target, plan_pings
 from dispy_core.protocol.errors import ProtocolError
+from dispy_core.protocol.fanout import Target, plan_pings
 from dispy_core.protocol.messages import NOT_WANTED, NodeInfo
 from dispy_core.security import TLSConfig
 

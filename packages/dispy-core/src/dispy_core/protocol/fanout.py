@@ -45,6 +45,8 @@ NO_NODE_WARNING_DELAY = 5.0
 NO_NODE_WARNING_REPEAT = 30.0
 # While a node is ready, how often to look again whether one still is.
 NO_NODE_RECHECK = 1.0
+# Reaches every host of every attached network: never used, even if an interface reports it.
+LIMITED_BROADCAST = "255.255.255.255"
 
 
 class InterfaceLike(Protocol):
@@ -134,7 +136,9 @@ def plan_pings(
         send(reply, (target.host, port), None)
     if broadcast_ports:
         for iface in interfaces:
-            if not iface.broadcast or (ip_addrs and iface.address not in ip_addrs):
+            if iface.broadcast in (None, "", LIMITED_BROADCAST):
+                continue
+            if ip_addrs and iface.address not in ip_addrs:
                 continue
             reply = ext_ip_addrs[0] if ext_ip_addrs else iface.address
             for port in broadcast_ports:
