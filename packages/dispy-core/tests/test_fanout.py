@@ -221,7 +221,7 @@ def test_no_warning_while_a_node_is_ready_and_a_warning_soon_after_it_goes():
     assert not step.warn
     assert step.wake_at == NO_NODE_WARNING_DELAY + NO_NODE_RECHECK
     step = reping(step.state, step.wake_at, ping_interval=None, connected=True, waiting=True)
-    assert step.warn and step.ping
+    assert (step.warn, step.ping) == (True, True)
     assert step.wake_at == NO_NODE_WARNING_DELAY + NO_NODE_RECHECK + NO_NODE_WARNING_REPEAT
 
 
@@ -233,7 +233,7 @@ def test_ping_interval_pings_regularly_even_with_nodes():
 
 def test_a_late_step_catches_up_with_one_ping():
     step = reping(RepingState(), 3.0, ping_interval=None, connected=False, waiting=True)
-    assert step.ping and not step.warn
+    assert (step.ping, step.warn) == (True, False)
     assert step.wake_at == EARLY_REPINGS[-1]
 
 
@@ -279,7 +279,8 @@ def test_no_node_message_when_nothing_was_pinged():
     )
     assert "  pinged: nothing (no nodes listed)\n" in text
     assert "  listening for nodes on all interfaces port 4242\n" in text
-    assert "refused" not in text and "TLS" not in text
+    assert "refused" not in text
+    assert "TLS" not in text
     assert "UDP/TCP port 51348 or port 4242." in text
 
 
