@@ -40,6 +40,7 @@ from dispy_core.aio.connection import (
     ConnectionClosed,
     PeerRefused,
 )
+from dispy_core.aio.fanout import Presence, keep_pinging
 from dispy_core.aio.tasks import spawn
 from dispy_core.buffers import BufferPool
 from dispy_core.config import DEFAULT_PULSE, dead_after
@@ -82,15 +83,11 @@ if TYPE_CHECKING:
 log = logging.getLogger("dispy")
 
 NodeKey = tuple[str, int]
-NO_NODE_WARNING_DELAY = 5.0
 HOUSEKEEPING_DELAY = 0.02
 QUEUE_SECONDS = 0.02  # work to keep queued on a node, per CPU
 MAX_DEPTH = 32
 RESULT_BUFFERS = 64 << 20  # receive buffers kept for reuse
 QUEUE_BYTES = 8 << 20  # arguments to keep queued on a node, per CPU, beyond one job
-# Pings are tiny: retry often at first so a node started with the client joins at once.
-EARLY_REPINGS = (0.1,) * 10 + (0.5, 1.0, 2.0)
-NO_NODE_WARNING_REPEAT = 30.0
 MAX_JOBS_PER_FRAME = 1024
 MAX_BYTES_PER_FRAME = 8 << 20
 
@@ -228,8 +225,6 @@ class ClusterCore:
         self.pinger.start(self.port)
         self.pinger.ping_all()
         self._spawn(self._watchdog())
-        if opts.ping_interval:
-            self._spawn(self._ping_loop(opts.ping_interval))
         self._spawn(self._pulse_monitor(opts.pulse_interval))
 
     def _no_secret_warning(self) -> str:
@@ -278,28 +273,21 @@ class ClusterCore:
 
     # -- discovery ----------------------------------------------------------------------
 
-    async def _ping_loop(self, interval: float) -> None:
-        while True:
-            await asyncio.sleep(interval)
-            self.pinger.ping_all()
-
     async def _watchdog(self) -> None:
-        # Nodes started together with the client may miss the first ping: ping again a few
-        # times early, then warn.
-        waited = 0.0
-        for delay in EARLY_REPINGS:
-            await asyncio.sleep(delay)
-            waited += delay
-            if not self.sessions:
-                self.pinger.ping_all()
-        await asyncio.sleep(max(0.0, NO_NODE_WARNING_DELAY - waited))
-        while True:
-            if not any(s.ready for s in self.sessions.values()) and not self._closing:
-                log.warning(self.no_node_message())
-                self.pinger.ping_all()
-                await asyncio.sleep(NO_NODE_WARNING_REPEAT)
-            else:
-                await asyncio.sleep(1.0)
+        # Re-pings and the no-node warning, on core's schedule (PROTOCOL.md 6.2).
+        def warn() -> None:
+            log.warning(self.no_node_message())
+
+        def presence() -> Presence:
+            ready = any(s.ready for s in self.sessions.values())
+            return Presence(connected=bool(self.sessions), waiting=not ready and not self._closing)
+
+        await keep_pinging(
+            ping_interval=self.opts.ping_interval,
+            ping=self.pinger.ping_all,
+            warn=warn,
+            presence=presence,
+        )
 
     def no_node_message(self) -> str:
         return self.pinger.no_node_message(

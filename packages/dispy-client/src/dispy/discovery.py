@@ -11,10 +11,11 @@ from dataclasses import dataclass
 from dispy_core import netinfo
 from dispy_core.aio.admission import Admission, start_server
 from dispy_core.aio.connection import ConnectionClosed
-from dispy_core.aio.discovery import send_ping, udp_socket
+from dispy_core.aio.fanout import PingSender
 from dispy_core.config import MSG_TIMEOUT, NODE_PORT
-from dispy_core.protocol.discovery import Ping, is_pattern
+from dispy_core.protocol.discovery import is_pattern
 from dispy_core.protocol.errors import ProtocolError
+from dispy_core.protocol.fanout import Target, plan_pings
 from dispy_core.protocol.messages import NOT_WANTED, NodeInfo
 from dispy_core.security import TLSConfig
 
@@ -90,21 +91,29 @@ async def discover(
         on_connect, host=ip_addr, port=0, ssl_context=tls.server, handshake_timeout=MSG_TIMEOUT
     )
     port = server.sockets[0].getsockname()[1]
-    udp = udp_socket(ip_addr, 0)
+    udp: PingSender | None = None
     try:
-        ping = Ping(cluster=token, reply_addr=ip_addr, reply_port=port)
-        iface = netinfo.interface_of(ip_addr)
+        # Names are resolved once, here: one that does not resolve is an error.
+        targets = [
+            Target(host) if is_pattern(host) else Target(netinfo.resolve(host), nport)
+            for host, nport in ((n, None) if isinstance(n, str) else n for n in nodes)
+        ]
+        sends = plan_pings(
+            targets,
+            cluster=token,
+            reply_port=port,
+            node_port=node_port,
+            ip_addrs=[ip_addr],
+            interfaces=netinfo.ipv4_interfaces(),
+            route=netinfo.route_to,
+        )
+        udp = PingSender([ip_addr])
         for _ in range(3):
-            for item in nodes:
-                host, nport = (item, node_port) if isinstance(item, str) else item
-                if is_pattern(host):
-                    if iface is not None and iface.broadcast:
-                        send_ping(udp, ping, (iface.broadcast, nport))
-                else:
-                    send_ping(udp, ping, (netinfo.resolve(host), nport))
+            udp.send_all(sends)
             await asyncio.sleep(timeout / 3)
     finally:
-        udp.close()
+        if udp is not None:
+            udp.close()
         server.close()
         with contextlib.suppress(Exception):
             await asyncio.wait_for(server.wait_closed(), 1.0)

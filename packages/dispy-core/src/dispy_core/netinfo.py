@@ -52,6 +52,23 @@ def resolve(host: str) -> str:
     return host
 
 
+def route_to(host: str) -> str:
+    """The local address the kernel would send from to reach ``host``.
+
+    Falls back to :func:`default_address` when there is no route (or the name does not
+    resolve).
+    """
+    probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        probe.connect((host, 9))  # no packet is sent; this asks for a route
+        return str(probe.getsockname()[0])
+    except OSError:
+        pass
+    finally:
+        probe.close()
+    return default_address()
+
+
 def default_address() -> str:
     """The address of this host's name, falling back to 127.0.0.1."""
     try:
