@@ -436,8 +436,11 @@ async def test_a_message_larger_than_the_pause_mark_reaches_recv():
     # buffer was counted as backlog, and it only shrinks once the whole message is in.
     server, node, client = await _tcp_pair()
     async with server:
+        # The reader waits while the writer sends, as a real peer does (nobody reading at
+        # all would rightly stop the writer once 32 MiB wait unread).
+        receiving = asyncio.ensure_future(client.recv())
         await node.send(Notice(text="big"), memoryview(PAST_THE_PAUSE_MARK))
-        message, payload = await asyncio.wait_for(client.recv(), 20)
+        message, payload = await asyncio.wait_for(receiving, 20)
         assert message == Notice(text="big")
         assert bytes(payload) == PAST_THE_PAUSE_MARK
         await node.close()
