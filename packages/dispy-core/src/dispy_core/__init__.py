@@ -28,6 +28,7 @@ if TYPE_CHECKING:
         MAX_FILE_SIZE,
         MSG_TIMEOUT,
         NODE_PORT,
+        SCHEDULER_PORT,
         dead_after,
         parse_size,
     )
@@ -147,6 +148,7 @@ _WHERE: dict[str, str] = {
     "RecoverRequest": "dispy_core.protocol.messages",
     "RecoverStatus": "dispy_core.protocol.messages",
     "RemoteProtocolError": "dispy_core.protocol.errors",
+    "SCHEDULER_PORT": "dispy_core.config",
     "SECRET_ENV": "dispy_core.secret",
     "Scheduler": "dispy_core.scheduling",
     "Secret": "dispy_core.secret",
@@ -232,6 +234,7 @@ __all__ = [  # noqa: RUF022
     "RecoverRequest",
     "RecoverStatus",
     "RemoteProtocolError",
+    "SCHEDULER_PORT",
     "SECRET_ENV",
     "Scheduler",
     "Secret",
