@@ -98,8 +98,7 @@ class Connection(asyncio.BufferedProtocol):
         self._eof: ConnectionClosed | None = None
         self._waiter: asyncio.Future[None] | None = None
         self._handler: Handler | None = None
-        # A handler's pending work, which holds back later frames (and is kept referenced:
-        # asyncio keeps tasks only weakly).
+        # A handler's pending work: holds back later frames; referenced (asyncio's is weak).
         self._handling: asyncio.Future[Any] | None = None
         self._done: asyncio.Future[Any] | None = None
         self._paused_reading = False
