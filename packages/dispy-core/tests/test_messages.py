@@ -12,6 +12,7 @@ from pydantic import ValidationError
 
 from dispy_core.protocol.discovery import Ping
 from dispy_core.protocol.errors import RemoteProtocolError
+from dispy_core.protocol.handshake import parse_handshake
 from dispy_core.protocol.messages import (
     HANDSHAKE_MESSAGE,
     MAX_CPUS,
@@ -27,7 +28,6 @@ from dispy_core.protocol.messages import (
     Refused,
     clip,
     decode,
-    decode_handshake,
     encode,
 )
 
@@ -66,7 +66,6 @@ SAMPLES: dict[str, dict[str, typing.Any]] = {
         "platform": "Linux-6.1-x86_64",
         "avail": AVAIL,
         "version": "0.1.0",
-        "busy": False,
         "zombie_interval": 3600.0,
     },
     "computation": {
@@ -174,14 +173,14 @@ def test_message_validates_and_round_trips(kind):
 
 @pytest.mark.parametrize("kind", sorted(HANDSHAKE_TYPES))
 def test_handshake_message_decodes_during_handshake(kind):
-    message = decode_handshake(as_header(SAMPLES[kind]))
+    message = parse_handshake(as_header(SAMPLES[kind]))
     assert message.type == kind
 
 
 @pytest.mark.parametrize("kind", sorted(set(SAMPLES) - HANDSHAKE_TYPES))
 def test_session_message_refused_during_handshake(kind):
     with pytest.raises(RemoteProtocolError, match="malformed handshake message"):
-        decode_handshake(as_header(SAMPLES[kind]))
+        parse_handshake(as_header(SAMPLES[kind]))
 
 
 def test_messages_are_frozen():
@@ -488,7 +487,7 @@ def test_refusal_text_of_any_header_can_go_back_in_a_refused_message(key):
     # The location of an error names a key the peer chose: before this was clipped, answering
     # a handshake with such a key raised ValidationError out of the handshake.
     for header, parse in (
-        ({**SAMPLES["proof"], key: 1}, decode_handshake),
+        ({**SAMPLES["proof"], key: 1}, parse_handshake),
         ({**SAMPLES["pulse"], key: 1}, decode),
     ):
         with pytest.raises(RemoteProtocolError) as info:

@@ -33,13 +33,6 @@ class CallbackRunner:
             if len(self._queue) == 1:
                 self._cond.notify_all()
 
-    def post_many(self, items: list[tuple[Callable[..., Any], tuple[Any, ...]]]) -> None:
-        if not items:
-            return
-        with self._cond:
-            self._queue.extend(items)
-            self._cond.notify_all()
-
     def drain(self, timeout: float | None = None) -> bool:
         """Wait until every posted callback has run."""
         if threading.current_thread() is self._thread:

@@ -41,7 +41,7 @@ from dispy_core.aio.connection import (
     PeerRefused,
 )
 from dispy_core.aio.fanout import Presence, keep_pinging
-from dispy_core.aio.tasks import spawn
+from dispy_core.aio.tasks import TaskOwner
 from dispy_core.buffers import BufferPool
 from dispy_core.config import DEFAULT_PULSE, dead_after
 from dispy_core.files import store_file
@@ -164,7 +164,7 @@ class ClusterCore:
         # Results are unpickled as they arrive, so their buffers come back at once.
         self.buffers = BufferPool(max_bytes=RESULT_BUFFERS)
         self.pinger = Pinger(opts, self.cluster_token)
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._tasks = TaskOwner("cluster", log=log)
         self._started = time.monotonic()
         self._closing = False
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -224,8 +224,8 @@ class ClusterCore:
             log.warning(self._no_secret_warning())
         self.pinger.start(self.port)
         self.pinger.ping_all()
-        self._spawn(self._watchdog())
-        self._spawn(self._pulse_monitor(opts.pulse_interval))
+        self._tasks.start(self._watchdog())
+        self._tasks.start(self._pulse_monitor(opts.pulse_interval))
 
     def _no_secret_warning(self) -> str:
         hosts = ", ".join(self.opts.ip_addrs) or "any address of this host"
@@ -236,9 +236,6 @@ class ClusterCore:
             f"results this program unpickles (running their code as user {user_name()!r} here)",
             f"the {SECRET_ENV} environment variable or JobCluster(secret=...)",
         )
-
-    def _spawn(self, coro: Any) -> asyncio.Task[Any]:
-        return spawn(coro, self._tasks, log=log, what=getattr(coro, "__name__", "task"))
 
     async def close(self, terminate: bool) -> None:
         """Close the computation on every node and stop serving."""
@@ -262,8 +259,7 @@ class ClusterCore:
         for server in self._servers:
             server.close()
         self.pinger.close()
-        for task in list(self._tasks):
-            task.cancel()
+        await self._tasks.close()
         left = list(self.jobs.items())
         for uid, job in left:
             self._finish(job, JobStatus.Abandoned, exception="cluster closed")
@@ -397,7 +393,7 @@ class ClusterCore:
                 conn.send_nowait(self._file_message(spec), spec.data)
                 await conn.drain()
             await conn.send(ComputationStart(comp_id=self.comp_id), opts.start_payload)
-            keepalive = self._spawn(self._keepalive(session))
+            keepalive = self._tasks.start(self._keepalive(session))
             try:
                 await self._read_node(session)
             finally:
@@ -452,7 +448,7 @@ class ClusterCore:
             elif isinstance(msg, JobProvisional):
                 self._provisional(session, msg, payload)
             elif isinstance(msg, FilePut):
-                self._spawn(self._receive_file(session, msg, payload))
+                self._tasks.start(self._receive_file(session, msg, payload))
             elif isinstance(msg, FileAck):
                 waiter = session.file_waiters.pop(msg.req, None)
                 if waiter is not None and not waiter.done():
@@ -530,7 +526,7 @@ class ClusterCore:
                 if session.ready and silent > limit:
                     reason = f"declared dead: no pulse for {silent:.0f} s"
                     self._node_lost(session, reason, dead=True)
-                    self._spawn(session.conn.refuse(reason))
+                    self._tasks.start(session.conn.refuse(reason))
 
     # -- jobs ---------------------------------------------------------------------------
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
-from dispy_core.config import NODE_PORT
 from dispy_core.protocol.discovery import is_pattern, matches
 from dispy_core.protocol.jobs import NodeStatus
 
@@ -130,6 +129,3 @@ def to_allocate(item: Any) -> NodeAllocate:
         f"invalid node {item!r}: give a host name, an IP address, a pattern like '192.168.1.*', "
         "a (host, port) tuple or a NodeAllocate"
     )
-
-
-DEFAULT_NODE_PORT = NODE_PORT

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dispy_core import serialize
-from dispy_core.aio.tasks import spawn
+from dispy_core.aio.tasks import TaskOwner
 from dispy_core.protocol.framing import DEFAULT_MAX_MESSAGE, DIRECT_PAYLOAD, Payload, make_room
 from dispy_core.protocol.messages import JobOutcome
 from dispy_core.secret import without_secrets
@@ -162,7 +162,7 @@ class Computation:
         self._next_wid = 0
         self._spawner: socket.socket | None = None
         self._control_events: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks = TaskOwner(f"computation {name}", log=log)
         self.closing = False
         self._ready = False  # setup finished
         self._job_ended = asyncio.Event()
@@ -215,7 +215,7 @@ class Computation:
         self._proc.stdin.write(_wire.control_frame(init, self._bundle))
         self._bundle = b""
         await self._proc.stdin.drain()
-        self._spawn_task(self._read_control())
+        self._tasks.start(self._read_control())
         first = await self._control_events.get()
         if first.get("op") != "ready":
             await self._kill_process()
@@ -235,8 +235,7 @@ class Computation:
             # Setup has not finished (it may never): the process reads no control message
             # until it does, so there is no one to ask for a cleanup; stop it now.
             await self._kill_process()
-            for task in list(self._tasks):
-                task.cancel()
+            await self._tasks.close()
             return None
         if not terminate:
             while self._queue or self.running:
@@ -265,8 +264,7 @@ class Computation:
                             error = event.get("error")
                             break
         await self._kill_process()
-        for task in list(self._tasks):
-            task.cancel()
+        await self._tasks.close()
         if self._spawner is not None:
             self._spawner.close()
         return error
@@ -285,9 +283,6 @@ class Computation:
                 proc.kill()
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(proc.wait(), 5.0)
-
-    def _spawn_task(self, coro: Any) -> None:
-        spawn(coro, self._tasks, log=log, what=f"computation {self.name}: {coro.__name__}")
 
     # -- jobs ---------------------------------------------------------------------------
 
@@ -345,7 +340,7 @@ class Computation:
                 worker.transport.writelines((head, payload))
             else:
                 worker.transport.write(head)
-                self._spawn_task(self._stream_to(worker, payload))
+                self._tasks.start(self._stream_to(worker, payload))
 
     async def _stream_to(self, worker: _Worker, payload: Payload) -> None:
         """Write a large job in slices as the worker reads it (never copied whole)."""
@@ -436,7 +431,7 @@ class Computation:
         elif op == _wire.OP_PROVISIONAL:
             self._on_provisional(job_id, payload)
         elif op == _wire.OP_SEND_FILE:
-            self._spawn_task(self._send_file(worker, job_id, payload))
+            self._tasks.start(self._send_file(worker, job_id, payload))
 
     async def _send_file(self, worker: _Worker, job_id: int, payload: Payload) -> None:
         error = await self._forward_file(job_id, payload)
@@ -465,7 +460,7 @@ class Computation:
     def set_cpus(self, cpus: int) -> None:
         """Serve ``cpus`` jobs at once from now on (start or retire workers)."""
         self.cpus = cpus
-        self._spawn_task(self._resize())
+        self._tasks.start(self._resize())
 
     async def _resize(self) -> None:
         while len(self._workers) < self.cpus and not self.closing:
@@ -636,4 +631,4 @@ class _WorkerProtocol(asyncio.BufferedProtocol):
         if not worker.registered:
             worker.lost = True  # _add_worker, still waiting for it, reports it
             return
-        self._comp._spawn_task(self._comp._worker_lost(worker))
+        self._comp._tasks.start(self._comp._worker_lost(worker))

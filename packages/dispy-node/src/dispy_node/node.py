@@ -22,8 +22,6 @@ import logging
 import platform
 import signal
 import time
-from collections.abc import Coroutine
-from typing import Any
 
 from dispy_core import availability, netinfo
 from dispy_core.aio.admission import Admission, start_server
@@ -33,7 +31,7 @@ from dispy_core.aio.connection import (
     open_connection,
 )
 from dispy_core.aio.discovery import listen_pings, udp_socket
-from dispy_core.aio.tasks import spawn
+from dispy_core.aio.tasks import TaskOwner
 from dispy_core.buffers import BufferPool
 from dispy_core.protocol.discovery import Ping
 from dispy_core.protocol.errors import ProtocolError
@@ -84,7 +82,8 @@ class Node:
         self._pings = PingPolicy(now=time.monotonic())
         self._retry: asyncio.TimerHandle | None = None
         self._stopped = asyncio.Event()
-        self._tasks: set[asyncio.Task[None]] = set()
+        # Every task of the node (connect-backs, housekeeping); its sessions own theirs.
+        self.tasks = TaskOwner("node", log=log)
         self._active: Session | None = None
         self._serving: str | None = None  # the cluster (ping id) of the session, if known
 
@@ -98,7 +97,7 @@ class Node:
             raise NodeStartError(f"cannot resolve a --relay address: {exc}") from None
         self._pings = PingPolicy(relays, now=time.monotonic())
         await asyncio.to_thread(_prepare_prefix, cfg.dest_path_prefix, cfg.clean)
-        self._spawn(self._expire_stored())
+        self.tasks.start(self._expire_stored())
         host = cfg.ip_addr or ""
         where = f"{host or '*'}:{self.port}"
         try:
@@ -169,8 +168,7 @@ class Node:
             await active.finish()
         if self._retry is not None:
             self._retry.cancel()
-        for task in list(self._tasks):
-            task.cancel()
+        await self.tasks.close()
 
     async def _expire_stored(self) -> None:
         """Apply the stored results' age limit and quota now and every hour."""
@@ -180,9 +178,6 @@ class Node:
             except OSError as exc:
                 log.warning("cannot clean up stored results: %s", exc)
             await asyncio.sleep(STORE_EXPIRY_INTERVAL)
-
-    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
-        spawn(coro, self._tasks, log=log, what=getattr(coro, "__name__", "node task"))
 
     def _no_secret_warning(self) -> str:
         where = f"{self.config.ip_addr or 'any address of this host'} port {self.port}"
@@ -212,7 +207,7 @@ class Node:
 
     def _connect_to(self, ping: Ping) -> None:
         self._connecting = True
-        self._spawn(self._connect_back(ping))
+        self.tasks.start(self._connect_back(ping))
 
     async def _connect_back(self, ping: Ping) -> None:
         where = f"{ping.reply_addr}:{ping.reply_port}"

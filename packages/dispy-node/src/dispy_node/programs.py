@@ -24,6 +24,7 @@ from collections.abc import Callable
 from typing import Any
 
 from dispy_core import serialize
+from dispy_core.aio.tasks import TaskOwner
 from dispy_core.protocol.framing import Payload
 from dispy_core.secret import without_secrets
 from dispy_node._output import DEFAULT_MAX_OUTPUT, Tail, finish
@@ -71,7 +72,7 @@ class ProgramComputation:
         self.queued_bytes = 0  # arguments of the queued jobs
         self._procs: dict[int, asyncio.subprocess.Process] = {}
         self._cancelled: set[int] = set()
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks = TaskOwner(f"program {name}", log=log)  # one per running job
         self._job_ended = asyncio.Event()
         self.closing = False
 
@@ -126,19 +127,22 @@ class ProgramComputation:
             if job_id in self._notify:
                 self._notify.discard(job_id)
                 self._on_started(job_id)
-            task = asyncio.get_running_loop().create_task(self._run(job_id, payload))
-            self._tasks.add(task)
-            task.add_done_callback(functools.partial(self._task_done, job_id))
+            task = self._tasks.start(
+                self._run(job_id, payload),
+                name=f"job {job_id}",
+                on_error=functools.partial(self._job_failed, job_id),
+            )
+            # Runs after the owner's callback, so the job no longer counts as running.
+            task.add_done_callback(self._task_done)
 
-    def _task_done(self, job_id: int, task: asyncio.Task[None]) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            # A bug: say so once, and end the job rather than leave the client waiting.
-            exc = task.exception()
-            log.error("program job %d failed: %s", job_id, exc, exc_info=exc)
-            self._procs.pop(job_id, None)
-            reason = f"the node failed to run the job: {type(exc).__name__}: {exc}"
-            self._on_reply(local_reply(job_id, "terminated", reason, time.time()))
+    def _job_failed(self, job_id: int, exc: BaseException) -> None:
+        # A bug: say so once, and end the job rather than leave the client waiting.
+        log.error("program job %d failed: %s", job_id, exc, exc_info=exc)
+        self._procs.pop(job_id, None)
+        reason = f"the node failed to run the job: {type(exc).__name__}: {exc}"
+        self._on_reply(local_reply(job_id, "terminated", reason, time.time()))
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
         self._job_ended.set()
         self._dispatch()
 
@@ -233,9 +237,7 @@ class ProgramComputation:
         for job_id, proc in list(self._procs.items()):
             self._cancelled.add(job_id)
             _kill_group(proc.pid)
-        if self._tasks:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.gather(*self._tasks, return_exceptions=True), 10)
+        await self._tasks.close(grace=10)
         return None
 
 

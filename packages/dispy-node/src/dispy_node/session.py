@@ -22,8 +22,8 @@ e.g. it declared this node dead, or sent a message this node refuses), ``lost`` 
 connection broke), ``failed`` (an error of this node while serving: logged once with its
 traceback; the session ends and the node is free, never left "busy").
 
-Every task a session starts is owned by it (:func:`dispy_core.aio.tasks.spawn`): if one
-fails, the failure ends the session the same way, so no error is lost and nothing it started
+Every task a session starts is owned by it (a :class:`dispy_core.aio.tasks.TaskOwner`): if
+one fails, the failure ends the session the same way, so no error is lost and nothing it started
 (a computation process still in setup, say) is left behind.
 """
 
@@ -36,14 +36,14 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import Awaitable, Coroutine
+from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any, Protocol
 
 from pydantic import ValidationError
 
 from dispy_core import availability
 from dispy_core.aio.connection import Connection, ConnectionClosed, PeerRefused
-from dispy_core.aio.tasks import spawn
+from dispy_core.aio.tasks import TaskOwner
 from dispy_core.config import DEFAULT_PULSE, dead_after
 from dispy_core.files import store_file
 from dispy_core.protocol.errors import ProtocolError, RemoteProtocolError
@@ -138,13 +138,9 @@ class Session:
         self._outbox: list[Reply] = []
         self._started: list[int] = []
         self._flush_scheduled = False
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks = TaskOwner("session", log=log, on_error=self._task_failed)
         self._send_file_req = 0
         self._send_file_waiters: dict[int, asyncio.Future[str | None]] = {}
-
-    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
-        name = getattr(coro, "__name__", "task")
-        spawn(coro, self._tasks, log=log, what=f"session task {name}", on_error=self._task_failed)
 
     def _task_failed(self, exc: BaseException) -> None:
         """A task of this session raised: end the session with that error."""
@@ -156,7 +152,7 @@ class Session:
         log.error("session task failed: %s", exc, exc_info=exc)
         if not self.ended:
             self.ended = True
-            self.node._spawn(self._end_after_failure())
+            self.node.tasks.start(self._end_after_failure())
 
     async def _end_after_failure(self) -> None:
         try:
@@ -182,7 +178,7 @@ class Session:
         if self.node.config.max_file_size:
             conn.screen_payloads(self._oversized_file)
         if not self._tasks:
-            self._spawn(self._watch_zombie())
+            self._tasks.start(self._watch_zombie())
         try:
             return await self._serve(conn)
         except ConnectionClosed as exc:
@@ -300,7 +296,7 @@ class Session:
                     self._send(Notice(level="error", text="computation already started"))
                 else:
                     self._start_seen = True
-                    self._spawn(self._start(msg, payload))
+                    self._tasks.start(self._start(msg, payload))
             elif isinstance(msg, SetCpus):
                 self._set_cpus(msg)
             elif isinstance(msg, FileAck):
@@ -453,7 +449,7 @@ class Session:
         self.computation = runner
         log.info("computation %s ready on %d CPU(s) in %s", setup.name, cpus, self.dest)
         self._send(ComputationReady(comp_id=setup.comp_id, cpus=cpus, dest_path=self.dest))
-        self._spawn(self._pulse(setup.pulse_interval or DEFAULT_PULSE))
+        self._tasks.start(self._pulse(setup.pulse_interval or DEFAULT_PULSE))
 
     async def _fail_start(self, setup: ComputationSetup, reason: str) -> None:
         log.warning("computation %s could not start: %s", setup.name, reason)
@@ -672,9 +668,7 @@ class Session:
             self._flush()
             if error:
                 log.warning("cleanup of %s failed: %s", comp.name, error)
-        for task in list(self._tasks):
-            if task is not asyncio.current_task():
-                task.cancel()
+        await self._tasks.close()  # all but the caller, if it is one of them
         for paths in self._job_files.values():
             for path in paths:
                 with contextlib.suppress(OSError):

@@ -13,15 +13,12 @@ from typing import Annotated, NoReturn
 
 import typer
 
+from dispy_core.config import NODE_PORT, SCHEDULER_PORT
 from dispy_core.secret import SecretError, resolve_secret
 from dispy_core.secret import no_secret_warning as secret_warning
 from dispy_relay import __version__
 
 PROG = "dispy-relay"
-
-# Defaults from the reference (reference/relay.txt).
-NODE_PORT = 51348
-SCHEDULER_PORT = 51349
 
 
 def _dashes(name: str) -> str:

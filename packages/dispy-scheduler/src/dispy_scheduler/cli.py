@@ -14,15 +14,11 @@ from typing import Annotated, NoReturn
 
 import typer
 
+from dispy_core.config import CLIENT_PORT, NODE_PORT, SCHEDULER_PORT
 from dispy_core.secret import SECRET_ENV, Secret, SecretError, resolve_secret
 from dispy_scheduler import __version__
 
 PROG = "dispy-scheduler"
-
-# Defaults from the reference (reference/scheduler.txt).
-CLIENT_PORT = 51347
-NODE_PORT = 51348
-SCHEDULER_PORT = 51349
 
 
 def _dashes(name: str) -> str:

@@ -98,7 +98,8 @@ class Connection(asyncio.BufferedProtocol):
         self._eof: ConnectionClosed | None = None
         self._waiter: asyncio.Future[None] | None = None
         self._handler: Handler | None = None
-        self._blocked = False
+        # A handler's pending work: holds back later frames; referenced (asyncio's is weak).
+        self._handling: asyncio.Future[Any] | None = None
         self._done: asyncio.Future[Any] | None = None
         self._paused_reading = False
         self._paused_writing = False
@@ -145,7 +146,7 @@ class Connection(asyncio.BufferedProtocol):
         if (
             not self._paused_reading
             and self._decoder.backlog > PAUSE_READING_AT
-            and (self._handler is None or self._blocked)
+            and (self._handler is None or self._handling is not None)
         ):
             self._paused_reading = True
             self._transport.pause_reading()
@@ -357,7 +358,7 @@ class Connection(asyncio.BufferedProtocol):
             done.set_result(value)
 
     def _dispatch(self) -> None:
-        while self._handler is not None and not self._blocked:
+        while self._handler is not None and self._handling is None:
             try:
                 frame = self._decoder.next_frame()
                 if frame is None:
@@ -377,13 +378,12 @@ class Connection(asyncio.BufferedProtocol):
                 self._fail(exc)
                 return
             if pending is not None:
-                self._blocked = True
-                task = asyncio.ensure_future(pending)
-                task.add_done_callback(self._handler_done)
+                self._handling = asyncio.ensure_future(pending)
+                self._handling.add_done_callback(self._handler_done)
         self._resume_reading()
 
     def _handler_done(self, task: asyncio.Future[Any]) -> None:
-        self._blocked = False
+        self._handling = None
         if task.cancelled():
             self._fail(ConnectionClosed("message handler cancelled"))
             return

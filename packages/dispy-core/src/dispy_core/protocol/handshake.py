@@ -195,7 +195,6 @@ class Handshake:
         self.state: State = "start"
         self.peer_role: Role | None = None
         self.peer_name: str | None = None
-        self.peer_nonce: str | None = None
 
     def initiate(self) -> list[HandshakeMessage]:
         """Messages to send first: a Hello for the connector, nothing for the acceptor."""
@@ -287,7 +286,7 @@ class Handshake:
             (PROTOCOL_VERSION, self.role, self.name, self._nonce, self._pake),
         )
         mine, self._peer_proof = self._confirmations()
-        self.peer_role, self.peer_name, self.peer_nonce = msg.role, msg.name, msg.nonce
+        self.peer_role, self.peer_name = msg.role, msg.name
         self.state = "sent_challenge"
         return [
             Challenge(
@@ -311,7 +310,7 @@ class Handshake:
         expected, mine = self._confirmations()
         if not hmac.compare_digest(expected, bytes.fromhex(msg.proof)):
             raise self._fail(WRONG_SECRET)
-        self.peer_role, self.peer_name, self.peer_nonce = msg.role, msg.name, msg.nonce
+        self.peer_role, self.peer_name = msg.role, msg.name
         self.state = "sent_proof"
         return [Proof(proof=mine.hex())]
 

@@ -165,7 +165,6 @@ class NodeInfo(_Message):
     platform: Name
     avail: AvailInfo | None = None
     version: Name
-    busy: bool = False
     zombie_interval: float = Field(default=3600.0, gt=0, le=MAX_INTERVAL, allow_inf_nan=False)
 
 
@@ -407,14 +406,6 @@ def decode(header: bytes) -> Message:
         return MESSAGE.validate_json(header)
     except ValidationError as exc:
         raise RemoteProtocolError(f"malformed message header: {_first_error(exc)}") from None
-
-
-def decode_handshake(header: bytes) -> HandshakeMessage:
-    """Validate a header received during the handshake (only handshake messages allowed)."""
-    try:
-        return HANDSHAKE_MESSAGE.validate_json(header)
-    except ValidationError as exc:
-        raise RemoteProtocolError(f"malformed handshake message: {_first_error(exc)}") from None
 
 
 def _first_error(exc: ValidationError) -> str:
