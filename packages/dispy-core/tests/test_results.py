@@ -41,7 +41,8 @@ def test_every_outcome_on_the_wire_has_a_status():
 def test_packed_reply_reads_back_with_its_status():
     packed, data = pack_reply({"r": 1}, "out", "err", None)
     assert packed
-    assert read_reply("finished", joined(data)) == (JobStatus.Finished, {"r": 1}, "out", "err", None)
+    expected = (JobStatus.Finished, {"r": 1}, "out", "err", None)
+    assert read_reply("finished", joined(data)) == expected
 
 
 def test_unpicklable_result_is_not_packed_and_says_why():
@@ -49,15 +50,18 @@ def test_unpicklable_result_is_not_packed_and_says_why():
     assert not packed
     status, result, stdout, stderr, reason = read_reply("terminated", joined(data))
     assert (status, result, stdout, stderr) == (JobStatus.Terminated, None, "o", "e")
-    assert reason is not None and "the job's result: cannot serialize" in reason
+    assert reason is not None
+    assert "the job's result: cannot serialize" in reason
 
 
 def test_result_over_the_limit_is_not_packed_and_keeps_the_output():
     packed, data = pack_reply(bytes(2 * MiB), "printed", "", None, limit=MiB)
     assert not packed
     _status, result, stdout, _stderr, reason = read_reply("terminated", joined(data))
-    assert result is None and stdout == "printed"
-    assert reason is not None and "over the 1048576 bytes one message can carry" in reason
+    assert result is None
+    assert stdout == "printed"
+    assert reason is not None
+    assert "over the 1048576 bytes one message can carry" in reason
 
 
 def test_local_reply_carries_no_result_and_the_text_as_exception():
@@ -76,7 +80,12 @@ def test_local_reply_carries_no_result_and_the_text_as_exception():
 def test_unreadable_reply_ends_the_job_terminated_saying_why():
     status, result, stdout, stderr, reason = read_reply("finished", b"not a pickle")
     assert (status, result, stdout, stderr) == (JobStatus.Terminated, None, "", "")
-    assert reason is not None and reason.startswith("the result could not be read here: ")
+    assert reason is not None
+    assert reason.startswith("the result could not be read here: ")
+
+
+def decoded(reply: Reply) -> tuple[object, ...]:
+    return (OUTCOME_STATUS[reply.outcome], reply.job_id * 10, f"out {reply.job_id}", "", None)
 
 
 def test_replies_survive_the_trip_through_jobs_done():
@@ -90,10 +99,7 @@ def test_replies_survive_the_trip_through_jobs_done():
         (report.job_id, report.start, report.end, read_reply(report.outcome, data))
         for report, data in iter_replies(message, b"".join(payloads))
     ]
-    assert got == [
-        (r.job_id, r.start, r.end, (OUTCOME_STATUS[r.outcome], r.job_id * 10, f"out {r.job_id}", "", None))
-        for r in replies
-    ]
+    assert got == [(r.job_id, r.start, r.end, decoded(r)) for r in replies]
 
 
 def test_iter_replies_gives_views_of_the_payload_in_order():
