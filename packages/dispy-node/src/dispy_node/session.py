@@ -46,6 +46,7 @@ from dispy_core.aio.connection import Connection, ConnectionClosed, PeerRefused
 from dispy_core.aio.tasks import spawn
 from dispy_core.config import DEFAULT_PULSE, dead_after
 from dispy_core.files import store_file
+from dispy_core.paths import UnsafePathError, safe_join
 from dispy_core.protocol.errors import ProtocolError, RemoteProtocolError
 from dispy_core.protocol.framing import DIRECT_PAYLOAD, Payload
 from dispy_core.protocol.messages import (
@@ -74,7 +75,7 @@ from dispy_core.protocol.messages import (
 )
 from dispy_core.results import Reply, job_done_messages, local_reply
 from dispy_node._limits import MAX_UNACKED_BYTES, oldest_over_budget, queue_full
-from dispy_node._paths import UnsafePathError, computation_dir, safe_join
+from dispy_node._paths import computation_dir
 from dispy_node.executor import Computation, ComputationStartError
 from dispy_node.programs import ProgramComputation
 
