@@ -7,6 +7,8 @@ from typing import Any
 
 from dispy_core import serialize
 from dispy_core.protocol.messages import ComputationSetup, JobDone, JobSubmit
+from dispy_core.result_store import ResultStore
+from dispy_core.results import Reply
 from dispy_core.testing import async_test
 from dispy_node import _limits
 from dispy_node._limits import (
@@ -16,9 +18,7 @@ from dispy_node._limits import (
     oldest_over_budget,
     queue_full,
 )
-from dispy_node.executor import Reply
 from dispy_node.session import Session
-from dispy_node.store import ResultStore
 
 MiB = 1 << 20
 

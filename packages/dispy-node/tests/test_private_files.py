@@ -6,8 +6,8 @@ import os
 
 import pytest
 
-from dispy_node.executor import Reply
-from dispy_node.store import DIRNAME, ResultStore
+from dispy_core.result_store import DIRNAME, ResultStore
+from dispy_core.results import Reply
 
 
 @pytest.fixture

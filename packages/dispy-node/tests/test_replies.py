@@ -6,10 +6,9 @@ import os
 import threading
 
 from dispy_core import serialize
+from dispy_core.results import MAX_BATCH_BYTES, Reply, job_done_messages
 from dispy_node import _wire
 from dispy_node._template import pack_reply
-from dispy_node.executor import Reply
-from dispy_node.session import MAX_BATCH_BYTES, job_done_messages
 
 MiB = 1 << 20
 

@@ -73,6 +73,7 @@ from dispy_core.protocol.messages import (
     SetCpus,
     clip,
 )
+from dispy_core.results import iter_replies, read_reply
 from dispy_core.scheduling import Scheduler
 from dispy_core.secret import SECRET_ENV, no_secret_warning, user_name
 from dispy_core.security import TLSConfig
@@ -695,14 +696,10 @@ class ClusterCore:
                 return
 
     def _job_replies(self, session: _NodeSession, msg: JobDone, payload: Payload) -> None:
-        view = memoryview(payload)
-        offset = 0
         node = session.node
         current = self.sessions.get(session.key) is session
         done: list[int] = []
-        for report in msg.jobs:
-            data = view[offset : offset + report.size]
-            offset += report.size
+        for report, data in iter_replies(msg, payload):
             done.append(report.job_id)
             # A result from a node this cluster gave up on (the job was resubmitted or
             # cancelled since) must not end the job a second time.
@@ -716,27 +713,14 @@ class ClusterCore:
                 session.waiting.discard(report.job_id)
             else:
                 node.busy = max(0, node.busy - 1)
-            try:
-                result, stdout, stderr, exc_text = serialize.loads(data)
-            except serialize.SerializationError as exc:
-                result, stdout, stderr = None, "", ""
-                exc_text = f"the result could not be read here: {exc}"
-                report = report.model_copy(update={"outcome": "terminated"})
-            job.result = result
-            job.stdout = stdout
-            job.stderr = stderr
-            job.exception = exc_text
+            status, job.result, job.stdout, job.stderr, job.exception = read_reply(
+                report.outcome, data
+            )
             job.start_time = report.start
             job.end_time = report.end
             job.ip_addr = session.key[0]
             node.jobs_done += 1
             node.cpu_time += max(0.0, report.end - report.start)
-            status = {
-                "finished": JobStatus.Finished,
-                "terminated": JobStatus.Terminated,
-                "cancelled": JobStatus.Cancelled,
-                "abandoned": JobStatus.Abandoned,
-            }[report.outcome]
             self._finish(job, status, node=node)
         # Logged (and flushed) before the ack goes out with the next frame: a crash in
         # between makes recovery fetch the result again rather than miss it.

@@ -2,22 +2,14 @@
 
 from __future__ import annotations
 
-import os
+from dispy_core.paths import safe_join
 
 
 def safe_local_path(base: str, relative: str) -> str:
     """Where a file sent by a job lands under ``base``; refuses escapes.
 
     Raises:
-        ValueError: absolute path, '..', or a link leading outside ``base``.
+        dispy_core.paths.UnsafePathError: (a ValueError) absolute path, '..', NUL, no
+            name, or a link leading outside ``base``.
     """
-    if os.path.isabs(relative) or relative.startswith(("/", "\\")):
-        raise ValueError("absolute paths are not accepted")
-    parts = [p for p in relative.replace("\\", "/").split("/") if p not in ("", ".")]
-    if not parts or ".." in parts:
-        raise ValueError("the path must stay inside the client's directory")
-    path = os.path.join(base, *parts)
-    real_base = os.path.realpath(base)
-    if not os.path.realpath(path).startswith(real_base + os.sep):
-        raise ValueError("the path leads outside the client's directory")
-    return path
+    return safe_join(base, relative, "the client's directory")

@@ -30,7 +30,6 @@ import time
 from typing import Any, TextIO
 
 from dispy.jobs import DispyJob
-from dispy_core import serialize
 from dispy_core.aio.connection import Connection, ConnectionClosed, PeerRefused, open_connection
 from dispy_core.protocol.errors import ProtocolError
 from dispy_core.protocol.framing import Payload
@@ -45,19 +44,13 @@ from dispy_core.protocol.messages import (
     RecoverRequest,
     RecoverStatus,
 )
+from dispy_core.results import iter_replies, read_reply
 from dispy_core.secret import SECRET_ENV, user_name
 from dispy_core.security import TLSConfig
 
 log = logging.getLogger("dispy")
 
 FORMAT = "dispy-recover-1"
-
-OUTCOMES = {
-    "finished": JobStatus.Finished,
-    "terminated": JobStatus.Terminated,
-    "cancelled": JobStatus.Cancelled,
-    "abandoned": JobStatus.Abandoned,
-}
 
 
 def default_recover_file() -> str:
@@ -456,23 +449,12 @@ def _apply(
     node: tuple[str, int],
     wanted: set[int],
 ) -> None:
-    view = memoryview(payload)
-    offset = 0
-    for report in msg.jobs:
-        data = view[offset : offset + report.size]
-        offset += report.size
+    for report, data in iter_replies(msg, payload):
         job = jobs.get(report.job_id)
         if job is None or report.job_id not in wanted:
             continue
         wanted.discard(report.job_id)
-        try:
-            result, stdout, stderr, exc_text = serialize.loads(data)
-            status = OUTCOMES[report.outcome]
-        except serialize.SerializationError as exc:
-            result, stdout, stderr = None, "", ""
-            exc_text = f"the result could not be read here: {exc}"
-            status = JobStatus.Terminated
-        job.result, job.stdout, job.stderr, job.exception = result, stdout, stderr, exc_text
+        status, job.result, job.stdout, job.stderr, job.exception = read_reply(report.outcome, data)
         job.start_time, job.end_time = report.start, report.end
         job.ip_addr = node[0]
         job.status = status

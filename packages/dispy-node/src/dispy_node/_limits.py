@@ -10,7 +10,7 @@ silently. The first job per CPU always queues, whatever its size (one message is
 
 from __future__ import annotations
 
-from dispy_node.executor import Reply
+from dispy_core.results import Reply
 
 MAX_QUEUED_PER_CPU = 64  # jobs waiting per CPU of the node
 MAX_QUEUED_BYTES_PER_CPU = 32 << 20  # their arguments, per CPU of the node,

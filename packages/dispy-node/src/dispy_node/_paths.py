@@ -1,4 +1,9 @@
-"""Where a computation's files live on the node, without ever escaping the prefix."""
+"""Where a computation's files live on the node, without ever escaping the prefix.
+
+Every name a client sends goes through :func:`dispy_core.paths.safe_join` (re-exported
+here); this module adds what only the node has: the prefix, ``dest_path`` and the result
+store that no computation may use.
+"""
 
 from __future__ import annotations
 
@@ -9,43 +14,19 @@ import shutil
 import stat
 
 from dispy_core.files import makedirs
+from dispy_core.paths import Refusal, UnsafePathError, safe_join
+from dispy_core.result_store import DIRNAME, PRIVATE_DIR
 from dispy_core.secret import user_name
 
-# The node's store of undelivered results, under the prefix (see store.py): no
+# The node's store of undelivered results, under the prefix (dispy_core.result_store): no
 # computation may live there, or it would read other clients' results and its cleanup
-# would delete them.
-RESULTS_DIRNAME = ".dispy-results"
-# Computation directories hold clients' code, data and results: the node's user only.
-PRIVATE_DIR = 0o700
-
-
-class UnsafePathError(ValueError):
-    """A client asked for a path outside its directory."""
+# would delete them. Computation directories, like the store, are the node's user's only
+# (PRIVATE_DIR).
+RESULTS_DIRNAME = DIRNAME
 
 
 class PrefixError(ValueError):
     """The node cannot use its ``dest_path_prefix`` safely."""
-
-
-def safe_join(base: str, relative: str) -> str:
-    """``base/relative`` if it stays inside ``base`` (no absolute paths, no ``..``, no links).
-
-    Raises:
-        UnsafePathError: naming the offending path.
-    """
-    if os.path.isabs(relative) or relative.startswith(("/", "\\")):
-        raise UnsafePathError(f"path {relative!r} must be relative")
-    parts = [p for p in re.split(r"[\\/]+", relative) if p not in ("", ".")]
-    if not parts:
-        raise UnsafePathError(f"path {relative!r} names no file")
-    if ".." in parts:
-        raise UnsafePathError(f"path {relative!r} may not contain '..'")
-    joined = os.path.join(base, *parts)
-    real_base = os.path.realpath(base)
-    real = os.path.realpath(joined)
-    if real != real_base and not real.startswith(real_base + os.sep):
-        raise UnsafePathError(f"path {relative!r} leads outside its directory (a link?)")
-    return joined
 
 
 def computation_dir(prefix: str, dest_path: str | None, name: str, comp_id: int) -> str:
@@ -57,7 +38,16 @@ def computation_dir(prefix: str, dest_path: str | None, name: str, comp_id: int)
     """
     makedirs(prefix, PRIVATE_DIR)
     if dest_path:
-        path = safe_join(prefix, dest_path.lstrip("/\\"))
+        try:
+            path = safe_join(prefix, dest_path.lstrip("/\\"))
+        except UnsafePathError as exc:
+            if exc.refusal is Refusal.BASE:  # in the node's own words
+                raise UnsafePathError(
+                    f"path {dest_path!r} is the node's dest_path_prefix itself",
+                    dest_path,
+                    Refusal.BASE,
+                ) from None
+            raise
         _refuse_node_own(prefix, path, dest_path)
     else:
         clean = re.sub(r"[^A-Za-z0-9_.-]", "_", name)[:40] or "computation"
@@ -68,9 +58,7 @@ def computation_dir(prefix: str, dest_path: str | None, name: str, comp_id: int)
 
 def _refuse_node_own(prefix: str, path: str, dest_path: str) -> None:
     real_prefix = os.path.realpath(prefix)
-    real = os.path.realpath(path)
-    if real == real_prefix:
-        raise UnsafePathError(f"path {dest_path!r} is the node's dest_path_prefix itself")
+    real = os.path.realpath(path)  # not the prefix itself: safe_join refused that
     store = os.path.join(real_prefix, RESULTS_DIRNAME)
     # Compare each level with the store by identity too, for file systems that ignore case.
     probe = real
@@ -79,7 +67,8 @@ def _refuse_node_own(prefix: str, path: str, dest_path: str) -> None:
             os.path.lexists(store) and os.path.exists(probe) and os.path.samefile(probe, store)
         ):
             raise UnsafePathError(
-                f"path {dest_path!r} is inside the node's result store ({RESULTS_DIRNAME})"
+                f"path {dest_path!r} is inside the node's result store ({RESULTS_DIRNAME})",
+                dest_path,
             )
         probe = os.path.dirname(probe)
 
@@ -172,3 +161,14 @@ def _owner(uid: int) -> str:
         return f"user {pwd.getpwuid(uid).pw_name!r} (uid {uid})"
     except (ImportError, KeyError):
         return f"uid {uid}"
+
+
+__all__ = [
+    "PRIVATE_DIR",
+    "RESULTS_DIRNAME",
+    "PrefixError",
+    "UnsafePathError",
+    "computation_dir",
+    "prepare_prefix",
+    "safe_join",
+]

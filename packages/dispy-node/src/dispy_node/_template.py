@@ -34,7 +34,8 @@ import time
 import traceback
 from typing import Any
 
-from dispy_core import serialize
+from dispy_core import results, serialize
+from dispy_core.paths import safe_join
 from dispy_core.protocol.framing import DEFAULT_MAX_MESSAGE, Buffer, nbytes
 from dispy_node import _wire
 from dispy_node._output import DEFAULT_MAX_OUTPUT, CapturedText, finish
@@ -188,13 +189,17 @@ class _Worker:  # pragma: no cover - runs in a forked child
 
     def send_file(self, path: str, timeout: float | None = None) -> int:
         del timeout
-        full = os.path.realpath(os.path.abspath(path))
         home = os.path.realpath(self.home)
-        if not full.startswith(home + os.sep):
+        try:
+            # The job names a file of its own file system (absolute, or relative to where it
+            # runs, through links that stay inside); what goes on the wire is its real name
+            # below the directory, checked as every name from the wire is.
+            rel = os.path.relpath(os.path.realpath(os.path.abspath(path)), home)
+            full = safe_join(home, rel, "the computation's directory")
+        except ValueError:  # UnsafePathError too; relpath's across drives
             raise ValueError(
                 f"dispy_send_file: {path!r} is outside the computation's directory {home}"
-            )
-        rel = os.path.relpath(full, home)
+            ) from None
         stat = os.stat(full)
         if stat.st_size > DEFAULT_MAX_MESSAGE:
             raise ValueError(
@@ -271,21 +276,10 @@ def pack_reply(
     exc_text: str | None,
     limit: int = DEFAULT_MAX_MESSAGE,
 ) -> tuple[int, serialize.Pickled]:
-    """A job's reply, pickled; a result that cannot be pickled, or is larger than one
-    message may be, becomes a terminated job saying why (its output is kept)."""
-    try:
-        data = serialize.dumps((result, stdout, stderr, exc_text), plain_first=True)
-    except serialize.SerializationError as exc:
-        reply = (None, stdout, stderr, f"the job's result: {exc}")
-        return _wire.OUTCOME_TERMINATED, serialize.dumps_plain(reply)
-    size = nbytes(data)
-    if size > limit:
-        reason = (
-            f"the job's result is {size} bytes pickled, over the {limit} bytes one message "
-            "can carry"
-        )
-        return _wire.OUTCOME_TERMINATED, serialize.dumps_plain((None, stdout, stderr, reason))
-    return outcome, data
+    """A job's reply (:func:`dispy_core.results.pack_reply`) with its outcome on the worker's
+    link: a result that cannot travel makes the job terminated."""
+    packed, data = results.pack_reply(result, stdout, stderr, exc_text, limit)
+    return (outcome if packed else _wire.OUTCOME_TERMINATED), data
 
 
 def _receive_worker_socket(spawner: socket.socket) -> tuple[int, socket.socket] | None:

@@ -27,10 +27,10 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from dispy_core import serialize
 from dispy_core.aio.tasks import TaskOwner
 from dispy_core.protocol.framing import DEFAULT_MAX_MESSAGE, DIRECT_PAYLOAD, Payload, make_room
 from dispy_core.protocol.messages import JobOutcome
+from dispy_core.results import Reply, local_reply
 from dispy_core.secret import without_secrets
 from dispy_node import _wire
 from dispy_node._output import DEFAULT_MAX_OUTPUT
@@ -43,7 +43,7 @@ STREAM_ABOVE = 256 << 10
 STREAM_SLICE = 256 << 10
 SCRATCH_SIZE = 64 << 10
 # The most a worker may announce in one frame: a reply or provisional result is at most one
-# network message (the worker checks, see _template.pack_reply); a file from
+# network message (the worker checks, see dispy_core.results.pack_reply); a file from
 # dispy_send_file also carries its header and path (a u16 length).
 SEND_FILE_OVERHEAD = _wire.SEND_FILE.size + 0xFFFF
 MAX_FROM_WORKER = DEFAULT_MAX_MESSAGE + SEND_FILE_OVERHEAD
@@ -54,23 +54,6 @@ SendFileHandler = Callable[[int, str, int, float, Payload], Awaitable[str | None
 
 class ComputationStartError(Exception):
     """The computation could not start on this node (setup failed, process died, ...)."""
-
-
-@dataclass(slots=True)
-class Reply:
-    """One job's end as it goes back to the client."""
-
-    job_id: int
-    outcome: JobOutcome
-    start: float
-    end: float
-    payload: Payload
-
-
-def local_reply(job_id: int, outcome: JobOutcome, text: str | None, start: float) -> Reply:
-    """A reply the daemon makes itself (crash, cancel): no result, ``text`` as exception."""
-    payload = serialize.dumps_plain((None, "", "", text))
-    return Reply(job_id, outcome, start, time.time(), payload)
 
 
 @dataclass(eq=False)

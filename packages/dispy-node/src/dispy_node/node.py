@@ -37,6 +37,7 @@ from dispy_core.protocol.discovery import Ping
 from dispy_core.protocol.errors import ProtocolError
 from dispy_core.protocol.handshake import LoopGuard
 from dispy_core.protocol.messages import MAX_INTERVAL, NodeInfo, RecoverRequest
+from dispy_core.result_store import ResultStore
 from dispy_core.secret import no_secret_warning, user_name
 from dispy_core.security import TLSConfig
 from dispy_node import __version__
@@ -44,7 +45,6 @@ from dispy_node._paths import PrefixError, prepare_prefix
 from dispy_node._pings import PingPolicy, Verdict
 from dispy_node.config import NodeConfig, resolve_cpus
 from dispy_node.session import Session, serve_stored
-from dispy_node.store import ResultStore
 
 log = logging.getLogger("dispy_node")
 

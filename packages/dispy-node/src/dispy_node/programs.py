@@ -25,11 +25,12 @@ from typing import Any
 
 from dispy_core import serialize
 from dispy_core.aio.tasks import TaskOwner
+from dispy_core.paths import safe_join
 from dispy_core.protocol.framing import Payload
+from dispy_core.results import Reply, local_reply
 from dispy_core.secret import without_secrets
 from dispy_node._output import DEFAULT_MAX_OUTPUT, Tail, finish
-from dispy_node._paths import safe_join
-from dispy_node.executor import ComputationStartError, Reply, local_reply
+from dispy_node.executor import ComputationStartError
 
 log = logging.getLogger(__name__)
 

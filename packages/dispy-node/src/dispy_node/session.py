@@ -46,6 +46,7 @@ from dispy_core.aio.connection import Connection, ConnectionClosed, PeerRefused
 from dispy_core.aio.tasks import TaskOwner
 from dispy_core.config import DEFAULT_PULSE, dead_after
 from dispy_core.files import store_file
+from dispy_core.paths import UnsafePathError, safe_join
 from dispy_core.protocol.errors import ProtocolError, RemoteProtocolError
 from dispy_core.protocol.framing import DIRECT_PAYLOAD, Payload
 from dispy_core.protocol.messages import (
@@ -62,9 +63,7 @@ from dispy_core.protocol.messages import (
     FilePut,
     JobAck,
     JobCancel,
-    JobDone,
     JobProvisional,
-    JobReport,
     JobStarted,
     JobSubmit,
     Message,
@@ -74,20 +73,20 @@ from dispy_core.protocol.messages import (
     SetCpus,
     clip,
 )
+from dispy_core.results import Reply, job_done_messages, local_reply
 from dispy_node._limits import MAX_UNACKED_BYTES, oldest_over_budget, queue_full
-from dispy_node._paths import UnsafePathError, computation_dir, safe_join
-from dispy_node.executor import Computation, ComputationStartError, Reply, local_reply
+from dispy_node._paths import computation_dir
+from dispy_node.executor import Computation, ComputationStartError
 from dispy_node.programs import ProgramComputation
 
 if TYPE_CHECKING:
+    from dispy_core.result_store import ResultStore
     from dispy_node.node import Node
-    from dispy_node.store import ResultStore
 
 log = logging.getLogger("dispy_node")
 
 BATCH_DELAY = 0.002
 MAX_BATCH = 512
-MAX_BATCH_BYTES = 64 << 20  # results per jobs.done message (one larger result goes alone)
 
 
 class _Runner(Protocol):
@@ -711,38 +710,3 @@ async def serve_stored(store: ResultStore, conn: Connection, comp_id: int) -> No
         log.info("recovery of %d ended: %s", comp_id, exc)
     finally:
         await conn.close()
-
-
-def job_done_messages(comp_id: int, replies: list[Reply]) -> list[tuple[JobDone, list[Payload]]]:
-    """``jobs.done`` messages for ``replies``, each carrying at most MAX_BATCH_BYTES of results
-    (a larger result goes alone) and MAX_IDS jobs, so none nears the peer's limits."""
-    batches: list[list[Reply]] = []
-    size = 0
-    for reply in replies:
-        if not batches or (
-            batches[-1]
-            and (size + len(reply.payload) > MAX_BATCH_BYTES or len(batches[-1]) >= MAX_IDS)
-        ):
-            batches.append([])
-            size = 0
-        batches[-1].append(reply)
-        size += len(reply.payload)
-    return [
-        (
-            JobDone(
-                comp_id=comp_id,
-                jobs=[
-                    JobReport(
-                        job_id=r.job_id,
-                        outcome=r.outcome,
-                        start=r.start,
-                        end=r.end,
-                        size=len(r.payload),
-                    )
-                    for r in batch
-                ],
-            ),
-            [r.payload for r in batch],
-        )
-        for batch in batches
-    ]

@@ -1,5 +1,8 @@
 """Results a node could not deliver, kept on disk until delivered or recovered.
 
+In core so that whoever runs jobs for a client that may go away (the node today, the
+scheduler next) keeps them the same way.
+
 Layout under ``<dest_path_prefix>/.dispy-results/<comp_id>/``: ``meta.json`` (which
 computation, for which client) and one ``<job_id>.result`` file per job: a JSON line with
 the job's report, then the pickled reply exactly as the client would have received it.
@@ -28,15 +31,27 @@ from typing import Any
 
 from dispy_core.files import atomic_write, makedirs
 from dispy_core.protocol.framing import Payload
-from dispy_node._paths import PRIVATE_DIR, RESULTS_DIRNAME
-from dispy_node.executor import Reply
+from dispy_core.results import Reply
 
+# The node's logger: the node is this store's user today; its log lines keep their source.
 log = logging.getLogger("dispy_node")
 
-DIRNAME = RESULTS_DIRNAME
+# Under the node's dest_path_prefix; dispy_node._paths keeps computations out of it.
+DIRNAME = ".dispy-results"
+# Results may hold anything a job returned: the store's user only.
+PRIVATE_DIR = 0o700
 
 
 class ResultStore:
+    """The results of jobs whose client could not take them, on disk under ``prefix``.
+
+    Args:
+        prefix: the directory the store lives under (the node's ``dest_path_prefix``).
+        max_bytes: quota on the results' total size (0: none).
+        max_age: seconds a result is kept (0: until delivered).
+        clock: wall-clock time, for the age limit (tests pass a fake one).
+    """
+
     def __init__(
         self,
         prefix: str,
@@ -205,3 +220,6 @@ class ResultStore:
 
 def _atomic_write(path: str, data: Payload) -> None:
     atomic_write(path, data, 0o600)
+
+
+__all__ = ["DIRNAME", "PRIVATE_DIR", "ResultStore"]

@@ -5,8 +5,8 @@ from __future__ import annotations
 import logging
 import os
 
-from dispy_node.executor import Reply
-from dispy_node.store import ResultStore
+from dispy_core.result_store import ResultStore
+from dispy_core.results import Reply
 
 HOUR = 3600.0
 DAY = 24 * HOUR
