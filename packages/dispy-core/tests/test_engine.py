@@ -177,7 +177,9 @@ def test_pinned_jobs_run_only_on_their_node():
 def test_pinned_to_a_node_not_in_the_cluster_is_cancelled():
     eng = engine()
     cmds = submit(eng, [0], pinned=C)
-    assert cmds == [JobEnded(COMP, 0, JobStatus.Cancelled, "node 10.0.0.3:51348 is not in this cluster")]
+    assert cmds == [
+        JobEnded(COMP, 0, JobStatus.Cancelled, "node 10.0.0.3:51348 is not in this cluster")
+    ]
 
 
 # --- cancel ----------------------------------------------------------------------------
@@ -228,7 +230,9 @@ def test_lost_node_cancels_its_jobs_without_reentrant():
     reason = "Cancelled: node 10.0.0.1:51348 connection lost: reset"
     assert {c.job_id for c in of(cmds, JobEnded)} == {0, 1}  # running and sent ahead
     assert {c.reason for c in of(cmds, JobEnded)} == {reason}
-    assert cmds[-1] == NodeStatusChanged(A, COMP, NodeStatus.AbandonedNode, "connection lost: reset")
+    assert cmds[-1] == NodeStatusChanged(
+        A, COMP, NodeStatus.AbandonedNode, "connection lost: reset"
+    )
     assert eng.pending(COMP) == 1
 
 
@@ -249,7 +253,8 @@ def test_pinned_jobs_of_a_lost_node_are_cancelled_even_when_reentrant():
     submit(eng, range(4), pinned=A)
     cmds = eng.handle(NodeLost(A, "gone"), 1)
     assert sorted(c.job_id for c in of(cmds, JobEnded)) == [0, 1, 2, 3]
-    assert eng.live(COMP) == 0 and eng.pending(COMP) == 0
+    assert eng.live(COMP) == 0
+    assert eng.pending(COMP) == 0
 
 
 def test_closing_computation_does_not_requeue():
@@ -270,7 +275,10 @@ def test_tick_declares_a_silent_node_dead():
     eng.handle(NodeHeard(B), 4.0)
     cmds = eng.handle(Tick(), 6.0)
     assert cmds[-1] == NodeDeclaredDead(A, "declared dead: no pulse for 6 s")
-    assert NodeStatusChanged(A, COMP, NodeStatus.AbandonedNode, "declared dead: no pulse for 6 s") in cmds
+    assert (
+        NodeStatusChanged(A, COMP, NodeStatus.AbandonedNode, "declared dead: no pulse for 6 s")
+        in cmds
+    )
     assert eng.nodes(COMP) == [B]
     # events from the dead node are ignored
     assert eng.handle(done(A, 0), 7.0) == []
@@ -285,7 +293,8 @@ def test_a_node_can_serve_two_computations():
     cmds = eng.handle(JobsSubmitted(8, tuple(JobSpec(i) for i in range(5))), 0)
     assert cmds == [SendJobs(A, 8, (0, 1, 2, 3), frozenset({2, 3})), JobsRunning(A, 8, (0, 1))]
     cmds = eng.handle(NodeLost(A, "closed", comp_id=COMP), 1)
-    assert eng.nodes(8) == [A] and eng.nodes(COMP) == []
+    assert eng.nodes(8) == [A]
+    assert eng.nodes(COMP) == []
 
 
 # --- rules -------------------------------------------------------------------------------
@@ -320,7 +329,11 @@ def test_provisional_result_of_a_waiting_job_starts_it():
 def test_handle_many_places_once():
     eng = engine()
     cmds = eng.handle_many(
-        [NodeReady(A, COMP, cpus=1), NodeReady(B, COMP, cpus=1), JobsSubmitted(COMP, (JobSpec(0), JobSpec(1)))],
+        [
+            NodeReady(A, COMP, cpus=1),
+            NodeReady(B, COMP, cpus=1),
+            JobsSubmitted(COMP, (JobSpec(0), JobSpec(1))),
+        ],
         0,
     )
     assert sent(cmds) == {A: (0,), B: (1,)}

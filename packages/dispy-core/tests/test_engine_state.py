@@ -49,7 +49,7 @@ from dispy_core.engine import (
 )
 from dispy_core.protocol.jobs import JobStatus, NodeStatus
 
-NODES = [("10.0.0.%d" % i, 51348) for i in range(1, 5)]
+NODES = [(f"10.0.0.{i}", 51348) for i in range(1, 5)]
 PULSE = 1.0  # dead after 5 s of silence
 
 
@@ -97,7 +97,8 @@ class EngineMachine(RuleBasedStateMachine):
             elif isinstance(cmd, JobsRunning):
                 for jid in cmd.job_ids:
                     job = self.jobs[cmd.comp_id, jid]
-                    assert job.node == cmd.node and job.state == "ahead"
+                    assert job.node == cmd.node
+                    assert job.state == "ahead"
                     job.state = "running"
                 running = self.on_node(cmd.comp_id, cmd.node, "running")
                 assert len(running) <= self.up[cmd.comp_id, cmd.node], "more running than CPUs"
@@ -108,7 +109,8 @@ class EngineMachine(RuleBasedStateMachine):
             elif isinstance(cmd, ResultsAccepted):
                 for jid in cmd.job_ids:
                     job = self.jobs.pop((cmd.comp_id, jid))
-                    assert job.node == cmd.node and job.state in ("ahead", "running")
+                    assert job.node == cmd.node
+                    assert job.state in ("ahead", "running")
                     self.end(job)
             elif isinstance(cmd, JobEnded):
                 job = self.jobs.pop((cmd.comp_id, cmd.job_id))
@@ -120,7 +122,8 @@ class EngineMachine(RuleBasedStateMachine):
                 self.end(job)
             elif isinstance(cmd, JobRequeued):
                 job = self.jobs[cmd.comp_id, cmd.job_id]
-                assert self.open[cmd.comp_id] and job.pin is None
+                assert self.open[cmd.comp_id]
+                assert job.pin is None
                 assert cmd.comp_id not in self.closing
                 assert (cmd.comp_id, job.node) in self.lost_reason
                 job.node, job.state = None, "queued"
@@ -225,7 +228,12 @@ class EngineMachine(RuleBasedStateMachine):
         self.apply(cmds)
 
     @precondition(lambda self: self.open)
-    @rule(data=st.data(), count=st.integers(1, 6), pinned=st.booleans(), size=st.sampled_from([10, 1 << 24]))
+    @rule(
+        data=st.data(),
+        count=st.integers(1, 6),
+        pinned=st.booleans(),
+        size=st.sampled_from([10, 1 << 24]),
+    )
     def submit(self, data: st.DataObject, count: int, pinned: bool, size: int) -> None:
         comp = data.draw(st.sampled_from(sorted(self.open)))
         pin = data.draw(st.sampled_from(NODES)) if pinned else None
@@ -244,7 +252,11 @@ class EngineMachine(RuleBasedStateMachine):
         self.feed(CancelRequested(comp, (jid,)))
 
     def on_node(self, comp: int, node: tuple[str, int], state: str) -> list[int]:
-        return sorted(j for (c, j), m in self.jobs.items() if c == comp and m.node == node and m.state == state)
+        return sorted(
+            j
+            for (c, j), m in self.jobs.items()
+            if c == comp and m.node == node and m.state == state
+        )
 
     @precondition(lambda self: self.up)
     @rule(data=st.data())
@@ -294,8 +306,12 @@ class EngineMachine(RuleBasedStateMachine):
         held = self.on_node(comp, node, "running") + self.on_node(comp, node, "ahead")
         # stale reports: jobs that ended, or that this node no longer holds (moved on)
         stale = [j for (c, j), m in self.all_jobs.items() if c == comp and m.state == "ended"][:2]
-        stale += [j for (c, j), m in self.jobs.items() if c == comp and m.node not in (None, node)][:2]
-        ids = data.draw(st.lists(st.sampled_from(held + stale), unique=True)) if held + stale else []
+        stale += [j for (c, j), m in self.jobs.items() if c == comp and m.node not in (None, node)][
+            :2
+        ]
+        ids = (
+            data.draw(st.lists(st.sampled_from(held + stale), unique=True)) if held + stale else []
+        )
         if ids:
             reports = tuple(JobReport(j, outcome, 0.0, 0.01) for j in ids)  # type: ignore[arg-type]
             self.feed(JobsDone(node, comp, reports))
@@ -322,7 +338,8 @@ class EngineMachine(RuleBasedStateMachine):
     def nodes_hold_no_more_than_allowed(self) -> None:
         for (comp, node), cpus in self.up.items():
             alloc = self.engine.allocation(comp, node)
-            assert alloc is not None and alloc.cpus == cpus
+            assert alloc is not None
+            assert alloc.cpus == cpus
             running = self.on_node(comp, node, "running")
             held = running + self.on_node(comp, node, "ahead")
             assert alloc.busy == len(running)
@@ -339,7 +356,5 @@ class EngineMachine(RuleBasedStateMachine):
         assert all(m.ends == 1 for m in self.all_jobs.values())
 
 
-EngineMachine.TestCase.settings = settings(
-    max_examples=100, stateful_step_count=50, deadline=None
-)
+EngineMachine.TestCase.settings = settings(max_examples=100, stateful_step_count=50, deadline=None)
 TestEngineMachine = EngineMachine.TestCase

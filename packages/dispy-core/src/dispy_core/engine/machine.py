@@ -1,8 +1,9 @@
 """The engine: one object that takes events and returns commands (see the package docstring).
 
-Each ``_on_*`` method applies one event; :meth:`Engine._pump` then places queued jobs, so a
-batch of events (:meth:`Engine.handle_many`) places once. Nothing here reads a clock, logs or
-does I/O; every job move goes through :func:`~dispy_core.engine.records.move`.
+Each ``_on_*`` method applies one event; :meth:`Engine._pump` then places queued jobs
+(``placement.py``), so a batch of events (:meth:`Engine.handle_many`) places once. Nothing
+here reads a clock, logs or does I/O; every job move goes through
+:func:`~dispy_core.engine.records.move`.
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ from dispy_core.engine.commands import (
     NodeStatusChanged,
     ResultsAccepted,
     SendCancel,
-    SendJobs,
 )
 from dispy_core.engine.events import (
     CancelRequested,
@@ -40,6 +40,7 @@ from dispy_core.engine.events import (
     ProvisionalReceived,
     Tick,
 )
+from dispy_core.engine.placement import place
 from dispy_core.engine.records import Allocation, Computation, EngineError, Job, Node, move
 from dispy_core.protocol.jobs import JobStatus, NodeStatus
 
@@ -253,7 +254,7 @@ class Engine:
         if not node.allocs:
             del self._nodes[key]
         alloc.version += 1
-        comp.dirty_pins.discard(alloc)
+        comp.dirty_pins.pop(alloc, None)
         jobs = comp.jobs
         lost = [jobs[jid] for jid in alloc.placed]
         for jid in alloc.pinned:
@@ -315,7 +316,7 @@ class Engine:
                 jobs[jid] = Job(jid, pinned=pin)
                 alloc.pinned.append(jid)
                 if alloc.room > 0:
-                    comp.dirty_pins.add(alloc)
+                    comp.dirty_pins[alloc] = None
             comp.queued += 1
             if spec.size is not None:
                 average = policy.job_bytes(average, spec.size)
@@ -405,61 +406,4 @@ class Engine:
     def _pump(self) -> None:
         for comp in self._comps.values():
             if comp.queued:
-                self._place(comp)
-
-    def _place(self, comp: Computation) -> None:
-        """Pinned jobs first (each only on its node), then the queue, each job on the
-        allocation with the largest free fraction; then one SendJobs per allocation."""
-        jobs = comp.jobs
-        by_alloc: dict[Allocation, list[int]] = {}
-        if comp.dirty_pins:
-            dirty, comp.dirty_pins = comp.dirty_pins, set()
-            for alloc in dirty:
-                pinned, placed = alloc.pinned, alloc.placed
-                room = alloc.room
-                ids = by_alloc.setdefault(alloc, [])
-                while pinned and room > 0:
-                    jid = pinned.popleft()
-                    job = jobs.get(jid)
-                    if job is None or job.alloc is not None:
-                        continue  # cancelled while queued
-                    job.alloc = alloc
-                    placed.add(jid)
-                    ids.append(jid)
-                    room -= 1
-                comp.queued -= len(ids)
-                comp.touch(alloc)
-        queue = comp.queue
-        while queue and comp.queued:
-            alloc = comp.best()
-            if alloc is None:
-                break
-            jid = queue.popleft()
-            job = jobs.get(jid)
-            if job is None or job.alloc is not None or job.pinned is not None:
-                continue  # cancelled while queued
-            job.alloc = alloc
-            alloc.placed.add(jid)
-            comp.queued -= 1
-            ids = by_alloc.get(alloc)
-            if ids is None:
-                by_alloc[alloc] = [jid]
-            else:
-                ids.append(jid)
-            comp.touch(alloc)
-        comp.compact()
-        out = self._out
-        for alloc, ids in by_alloc.items():
-            if not ids:
-                continue
-            # Jobs that fill free CPUs run now; the rest wait on the node (so its CPUs never
-            # wait for the network) and the node says when each of them starts.
-            free = max(0, alloc.cpus - alloc.busy)
-            start = ids[:free]
-            for jid in start:
-                move(jobs[jid], _RUNNING)
-            alloc.busy += len(start)
-            key = alloc.node.key
-            out.append(SendJobs(key, comp.comp_id, tuple(ids), frozenset(ids[free:])))
-            if start:
-                out.append(JobsRunning(key, comp.comp_id, tuple(start)))
+                place(comp, self._out)

@@ -8,7 +8,15 @@ nodes and a node does not hold many large jobs in memory.
 
 from __future__ import annotations
 
-__all__ = ["MAX_DEPTH", "QUEUE_BYTES", "QUEUE_SECONDS", "depth_per_cpu", "job_bytes", "job_time", "outgrown"]
+__all__ = [
+    "MAX_DEPTH",
+    "QUEUE_BYTES",
+    "QUEUE_SECONDS",
+    "depth_per_cpu",
+    "job_bytes",
+    "job_time",
+    "outgrown",
+]
 
 QUEUE_SECONDS = 0.02  # work to keep queued on a node, per CPU
 MAX_DEPTH = 32  # jobs per CPU at most, the running one included

@@ -102,7 +102,8 @@ class Computation:
     queued: int = 0  # jobs queued, pinned or not
     allocs: dict[NodeKey, Allocation] = field(default_factory=dict)
     heap: list[tuple[float, int, int, Allocation]] = field(default_factory=list)
-    dirty_pins: set[Allocation] = field(default_factory=set)  # room and pinned jobs, maybe
+    # allocations with room and maybe pinned jobs (a dict: ordered, so runs repeat)
+    dirty_pins: dict[Allocation, None] = field(default_factory=dict)
     job_bytes: float = 0.0  # moving size of arguments: up at once, down slowly
     depth_bytes: float = 0.0  # job_bytes when depths were last set
 
@@ -115,7 +116,7 @@ class Computation:
             if room > 0:
                 heapq.heappush(self.heap, (-room / capacity, alloc.seq, alloc.version, alloc))
                 if alloc.pinned:
-                    self.dirty_pins.add(alloc)
+                    self.dirty_pins[alloc] = None
 
     def best(self) -> Allocation | None:
         """The allocation with the largest free fraction (room left), or None."""
