@@ -356,5 +356,5 @@ class EngineMachine(RuleBasedStateMachine):
         assert all(m.ends == 1 for m in self.all_jobs.values())
 
 
-EngineMachine.TestCase.settings = settings(max_examples=100, stateful_step_count=50, deadline=None)
+EngineMachine.TestCase.settings = settings(max_examples=200, stateful_step_count=50, deadline=None)
 TestEngineMachine = EngineMachine.TestCase
