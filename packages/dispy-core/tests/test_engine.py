@@ -337,3 +337,14 @@ def test_handle_many_places_once():
         0,
     )
     assert sent(cmds) == {A: (0,), B: (1,)}
+
+
+def test_heap_stays_small_while_results_come_and_nothing_is_queued():
+    eng = engine()
+    eng.handle(NodeReady(A, COMP, cpus=2), 0)
+    submit(eng, [0, 1])
+    eng.handle(done(A, 0, 1), 1)
+    for _ in range(1000):
+        eng.handle(done(A, 0, 1), 1)  # stale reports still touch the allocation
+    assert eng.live(COMP) == 0
+    assert len(eng.allocation(COMP, A).comp.heap) <= 4 + 64

@@ -117,6 +117,7 @@ class Computation:
                 heapq.heappush(self.heap, (-room / capacity, alloc.seq, alloc.version, alloc))
                 if alloc.pinned:
                     self.dirty_pins[alloc] = None
+        self.compact()  # results keep coming while nothing is queued: bound the heap
 
     def best(self) -> Allocation | None:
         """The allocation with the largest free fraction (room left), or None."""
@@ -130,6 +131,7 @@ class Computation:
 
     def compact(self) -> None:
         """Drop stale heap entries once they outnumber the live ones (amortised O(1))."""
-        if len(self.heap) > 4 * len(self.allocs) + 64:
-            self.heap = [entry for entry in self.heap if entry[2] == entry[3].version]
-            heapq.heapify(self.heap)
+        heap = self.heap
+        if len(heap) > 4 * len(self.allocs) + 64:
+            heap[:] = [entry for entry in heap if entry[2] == entry[3].version]
+            heapq.heapify(heap)
