@@ -31,8 +31,8 @@ from dispy_core.aio.connection import (
     HANDSHAKE_READ_LIMIT,
     Connection,
     ConnectionClosed,
-    accept_connection,
 )
+from dispy_core.aio.handshake import accept_connection
 from dispy_core.protocol.errors import ProtocolError
 from dispy_core.ratelimit import KeyedLimiter, TokenBucket
 
