@@ -132,8 +132,10 @@ async def test_closing_the_owner_ends_handshakes_in_flight_without_a_pending_tas
     # peer was mid-handshake left it pending ("Task was destroyed but it is pending!").
     admission = Admission()
     tasks = TaskOwner("acceptor")
+    arrived = asyncio.Event()
 
     async def accept(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        arrived.set()  # the test wakes once this task waits for the peer's Hello
         await admission.accept(
             reader, writer, logger=logging.getLogger("acceptor"),
             secret="s", role="client", name="c", timeout=30.0,
@@ -144,8 +146,8 @@ async def test_closing_the_owner_ends_handshakes_in_flight_without_a_pending_tas
     )
     port = server.sockets[0].getsockname()[1]
     reader, writer = await asyncio.open_connection("127.0.0.1", port)  # says nothing
-    while admission.pending == 0:  # the acceptor waits in the handshake
-        await asyncio.sleep(0.01)
+    await arrived.wait()
+    assert admission.pending == 1  # in the handshake
     assert len(tasks) == 1
     with caplog.at_level(logging.DEBUG):
         server.close()
