@@ -3,10 +3,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
+
 import pytest
 
-from dispy_core.aio.admission import Admission
+from dispy_core.aio.admission import Admission, start_server
+from dispy_core.aio.tasks import TaskOwner
 from dispy_core.ratelimit import KeyedLimiter, Once, TokenBucket
+from dispy_core.testing import async_test
 
 
 def test_token_bucket_burst_then_rate():
@@ -119,3 +124,48 @@ def test_admission_limits_the_rate_of_new_connections_in_all():
     assert _churn(admission, "10.0.1.1", 0.5)
     assert not _churn(admission, "10.0.1.2", 0.5)
     assert admission.pending == 0
+
+
+@async_test(timeout=10)
+async def test_closing_the_owner_ends_handshakes_in_flight_without_a_pending_task(caplog):
+    # asyncio.start_server ran each connection in a task nobody held: a server closed while a
+    # peer was mid-handshake left it pending ("Task was destroyed but it is pending!").
+    admission = Admission()
+    tasks = TaskOwner("acceptor")
+    arrived = asyncio.Event()
+
+    async def accept(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        arrived.set()  # the test wakes once this task waits for the peer's Hello
+        await admission.accept(
+            reader, writer, logger=logging.getLogger("acceptor"),
+            secret="s", role="client", name="c", timeout=30.0,
+        )  # fmt: skip
+
+    server = await start_server(
+        accept, tasks=tasks, host="127.0.0.1", port=0, ssl_context=None, handshake_timeout=30.0
+    )
+    port = server.sockets[0].getsockname()[1]
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)  # says nothing
+    await arrived.wait()
+    assert admission.pending == 1  # in the handshake
+    assert len(tasks) == 1
+    with caplog.at_level(logging.DEBUG):
+        server.close()
+        await tasks.close()
+        await server.wait_closed()
+    assert len(tasks) == 0
+    assert admission.pending == 0
+    assert asyncio.all_tasks() == {asyncio.current_task()}
+    assert await asyncio.wait_for(reader.read(), 5.0) == b""  # the acceptor hung up
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+    writer.close()
+
+    # A connection arriving once the owner is closed is dropped, not left to a dead owner.
+    server = await start_server(
+        accept, tasks=tasks, host="127.0.0.1", port=0, ssl_context=None, handshake_timeout=30.0
+    )
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.sockets[0].getsockname()[1])
+    assert await asyncio.wait_for(reader.read(), 5.0) == b""
+    assert asyncio.all_tasks() == {asyncio.current_task()}
+    writer.close()
+    server.close()

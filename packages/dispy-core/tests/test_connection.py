@@ -625,6 +625,7 @@ async def test_serve_finishes_queued_messages_when_the_peer_closes_during_a_hand
 async def test_buffers_stay_small_until_the_handshake_succeeds():
     from dispy_core.aio.admission import start_server
     from dispy_core.aio.connection import HANDSHAKE_READ_LIMIT
+    from dispy_core.aio.tasks import TaskOwner
     from dispy_core.protocol.framing import HANDSHAKE_SCRATCH, SCRATCH_SIZE
 
     seen: list[int] = []
@@ -642,8 +643,9 @@ async def test_buffers_stay_small_until_the_handshake_succeeds():
         )
         await accepted.put(conn)
 
+    tasks = TaskOwner("test")
     server = await start_server(
-        on_client, host="127.0.0.1", port=0, ssl_context=None, handshake_timeout=5.0
+        on_client, tasks=tasks, host="127.0.0.1", port=0, ssl_context=None, handshake_timeout=5.0
     )
     FrameDecoder.__init__ = spy  # type: ignore[method-assign]
     try:
@@ -660,3 +662,4 @@ async def test_buffers_stay_small_until_the_handshake_succeeds():
     await node.close()
     await client.close()
     server.close()
+    await tasks.close()

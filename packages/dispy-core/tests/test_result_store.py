@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 
-from dispy_core.result_store import ResultStore
+from dispy_core.result_store import ResultStore, oldest_over_budget
 from dispy_core.results import Reply
 
 HOUR = 3600.0
@@ -98,3 +98,11 @@ def test_a_computation_with_nothing_left_is_forgotten_after_the_age_limit(tmp_pa
     age(store, 7, 1, clock.now - 2 * DAY)
     store.expire()
     assert not store.has(7)
+
+
+def test_oldest_unacknowledged_results_go_until_half_the_given_budget():
+    unacked = {i: Reply(i, "finished", 0.0, 0.0, b"x" * 10) for i in range(10)}  # 100 bytes
+    assert oldest_over_budget(dict(unacked), 100, budget=200) == []  # within half already
+    taken = oldest_over_budget(unacked, 100, budget=120)
+    assert [r.job_id for r in taken] == [0, 1, 2, 3]  # 60 left: half of 120
+    assert list(unacked) == [4, 5, 6, 7, 8, 9]

@@ -7,7 +7,7 @@ from typing import Any
 
 from dispy_core import serialize
 from dispy_core.protocol.messages import ComputationSetup, JobDone, JobSubmit
-from dispy_core.result_store import ResultStore
+from dispy_core.result_store import ResultStore, oldest_over_budget
 from dispy_core.results import Reply
 from dispy_core.testing import async_test
 from dispy_node import _limits
@@ -15,7 +15,6 @@ from dispy_node._limits import (
     MAX_QUEUED_PER_CPU,
     MAX_UNACKED_BYTES,
     MIN_QUEUED_BYTES,
-    oldest_over_budget,
     queue_full,
 )
 from dispy_node.session import Session
@@ -39,7 +38,7 @@ def test_queue_bounds_leave_room_for_what_a_client_queues():
 def test_oldest_replies_leave_first_until_half_the_budget():
     unacked = {i: Reply(i, "finished", 0.0, 0.0, b"x" * (MAX_UNACKED_BYTES // 8)) for i in range(9)}
     total = sum(len(r.payload) for r in unacked.values())
-    taken = oldest_over_budget(unacked, total)
+    taken = oldest_over_budget(unacked, total, MAX_UNACKED_BYTES)
     assert [r.job_id for r in taken] == [0, 1, 2, 3, 4]
     assert list(unacked) == [5, 6, 7, 8]
 

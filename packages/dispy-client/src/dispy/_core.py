@@ -181,6 +181,7 @@ class ClusterCore:
         servers: list[asyncio.Server] = [
             await start_server(
                 self._accept,
+                tasks=self._tasks,
                 host=first,
                 port=opts.port,
                 ssl_context=opts.tls.server,
@@ -193,6 +194,7 @@ class ClusterCore:
                 servers.append(
                     await start_server(
                         self._accept,
+                        tasks=self._tasks,
                         host=host,
                         port=self.port,
                         ssl_context=opts.tls.server,

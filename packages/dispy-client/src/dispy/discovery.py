@@ -12,6 +12,7 @@ from dispy_core import netinfo
 from dispy_core.aio.admission import Admission, start_server
 from dispy_core.aio.connection import ConnectionClosed
 from dispy_core.aio.fanout import PingSender
+from dispy_core.aio.tasks import TaskOwner
 from dispy_core.config import MSG_TIMEOUT, NODE_PORT
 from dispy_core.protocol.discovery import is_pattern
 from dispy_core.protocol.errors import ProtocolError
@@ -87,8 +88,15 @@ async def discover(
             pass
         await conn.refuse(NOT_WANTED)
 
+    # The connections being answered; whatever is still in flight at the end gets a second.
+    answering = TaskOwner("node discovery", log=log)
     server = await start_server(
-        on_connect, host=ip_addr, port=0, ssl_context=tls.server, handshake_timeout=MSG_TIMEOUT
+        on_connect,
+        tasks=answering,
+        host=ip_addr,
+        port=0,
+        ssl_context=tls.server,
+        handshake_timeout=MSG_TIMEOUT,
     )
     port = server.sockets[0].getsockname()[1]
     udp: PingSender | None = None
@@ -115,6 +123,7 @@ async def discover(
         if udp is not None:
             udp.close()
         server.close()
+        await answering.close(grace=1.0)
         with contextlib.suppress(Exception):
             await asyncio.wait_for(server.wait_closed(), 1.0)
     return sorted(found, key=lambda n: (n.ip_addr, n.port))

@@ -18,8 +18,9 @@ __version__ = "0.1.0"
 
 if TYPE_CHECKING:
     from dispy_core.aio.admission import Admission, start_server
-    from dispy_core.aio.connection import Connection, ConnectionClosed, PeerRefused, open_connection
+    from dispy_core.aio.connection import Connection, ConnectionClosed, PeerRefused
     from dispy_core.aio.discovery import listen_pings, send_ping, udp_socket
+    from dispy_core.aio.handshake import open_connection
     from dispy_core.aio.tasks import TaskOwner
     from dispy_core.buffers import BufferPool
     from dispy_core.config import (
@@ -168,7 +169,7 @@ _WHERE: dict[str, str] = {
     "matches": "dispy_core.protocol.discovery",
     "nbytes": "dispy_core.protocol.framing",
     "no_secret_warning": "dispy_core.secret",
-    "open_connection": "dispy_core.aio.connection",
+    "open_connection": "dispy_core.aio.handshake",
     "parse_size": "dispy_core.config",
     "resolve_secret": "dispy_core.secret",
     "send_ping": "dispy_core.aio.discovery",

@@ -15,6 +15,9 @@ results take more than ``max_bytes`` (node options ``--stored_results_age`` and
 ``--max_stored_results``); every removal is logged. The total is counted as results are
 written, so a write costs no scan; :meth:`expire` scans, at start, hourly, and when a write
 takes the total over the quota.
+
+Results sent but not acknowledged wait in their sender's memory up to a budget of the
+sender's; :func:`oldest_over_budget` picks those that move here beyond it.
 """
 
 from __future__ import annotations
@@ -218,8 +221,27 @@ class ResultStore:
             return 0
 
 
+def oldest_over_budget(unacked: dict[int, Reply], total: int, budget: int) -> list[Reply]:
+    """Which results sent but not yet acknowledged go to the store once memory is over
+    ``budget`` bytes: take the oldest out of ``unacked`` (a dict keeps the order they were
+    sent in) until at most half of ``budget`` is left of their ``total`` size; return them.
+
+    Down to half, not to the budget, so that results arriving faster than they are
+    acknowledged cost one write of many results now and then, not a write per result.
+    """
+    taken: list[Reply] = []
+    for reply in unacked.values():
+        if total <= budget // 2:
+            break
+        taken.append(reply)
+        total -= len(reply.payload)
+    for reply in taken:
+        del unacked[reply.job_id]
+    return taken
+
+
 def _atomic_write(path: str, data: Payload) -> None:
     atomic_write(path, data, 0o600)
 
 
-__all__ = ["DIRNAME", "PRIVATE_DIR", "ResultStore"]
+__all__ = ["DIRNAME", "PRIVATE_DIR", "ResultStore", "oldest_over_budget"]

@@ -10,13 +10,12 @@ silently. The first job per CPU always queues, whatever its size (one message is
 
 from __future__ import annotations
 
-from dispy_core.results import Reply
-
 MAX_QUEUED_PER_CPU = 64  # jobs waiting per CPU of the node
 MAX_QUEUED_BYTES_PER_CPU = 32 << 20  # their arguments, per CPU of the node,
 MIN_QUEUED_BYTES = 1 << 30  # but never less than this in all
 # Results sent but not yet acknowledged that are kept in memory; beyond this the oldest go
-# to the node's result store on disk until half of it is left.
+# to the node's result store on disk until half of it is left
+# (dispy_core.result_store.oldest_over_budget).
 MAX_UNACKED_BYTES = 256 << 20
 
 
@@ -34,17 +33,3 @@ def queue_full(queued: int, queued_bytes: int, size: int, cpus: int) -> str | No
             f"arguments waiting, at most {limit})"
         )
     return None
-
-
-def oldest_over_budget(unacked: dict[int, Reply], total: int) -> list[Reply]:
-    """Take the oldest replies out of ``unacked`` (insertion order) until half of
-    MAX_UNACKED_BYTES is left of ``total``; return them."""
-    taken: list[Reply] = []
-    for reply in unacked.values():
-        if total <= MAX_UNACKED_BYTES // 2:
-            break
-        taken.append(reply)
-        total -= len(reply.payload)
-    for reply in taken:
-        del unacked[reply.job_id]
-    return taken

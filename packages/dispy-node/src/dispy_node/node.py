@@ -103,6 +103,7 @@ class Node:
         try:
             self._server = await start_server(
                 self._accept,
+                tasks=self.tasks,
                 host=host or None,
                 port=self.port,
                 ssl_context=self.tls.server,

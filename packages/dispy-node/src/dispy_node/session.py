@@ -73,8 +73,9 @@ from dispy_core.protocol.messages import (
     SetCpus,
     clip,
 )
+from dispy_core.result_store import oldest_over_budget
 from dispy_core.results import Reply, job_done_messages, local_reply
-from dispy_node._limits import MAX_UNACKED_BYTES, oldest_over_budget, queue_full
+from dispy_node._limits import MAX_UNACKED_BYTES, queue_full
 from dispy_node._paths import computation_dir
 from dispy_node.executor import Computation, ComputationStartError
 from dispy_node.programs import ProgramComputation
@@ -567,7 +568,7 @@ class Session:
     def _spill(self, setup: ComputationSetup) -> None:
         """Move the oldest unacknowledged results to disk (the client acknowledges them there
         as usual; recover_jobs finds them too)."""
-        spilled = oldest_over_budget(self._unacked, self._unacked_bytes)
+        spilled = oldest_over_budget(self._unacked, self._unacked_bytes, MAX_UNACKED_BYTES)
         self._unacked_bytes -= sum(len(reply.payload) for reply in spilled)
         store = self.node.store
         store.save_meta(setup.comp_id, {"name": setup.name, "comp_id": setup.comp_id})

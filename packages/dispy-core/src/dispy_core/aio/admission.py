@@ -24,15 +24,16 @@ import contextlib
 import logging
 import ssl
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from typing import Any
 
 from dispy_core.aio.connection import (
     HANDSHAKE_READ_LIMIT,
     Connection,
     ConnectionClosed,
-    accept_connection,
 )
+from dispy_core.aio.handshake import accept_connection
+from dispy_core.aio.tasks import TaskOwner
 from dispy_core.protocol.errors import ProtocolError
 from dispy_core.ratelimit import KeyedLimiter, TokenBucket
 
@@ -151,6 +152,10 @@ class Admission:
                 return None
             try:
                 return await accept_connection(reader, writer, **handshake)
+            except asyncio.CancelledError:
+                # The acceptor is closing (see start_server): the stream is still ours.
+                writer.transport.abort()
+                raise
             except ProtocolError as exc:
                 logger.log(refused_level, "connection from %s refused: %s", where, exc)
                 failure: BaseException = exc
@@ -169,8 +174,11 @@ class Admission:
 
 
 async def start_server(
-    client_connected_cb: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]],
+    client_connected_cb: Callable[
+        [asyncio.StreamReader, asyncio.StreamWriter], Coroutine[Any, Any, None]
+    ],
     *,
+    tasks: TaskOwner,
     host: str | None,
     port: int,
     ssl_context: ssl.SSLContext | None,
@@ -180,12 +188,29 @@ async def start_server(
     """A TCP server for :func:`accept_connection`, with what every acceptor needs before
     authentication: small stream buffers, and (with TLS) a deadline on the TLS handshake,
     which runs before ``client_connected_cb`` is called.
+
+    Each connection's ``client_connected_cb`` runs as a task of ``tasks`` (the acceptor's
+    own owner), not as a task of asyncio's that nobody holds: closing the owner after the
+    server cancels and awaits connections still in their handshake, instead of leaving them
+    pending when the loop goes ("Task was destroyed but it is pending"). A connection that
+    arrives after the owner is closed is dropped at once.
     """
+
+    def connected(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        # Returning None (not a coroutine) keeps asyncio from starting a task of its own.
+        if tasks.closed:
+            writer.transport.abort()
+            return
+        peer = writer.get_extra_info("peername") or ("?", 0)
+        tasks.start(
+            client_connected_cb(reader, writer), name=f"connection from {peer[0]}:{peer[1]}"
+        )
+
     tls: dict[str, Any] = {}
     if ssl_context is not None:
         tls = {"ssl": ssl_context, "ssl_handshake_timeout": handshake_timeout}
     return await asyncio.start_server(
-        client_connected_cb,
+        connected,
         host=host,
         port=port,
         limit=HANDSHAKE_READ_LIMIT,

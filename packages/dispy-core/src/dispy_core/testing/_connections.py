@@ -14,7 +14,8 @@ from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 from types import TracebackType
 
-from dispy_core.aio.connection import Connection, _handshake, accept_connection
+from dispy_core.aio.connection import Connection
+from dispy_core.aio.handshake import _handshake, accept_connection
 from dispy_core.protocol.framing import DEFAULT_MAX_MESSAGE
 from dispy_core.protocol.messages import Role
 from dispy_core.testing._streams import MemoryWire, StreamEnd, memory_stream_pair
