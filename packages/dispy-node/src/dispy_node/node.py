@@ -9,7 +9,9 @@ back and authenticate; a client may also connect to the node's TCP port directly
 handshake the node sends :class:`NodeInfo`; the client answers with a computation (or
 closes if it does not want the node). Jobs, cancels, results and pulses then share that one
 connection until the client closes the computation or the connection breaks, and the node is
-free again. Pings heard while busy are remembered, and the node offers itself to those
+free again. A :class:`~dispy_node.session.Session` serves the connection and holds one
+computation session per ``comp_id``, so the data model already allows a peer several
+computations at once; a client gets one, and the node alone. Pings heard while busy are remembered, and the node offers itself to those
 clients when it is free. What a ping may make the node do (rate limits, which reply
 addresses it connects to, how many pings it remembers) is decided by :mod:`dispy_node._pings`.
 """
