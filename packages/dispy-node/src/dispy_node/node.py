@@ -11,9 +11,10 @@ closes if it does not want the node). Jobs, cancels, results and pulses then sha
 connection until the client closes the computation or the connection breaks, and the node is
 free again. A :class:`~dispy_node.session.Session` serves the connection and holds one
 computation session per ``comp_id``, so the data model already allows a peer several
-computations at once; a client gets one, and the node alone. Pings heard while busy are remembered, and the node offers itself to those
-clients when it is free. What a ping may make the node do (rate limits, which reply
-addresses it connects to, how many pings it remembers) is decided by :mod:`dispy_node._pings`.
+computations at once; a client gets one, and the node alone. Pings heard while busy are
+remembered, and the node offers itself to those clients when it is free. What a ping may
+make the node do (rate limits, which reply addresses it connects to, how many pings it
+remembers) is decided by :mod:`dispy_node._pings`.
 """
 
 from __future__ import annotations
