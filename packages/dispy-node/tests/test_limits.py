@@ -11,13 +11,13 @@ from dispy_core.result_store import ResultStore, oldest_over_budget
 from dispy_core.results import Reply
 from dispy_core.testing import async_test
 from dispy_node import _limits
+from dispy_node._computation_session import ComputationSession as Session
 from dispy_node._limits import (
     MAX_QUEUED_PER_CPU,
     MAX_UNACKED_BYTES,
     MIN_QUEUED_BYTES,
     queue_full,
 )
-from dispy_node.session import Session
 
 MiB = 1 << 20
 
@@ -114,7 +114,7 @@ async def test_a_flood_of_jobs_is_refused_past_the_bound_never_dropped(tmp_path)
 @async_test()
 async def test_unacknowledged_results_over_the_budget_wait_on_disk(tmp_path, monkeypatch):
     monkeypatch.setattr(_limits, "MAX_UNACKED_BYTES", 8 * MiB)
-    import dispy_node.session as session_module
+    import dispy_node._replies as session_module
 
     monkeypatch.setattr(session_module, "MAX_UNACKED_BYTES", 8 * MiB)
     session, _runner, _conn = _session(tmp_path)

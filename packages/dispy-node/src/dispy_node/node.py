@@ -9,9 +9,12 @@ back and authenticate; a client may also connect to the node's TCP port directly
 handshake the node sends :class:`NodeInfo`; the client answers with a computation (or
 closes if it does not want the node). Jobs, cancels, results and pulses then share that one
 connection until the client closes the computation or the connection breaks, and the node is
-free again. Pings heard while busy are remembered, and the node offers itself to those
-clients when it is free. What a ping may make the node do (rate limits, which reply
-addresses it connects to, how many pings it remembers) is decided by :mod:`dispy_node._pings`.
+free again. A :class:`~dispy_node.session.Session` serves the connection and holds one
+computation session per ``comp_id``, so the data model already allows a peer several
+computations at once; a client gets one, and the node alone. Pings heard while busy are
+remembered, and the node offers itself to those clients when it is free. What a ping may
+make the node do (rate limits, which reply addresses it connects to, how many pings it
+remembers) is decided by :mod:`dispy_node._pings`.
 """
 
 from __future__ import annotations
@@ -43,8 +46,9 @@ from dispy_core.security import TLSConfig
 from dispy_node import __version__
 from dispy_node._paths import PrefixError, prepare_prefix
 from dispy_node._pings import PingPolicy, Verdict
+from dispy_node._replies import serve_stored
 from dispy_node.config import NodeConfig, resolve_cpus
-from dispy_node.session import Session, serve_stored
+from dispy_node.session import Session
 
 log = logging.getLogger("dispy_node")
 
@@ -354,14 +358,10 @@ class Node:
             self.session_ended(session)
 
     async def _after_session(self, session: Session, outcome: str) -> None:
-        # Only a computation that is still there (not closed) and has jobs or unacknowledged
-        # results is worth keeping for its client; anything else frees the node now.
-        alive = session.computation is not None and not session.ended
-        if outcome == "lost" and alive and (session.has_work() or session.unacked):
-            session.orphan()
-            return
-        await session.finish()
-        self.session_ended(session)
+        # A computation with jobs or unacknowledged results left is kept (orphaned) for its
+        # client; anything else frees the node now.
+        if not await session.end(outcome):
+            self.session_ended(session)
 
     def session_ended(self, session: Session) -> None:
         """``session`` is over: the node is free for the next client."""
@@ -392,14 +392,14 @@ class Node:
             await conn.refuse(f"expected recover.request, got {msg.type}")
             return
         active = self._active
-        if active is not None and active.comp_id == msg.comp_id:
+        if active is not None and active.runs(msg.comp_id):
             if active.conn is not None:
                 await conn.refuse("the computation's client is still connected")
                 return
             log.info("recovering computation %d for %s", msg.comp_id, conn.peer_name)
             outcome = "failed"  # an unexpected error (logged by _accept) frees the node
             try:
-                outcome = await active.recover(conn)
+                outcome = await active.recover(conn, msg.comp_id)
             except ConnectionClosed:
                 outcome = "lost"
             finally:
