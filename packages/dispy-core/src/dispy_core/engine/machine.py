@@ -43,15 +43,10 @@ from dispy_core.engine.events import (
 from dispy_core.engine.placement import place
 from dispy_core.engine.records import Allocation, Computation, EngineError, Job, Node, move
 from dispy_core.protocol.jobs import JobStatus, NodeStatus
+from dispy_core.results import OUTCOME_STATUS  # the one map from wire outcomes to statuses
 
 __all__ = ["OUTCOME_STATUS", "Engine"]
 
-OUTCOME_STATUS = {
-    "finished": JobStatus.Finished,
-    "terminated": JobStatus.Terminated,
-    "cancelled": JobStatus.Cancelled,
-    "abandoned": JobStatus.Abandoned,
-}
 _CREATED = JobStatus.Created
 _RUNNING = JobStatus.Running
 
