@@ -11,14 +11,18 @@ import itertools
 import time
 from typing import Any
 
+import pytest
+
 from dispy._core import ClusterCore, ClusterOptions
 from dispy._node_session import serve_node
 from dispy.jobs import DispyJob
 from dispy.nodes import NodeAllocate
 from dispy_core import serialize
-from dispy_core.engine import ComputationOpened
+from dispy_core.aio.connection import PeerRefused
+from dispy_core.engine import ComputationOpened, Tick
 from dispy_core.protocol.jobs import JobStatus, NodeStatus
 from dispy_core.protocol.messages import (
+    CloseComputation,
     ComputationReady,
     ComputationSetup,
     ComputationStart,
@@ -28,6 +32,7 @@ from dispy_core.protocol.messages import (
     JobSubmit,
     NodeInfo,
 )
+from dispy_core.protocol.messages import ComputationClosed as NodeClosed
 from dispy_core.results import Reply, job_done_messages
 from dispy_core.security import TLSConfig
 from dispy_core.testing import async_test, async_wait_for, open_memory_connection_pair
@@ -313,3 +318,54 @@ async def test_a_pinned_job_goes_only_to_its_node() -> None:
     assert job.ip_addr == "127.0.0.1"
     await first.close()
     await second.close()
+
+
+@async_test()
+async def test_a_silent_node_is_declared_dead_and_refused() -> None:
+    h = Harness()
+    node = await FakeNode(h, "n1", NODE_PORT).connect(cpus=1)
+    (job,) = h.submit(1)
+    await node.recv(JobSubmit)
+    later = time.monotonic() + 3600  # the engine is told the time; nothing here sleeps
+    h.core._apply(h.core.engine.handle(Tick(), later))
+    assert job.status == JobStatus.Cancelled
+    assert job.exception is not None
+    assert "declared dead: no pulse for" in job.exception
+    assert h.core.sessions == {}
+    assert (NodeStatus.AbandonedNode, "n1", None) in h.statuses
+    with pytest.raises(PeerRefused, match="declared dead"):
+        await node.recv(JobSubmit)
+    await node.close()
+
+
+@async_test()
+async def test_close_with_terminate_cancels_on_nodes_and_abandons_what_remains() -> None:
+    h = Harness()
+    node = await FakeNode(h, "n1", NODE_PORT).connect(cpus=1)
+    jobs = h.submit(3)  # one runs, one waits on the node, one stays queued (capacity 2)
+    submit, _ = await node.recv(JobSubmit)
+    assert len(submit.jobs) == 2
+    closing = asyncio.create_task(h.core.close(terminate=True))
+    cancel, _ = await node.recv(JobCancel)
+    assert sorted(cancel.job_ids) == [jobs[0]._uid, jobs[1]._uid]
+    assert jobs[2].status == JobStatus.Cancelled  # never placed: ended at once
+    await node.recv(CloseComputation)
+    await node.done([jobs[0]._uid])  # the node ends one before it closes
+    await node.conn.send(NodeClosed(comp_id=h.core.comp_id))
+    await closing
+    assert jobs[0].status == JobStatus.Finished
+    assert jobs[1].status == JobStatus.Cancelled
+    assert jobs[1].exception == f"Cancelled: node 127.0.0.1:{NODE_PORT} closed"
+    assert (NodeStatus.Closed, "n1", None) in h.statuses
+    assert h.owner.ended == 3
+    await node.close()
+
+
+@async_test()
+async def test_jobs_left_when_the_cluster_closes_end_abandoned() -> None:
+    h = Harness()
+    (job,) = h.submit(1)
+    await settle()
+    await h.core.close(terminate=False)
+    assert job.status == JobStatus.Abandoned
+    assert job.exception == "cluster closed"

@@ -329,6 +329,8 @@ class JobShell:
         accepted = next((c for c in commands if type(c) is ResultsAccepted and c.node == key), None)
         if accepted is not None and accepted.job_ids:
             self._results(session, msg, payload, accepted.ignored)
+            alloc = self.engine.allocation(self.comp_id, key)
+            session.node.busy = alloc.busy if alloc is not None else 0
         # Logged (and flushed) before the ack goes out: a crash in between makes recovery
         # fetch the result again rather than miss it.
         self.recovery.done(done)
@@ -348,8 +350,6 @@ class JobShell:
             job = jobs.pop(uid, None)
             if job is None:
                 continue
-            if job.status is not _CREATED:  # counted busy when it started (JobsRunning)
-                node.busy = max(0, node.busy - 1)
             status, job.result, job.stdout, job.stderr, job.exception = read_reply(
                 report.outcome, data
             )
