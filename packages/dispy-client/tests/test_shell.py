@@ -149,8 +149,9 @@ class FakeNode:
         self.pair = await open_memory_connection_pair("s", role_a="node", role_b="client")
         self.conn = self.pair.connector
         self.served = asyncio.create_task(serve_node(core, self.pair.acceptor))
+        host, port = self.key
         info = NodeInfo(
-            name=self.name, ip_addr="127.0.0.1", port=self.port, cpus=cpus, platform="t", version="1"
+            name=self.name, ip_addr=host, port=port, cpus=cpus, platform="t", version="1"
         )
         await self.conn.send(info)
         setup, _ = await self.conn.recv()
@@ -174,9 +175,9 @@ class FakeNode:
 
     async def done(self, ids: list[int]) -> None:
         now = time.time()
+        plain = serialize.dumps_plain
         replies = [
-            Reply(uid, "finished", now - 0.001, now, serialize.dumps_plain((uid * 10, "", "", None)))
-            for uid in ids
+            Reply(uid, "finished", now - 0.001, now, plain((uid * 10, "", "", None))) for uid in ids
         ]
         for msg, parts in job_done_messages(self.harness.core.comp_id, replies):
             await self.conn.send(msg, parts)
@@ -197,7 +198,7 @@ async def test_free_cpus_run_at_once_the_rest_wait_ahead_and_each_job_ends_once(
     node = await FakeNode(h, "n1", NODE_PORT).connect(cpus=2)
     assert (NodeStatus.Initialized, "n1", None) in h.statuses
     jobs = h.submit(3)
-    submit, payload = await node.recv(JobSubmit)
+    submit, _ = await node.recv(JobSubmit)
     uids = [j._uid for j in jobs]
     assert [uid for uid, _ in submit.jobs] == uids
     assert submit.notify == [uids[2]]  # two CPUs: the third waits on the node

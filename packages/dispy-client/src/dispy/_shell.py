@@ -45,7 +45,6 @@ from dispy_core.engine import (
     Engine,
     Event,
     JobEnded,
-    JobReport,
     JobRequeued,
     JobsDone,
     JobSpec,
@@ -241,14 +240,18 @@ class JobShell:
             uid = job._uid
             jobs[uid] = job
             payload = job._payload
-            specs.append(JobSpec(uid, None if payload is None else nbytes(payload), job._pinned))
+            if payload is None:
+                size = None
+            else:  # most arguments are one bytes object: len() without a call to nbytes()
+                size = len(payload) if type(payload) is bytes else nbytes(payload)
+            specs.append(JobSpec(uid, size, job._pinned))
             created.append(job)
         if not specs:
             return
         commands = self._handle(JobsSubmitted(self.comp_id, tuple(specs)))
         # Jobs the engine refused at once (pinned to a node not in the cluster) were never
         # Created: they end with the JobEnded below.
-        refused = {c.job_id for c in commands if type(c) is JobEnded}
+        refused = [c.job_id for c in commands if type(c) is JobEnded]
         if refused:
             created = [job for job in created if job._uid not in refused]
         if self.opts.cluster_status is not None:
@@ -321,22 +324,25 @@ class JobShell:
 
     def _job_replies(self, session: NodeSession, msg: JobDone, payload: Payload) -> None:
         key = session.key
-        done = [report.job_id for report in msg.jobs]
+        reports = msg.jobs
         commands: list[Command] = []
         if self.sessions.get(key) is session:
-            reports = tuple(JobReport(r.job_id, r.outcome, r.start, r.end) for r in msg.jobs)
             commands = self._handle(JobsDone(key, self.comp_id, reports))
-        accepted = next((c for c in commands if type(c) is ResultsAccepted and c.node == key), None)
-        if accepted is not None and accepted.job_ids:
-            self._results(session, msg, payload, accepted.ignored)
-            alloc = self.engine.allocation(self.comp_id, key)
-            session.node.busy = alloc.busy if alloc is not None else 0
+            for command in commands:
+                if type(command) is ResultsAccepted and command.node == key:
+                    if command.job_ids:
+                        self._results(session, msg, payload, command.ignored)
+                        alloc = self.engine.allocation(self.comp_id, key)
+                        session.node.busy = alloc.busy if alloc is not None else 0
+                    break
         # Logged (and flushed) before the ack goes out: a crash in between makes recovery
         # fetch the result again rather than miss it.
+        done = [report.job_id for report in reports]
         self.recovery.done(done)
         session.acks.extend(done)
         self._housekeeping_soon()
-        self._apply(commands)
+        if commands:
+            self._apply(commands)
 
     def _results(
         self, session: NodeSession, msg: JobDone, payload: Payload, ignored: frozenset[int]
