@@ -127,8 +127,10 @@ class Computation:
         while heap:
             _free, _seq, version, alloc = heap[0]
             # alloc.room > 0, inlined (once per placed job)
-            if version == alloc.version and alloc.cpus > 0 and (
-                alloc.cpus + alloc.depth > len(alloc.placed)
+            if (
+                version == alloc.version
+                and alloc.cpus > 0
+                and (alloc.cpus + alloc.depth > len(alloc.placed))
             ):
                 return alloc
             heapq.heappop(heap)
