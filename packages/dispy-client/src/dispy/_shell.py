@@ -445,6 +445,6 @@ class JobShell:
                         part = acks[at : at + MAX_IDS]
                         session.conn.send_nowait(JobAck(comp_id=self.comp_id, job_ids=part))
 
-    if TYPE_CHECKING:
+    if TYPE_CHECKING:  # defined by ClusterCore, which also sends files on its own
 
         def _file_message(self, spec: Any, job_id: int | None = None, req: int = 0) -> Any: ...
