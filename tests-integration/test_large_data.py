@@ -75,7 +75,8 @@ def test_a_node_is_not_flooded_with_large_jobs(node_factory, cluster_factory):
     key = next(iter(core.sessions))
 
     def placed() -> int:
-        return len(core.engine._nodes[key].running)
+        alloc = core.engine.allocation(core.comp_id, key)  # read on another thread: a peek
+        return len(alloc.placed) if alloc is not None else 0
 
     peak = 0
     deadline = time.monotonic() + 90

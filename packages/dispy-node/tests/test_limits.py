@@ -23,7 +23,7 @@ MiB = 1 << 20
 
 
 def test_queue_bounds_leave_room_for_what_a_client_queues():
-    # the client queues at most 32 jobs per CPU (dispy._core.MAX_DEPTH)
+    # the client queues at most 32 jobs per CPU (dispy_core.engine.MAX_DEPTH)
     assert queue_full(32 * 4, 0, 100, cpus=4) is None
     reason = queue_full(MAX_QUEUED_PER_CPU * 4, 0, 100, cpus=4)
     assert reason is not None

@@ -81,7 +81,6 @@ if TYPE_CHECKING:
         clip,
     )
     from dispy_core.ratelimit import KeyedLimiter, Once, TokenBucket
-    from dispy_core.scheduling import Scheduler
     from dispy_core.secret import (
         SECRET_ENV,
         Secret,
@@ -151,7 +150,6 @@ _WHERE: dict[str, str] = {
     "RemoteProtocolError": "dispy_core.protocol.errors",
     "SCHEDULER_PORT": "dispy_core.config",
     "SECRET_ENV": "dispy_core.secret",
-    "Scheduler": "dispy_core.scheduling",
     "Secret": "dispy_core.secret",
     "SecretError": "dispy_core.secret",
     "SetCpus": "dispy_core.protocol.messages",
@@ -237,7 +235,6 @@ __all__ = [  # noqa: RUF022
     "RemoteProtocolError",
     "SCHEDULER_PORT",
     "SECRET_ENV",
-    "Scheduler",
     "Secret",
     "SecretError",
     "SetCpus",

@@ -82,6 +82,7 @@ from dispy_core.engine.events import (
     NodeReady,
     Outcome,
     ProvisionalReceived,
+    Report,
     Tick,
 )
 from dispy_core.engine.machine import OUTCOME_STATUS, Engine
@@ -118,6 +119,7 @@ __all__ = [
     "NodeStatusChanged",
     "Outcome",
     "ProvisionalReceived",
+    "Report",
     "ResultsAccepted",
     "SendCancel",
     "SendJobs",

@@ -7,8 +7,9 @@ frozen dataclass; do not subclass them (the engine dispatches on the exact type)
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, Protocol
 
 NodeKey = tuple[str, int]
 Outcome = Literal["finished", "terminated", "cancelled", "abandoned"]
@@ -31,6 +32,7 @@ __all__ = [
     "NodeReady",
     "Outcome",
     "ProvisionalReceived",
+    "Report",
     "Tick",
 ]
 
@@ -133,13 +135,28 @@ class JobReport:
     end: float
 
 
+class Report(Protocol):
+    """What the engine reads of one job's end: a :class:`JobReport`, or the wire's own
+    report (``dispy_core.protocol.messages.JobReport``) passed as it arrived, so a shell
+    copies nothing per job."""
+
+    @property
+    def job_id(self) -> int: ...
+    @property
+    def outcome(self) -> Outcome: ...
+    @property
+    def start(self) -> float: ...
+    @property
+    def end(self) -> float: ...
+
+
 @dataclass(frozen=True, slots=True)
 class JobsDone:
     """The node reports results (one ``jobs.done`` frame)."""
 
     node: NodeKey
     comp_id: int
-    reports: tuple[JobReport, ...]
+    reports: Sequence[Report]
 
 
 @dataclass(frozen=True, slots=True)

@@ -43,17 +43,13 @@ from dispy_core.engine.events import (
 from dispy_core.engine.placement import place
 from dispy_core.engine.records import Allocation, Computation, EngineError, Job, Node, move
 from dispy_core.protocol.jobs import JobStatus, NodeStatus
+from dispy_core.results import OUTCOME_STATUS  # the one map from wire outcomes to statuses
 
 __all__ = ["OUTCOME_STATUS", "Engine"]
 
-OUTCOME_STATUS = {
-    "finished": JobStatus.Finished,
-    "terminated": JobStatus.Terminated,
-    "cancelled": JobStatus.Cancelled,
-    "abandoned": JobStatus.Abandoned,
-}
 _CREATED = JobStatus.Created
 _RUNNING = JobStatus.Running
+_NONE: frozenset[int] = frozenset()
 
 
 class Engine:
@@ -86,7 +82,9 @@ class Engine:
     def handle(self, event: Event, now: float) -> list[Command]:
         """Apply ``event`` (observed at ``now``, a monotonic clock) and place queued jobs."""
         self._handlers[type(event)](event, now)
-        self._pump()
+        for comp in self._comps.values():  # _pump, inlined: once per message
+            if comp.queued:
+                place(comp, self._out)
         out, self._out = self._out, []
         return out
 
@@ -372,7 +370,8 @@ class Engine:
         alloc.job_time = job_time
         self._set_depth(alloc)
         comp.touch(alloc)
-        self._out.append(ResultsAccepted(ev.node, ev.comp_id, tuple(accepted), frozenset(ignored)))
+        stale = frozenset(ignored) if ignored else _NONE
+        self._out.append(ResultsAccepted(ev.node, ev.comp_id, tuple(accepted), stale))
 
     def _on_provisional(self, ev: ProvisionalReceived, now: float) -> None:
         alloc = self._alloc(ev.node, ev.comp_id, now)

@@ -15,6 +15,7 @@ from dispy_core.protocol.jobs import JobStatus
 __all__ = ["place"]
 
 _RUNNING = JobStatus.Running
+_NONE: frozenset[int] = frozenset()
 
 
 def place(comp: Computation, out: list[Command]) -> None:
@@ -65,18 +66,23 @@ def place(comp: Computation, out: list[Command]) -> None:
             heapreplace(heap, (-room / capacity, target.seq, target.version, target))
         else:
             heappop(heap)
-    comp.compact()
+    if len(heap) > 4 * len(comp.allocs) + 64:
+        comp.compact()
     for alloc, ids in by_alloc.items():
         if not ids:
             continue
         # Jobs that fill free CPUs run now; the rest wait on the node (so its CPUs never
         # wait for the network) and the node says when each of them starts.
-        free = max(0, alloc.cpus - alloc.busy)
-        start = ids[:free]
+        free = alloc.cpus - alloc.busy
+        if free >= len(ids):
+            start, ahead = ids, _NONE
+        else:
+            free = free if free > 0 else 0
+            start, ahead = ids[:free], frozenset(ids[free:])
         for jid in start:
             move(jobs[jid], _RUNNING)
         alloc.busy += len(start)
         key = alloc.node.key
-        out.append(SendJobs(key, comp.comp_id, tuple(ids), frozenset(ids[free:])))
+        out.append(SendJobs(key, comp.comp_id, tuple(ids), ahead))
         if start:
             out.append(JobsRunning(key, comp.comp_id, tuple(start)))

@@ -117,14 +117,21 @@ class Computation:
                 heapq.heappush(self.heap, (-room / capacity, alloc.seq, alloc.version, alloc))
                 if alloc.pinned:
                     self.dirty_pins[alloc] = None
-        self.compact()  # results keep coming while nothing is queued: bound the heap
+        # Results keep coming while nothing is queued: bound the heap (compact, inlined).
+        if len(self.heap) > 4 * len(self.allocs) + 64:
+            self.compact()
 
     def best(self) -> Allocation | None:
         """The allocation with the largest free fraction (room left), or None."""
         heap = self.heap
         while heap:
             _free, _seq, version, alloc = heap[0]
-            if version == alloc.version and alloc.room > 0:
+            # alloc.room > 0, inlined (once per placed job)
+            if (
+                version == alloc.version
+                and alloc.cpus > 0
+                and (alloc.cpus + alloc.depth > len(alloc.placed))
+            ):
                 return alloc
             heapq.heappop(heap)
         return None

@@ -1,0 +1,248 @@
+"""One node's connection to the cluster: its handshake, its messages, its keepalive.
+
+A node connects to the client and introduces itself (``node.info``); the cluster's
+:class:`~dispy.nodes.NodeAllocate` objects choose its CPUs, the computation and its files
+are sent, and from then on each message of the node goes to the cluster's scheduling shell
+(:mod:`dispy._shell`) in the loop turn it arrives in. When the connection ends, for whatever
+reason, the shell hears it once (``_node_lost``); a bug on this side while handling one
+node's message ends only that node's connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from dispy.nodes import DispyNode, DispyNodeAvailInfo, NodeAllocate
+from dispy_core.aio.connection import Connection, ConnectionClosed, PeerRefused
+from dispy_core.config import DEFAULT_PULSE
+from dispy_core.engine import NodeCpusChanged, NodeHeard, NodeReady
+from dispy_core.protocol.errors import ProtocolError
+from dispy_core.protocol.framing import Payload
+from dispy_core.protocol.jobs import NodeStatus
+from dispy_core.protocol.messages import (
+    NOT_WANTED,
+    ComputationClosed,
+    ComputationFailed,
+    ComputationReady,
+    ComputationSetup,
+    ComputationStart,
+    CpusSet,
+    FileAck,
+    FilePut,
+    JobDone,
+    JobProvisional,
+    JobStarted,
+    Message,
+    NodeInfo,
+    Notice,
+    Pulse,
+    clip,
+)
+
+if TYPE_CHECKING:
+    from dispy._core import ClusterCore
+
+log = logging.getLogger("dispy")
+
+NodeKey = tuple[str, int]
+
+
+@dataclass(eq=False)
+class NodeSession:
+    """One node's connection and what the shell keeps about it (the engine keeps the
+    rest: its jobs, depth and when it was last heard)."""
+
+    key: NodeKey
+    conn: Connection
+    node: DispyNode
+    ready: bool = False
+    closed: asyncio.Event = field(default_factory=asyncio.Event)
+    total_cpus: int = 0
+    zombie_interval: float = 3600.0
+    cpus_waiter: asyncio.Future[int] | None = None
+    acks: list[int] = field(default_factory=list)
+    file_waiters: dict[int, asyncio.Future[str | None]] = field(default_factory=dict)
+
+
+def _find_allocation(core: ClusterCore, info: NodeInfo) -> NodeAllocate | None:
+    for alloc in core.opts.nodes:
+        if alloc._matches(info.ip_addr, info.port, core.opts.node_port):
+            return alloc
+    return None
+
+
+def _cpus_for(core: ClusterCore, info: NodeInfo, avail: DispyNodeAvailInfo | None) -> int:
+    """The CPUs the cluster's NodeAllocate gives this node (0: not used)."""
+    alloc = _find_allocation(core, info)
+    if alloc is None:
+        return 0
+    try:
+        return int(
+            alloc.allocate(core.owner, info.ip_addr, info.name, info.cpus, avail, info.platform)
+        )
+    except Exception:
+        log.exception("allocate() of %r raised for node %s", alloc, info.name)
+        return 0
+
+
+async def serve_node(core: ClusterCore, conn: Connection) -> None:
+    """Introduce the computation to a node that connected, then serve it until it goes."""
+    try:
+        async with asyncio.timeout(core.opts.msg_timeout):
+            msg, _ = await conn.recv()
+    except (TimeoutError, ConnectionClosed, ProtocolError) as exc:
+        log.warning("node %s did not introduce itself: %r", conn.peer_name, exc)
+        await conn.close()
+        return
+    if not isinstance(msg, NodeInfo):
+        await conn.refuse(f"expected node.info, got {msg.type}")
+        return
+    info = msg
+    key: NodeKey = (info.ip_addr, info.port)
+    if core._closing:
+        await conn.refuse("cluster is closing")
+        return
+    if key in core.sessions:
+        await conn.refuse("this cluster already has a connection to the node")
+        return
+    avail = DispyNodeAvailInfo._from_wire(info.avail)
+    cpus = _cpus_for(core, info, avail)
+    if cpus <= 0:
+        log.info("node %s (%s:%d) not used by this cluster", info.name, *key)
+        await conn.refuse(NOT_WANTED)
+        return
+    cpus = min(cpus, info.cpus)
+    node = core.known_nodes.get(key)
+    if node is None:
+        node = DispyNode(info.ip_addr, info.port, info.name, cpus, info.platform)
+        core.known_nodes[key] = node
+    node.cpus = cpus
+    node.avail_info = avail
+    node.update_time = time.time()
+    session = NodeSession(
+        key, conn, node, total_cpus=info.cpus, zombie_interval=info.zombie_interval
+    )
+    core.sessions[key] = session
+    opts = core.opts
+    try:
+        conn.send_nowait(
+            ComputationSetup(
+                comp_id=core.comp_id,
+                name=opts.name,
+                kind=opts.kind,  # type: ignore[arg-type]
+                cpus=cpus,
+                dest_path=opts.dest_path,
+                cleanup=opts.cleanup,
+                pulse_interval=opts.pulse_interval,
+            )
+        )
+        for spec in opts.files:
+            conn.send_nowait(core._file_message(spec), spec.data)
+            await conn.drain()
+        await conn.send(ComputationStart(comp_id=core.comp_id), opts.start_payload)
+        keepalive = core._tasks.start(_keepalive(core, session))
+        try:
+            await conn.serve(lambda msg, payload: _on_message(core, session, msg, payload))
+            await conn.close()
+        finally:
+            keepalive.cancel()
+    except ConnectionClosed as exc:
+        core._node_lost(session, f"connection lost: {exc}")
+    except PeerRefused as exc:
+        core._node_lost(session, exc.reason)
+    except ProtocolError as exc:
+        await conn.refuse(clip(str(exc), 1000))
+        core._node_lost(session, str(exc))
+    except Exception as exc:
+        # A bug on this side while handling the node's messages: this node's connection
+        # ends (its jobs are resubmitted or cancelled), the cluster goes on.
+        log.exception("node %s: error while handling its messages", session.node.name)
+        reason = f"client error: {type(exc).__name__}: {exc}"
+        await conn.refuse(clip(reason, 1000))
+        core._node_lost(session, reason)
+    finally:
+        session.closed.set()
+        core._node_lost(session, "connection closed")
+
+
+def _on_message(
+    core: ClusterCore, session: NodeSession, msg: Message, payload: Payload
+) -> Awaitable[None] | None:
+    # Runs inside the connection's protocol callback: results are handled in the same loop
+    # turn they arrive in. Messages that are no engine event still tell it the node lives.
+    if isinstance(msg, JobDone):
+        core._job_replies(session, msg, payload)
+    elif isinstance(msg, JobStarted):
+        core._jobs_started(session, msg.job_ids)
+    elif isinstance(msg, Pulse):
+        session.node.avail_info = DispyNodeAvailInfo._from_wire(msg.avail)
+        session.node.update_time = time.time()
+        core._status(NodeStatus.AvailInfo, session.node, None)
+        _heard(core, session)
+    elif isinstance(msg, ComputationReady):
+        session.ready = True
+        core.recovery.node(session.key)
+        session.node.cpus = msg.cpus
+        log.info("node %s (%s:%d) ready with %d CPU(s)", session.node.name, *session.key, msg.cpus)
+        if core.sessions.get(session.key) is session:
+            core._defer(NodeReady(session.key, core.comp_id, msg.cpus, session.total_cpus))
+    elif isinstance(msg, JobProvisional):
+        core._provisional(session, msg, payload)
+    elif isinstance(msg, FilePut):
+        core._tasks.start(core._receive_file(session, msg, payload))
+        _heard(core, session)
+    elif isinstance(msg, FileAck):
+        waiter = session.file_waiters.pop(msg.req, None)
+        if waiter is not None and not waiter.done():
+            waiter.set_result(msg.error)
+        _heard(core, session)
+    elif isinstance(msg, CpusSet):
+        session.node.cpus = msg.cpus
+        if core.sessions.get(session.key) is session:
+            core._defer(NodeCpusChanged(session.key, core.comp_id, msg.cpus))
+        if session.cpus_waiter is not None and not session.cpus_waiter.done():
+            session.cpus_waiter.set_result(msg.cpus)
+    elif isinstance(msg, ComputationFailed):
+        log.warning(
+            "node %s (%s:%d) cannot run %s: %s",
+            session.node.name,
+            *session.key,
+            core.opts.name,
+            msg.reason,
+        )
+        core.refusals[f"{session.key[0]}:{session.key[1]}"] = msg.reason
+        session.node.error = msg.reason
+        core._status(NodeStatus.SetupFailed, session.node, None)
+        core._node_lost(session, msg.reason)
+        session.conn.finish()
+    elif isinstance(msg, ComputationClosed):
+        session.closed.set()
+        core._node_lost(session, "closed")
+        session.conn.finish()
+    elif isinstance(msg, Notice):
+        level = logging.ERROR if msg.level == "error" else logging.WARNING
+        log.log(level, "node %s: %s", session.node.name, msg.text)
+        _heard(core, session)
+    return None
+
+
+def _heard(core: ClusterCore, session: NodeSession) -> None:
+    if core.sessions.get(session.key) is session:
+        core._apply(core._handle(NodeHeard(session.key)))
+
+
+async def _keepalive(core: ClusterCore, session: NodeSession) -> None:
+    # Often enough for the node's zombie_interval and for its lease on queued jobs (it
+    # starts them only while it hears from us within dead_after()).
+    pulse = core.opts.pulse_interval or DEFAULT_PULSE
+    interval = max(min(session.zombie_interval / 3, pulse), 0.5)
+    while True:
+        await asyncio.sleep(interval)
+        with contextlib.suppress(ConnectionClosed):
+            session.conn.send_nowait(Pulse())
