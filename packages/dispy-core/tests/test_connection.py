@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import logging
 
 import pytest
 
@@ -663,3 +664,38 @@ async def test_buffers_stay_small_until_the_handshake_succeeds():
     await client.close()
     server.close()
     await tasks.close()
+
+
+# --- expect(): the first message of a session --------------------------------------------
+
+
+@async_test()
+async def test_expect_returns_the_first_message_of_the_expected_type():
+    log = logging.getLogger("test.expect")
+    async with memory_connection_pair(SECRET) as (node, client):
+        await node.send(ComputationClosed(comp_id=4))
+        assert await client.expect(ComputationClosed, 5.0, log, "close") == ComputationClosed(
+            comp_id=4
+        )
+
+
+@async_test()
+async def test_expect_refuses_another_message_naming_what_it_expected():
+    log = logging.getLogger("test.expect")
+    async with memory_connection_pair(SECRET) as (node, client):
+        await node.send(Notice(text="hello"))
+        assert await client.expect(ComputationClosed, 5.0, log, "close") is None
+        with pytest.raises(PeerRefused, match=r"expected computation\.closed, got notice"):
+            await node.recv()
+
+
+@async_test()
+async def test_expect_gives_up_on_a_silent_peer_once_with_one_log_line(caplog):
+    log = logging.getLogger("test.expect")
+    async with memory_connection_pair(SECRET) as (_node, client):
+        with caplog.at_level(logging.WARNING, logger="test.expect"):
+            assert await client.expect(ComputationClosed, 0.05, log, "close") is None
+        assert [r.getMessage().split(" failed")[0] for r in caplog.records] == [
+            f"close from {client.peer_name}"
+        ]
+        assert client.closed

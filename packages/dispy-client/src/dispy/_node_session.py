@@ -93,17 +93,9 @@ def _cpus_for(core: ClusterCore, info: NodeInfo, avail: DispyNodeAvailInfo | Non
 
 async def serve_node(core: ClusterCore, conn: Connection) -> None:
     """Introduce the computation to a node that connected, then serve it until it goes."""
-    try:
-        async with asyncio.timeout(core.opts.msg_timeout):
-            msg, _ = await conn.recv()
-    except (TimeoutError, ConnectionClosed, ProtocolError) as exc:
-        log.warning("node %s did not introduce itself: %r", conn.peer_name, exc)
-        await conn.close()
+    info = await conn.expect(NodeInfo, core.opts.msg_timeout, log, "node introduction")
+    if info is None:
         return
-    if not isinstance(msg, NodeInfo):
-        await conn.refuse(f"expected node.info, got {msg.type}")
-        return
-    info = msg
     key: NodeKey = (info.ip_addr, info.port)
     if core._closing:
         await conn.refuse("cluster is closing")

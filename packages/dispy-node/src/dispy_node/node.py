@@ -381,15 +381,8 @@ class Node:
         self._offer_to_waiting()
 
     async def _serve_recovery(self, conn: Connection) -> None:
-        try:
-            async with asyncio.timeout(self.config.msg_timeout):
-                msg, _ = await conn.recv()
-        except (TimeoutError, ConnectionClosed, ProtocolError) as exc:
-            log.warning("recovery request from %s failed: %r", conn.peer_name, exc)
-            await conn.close()
-            return
-        if not isinstance(msg, RecoverRequest):
-            await conn.refuse(f"expected recover.request, got {msg.type}")
+        msg = await conn.expect(RecoverRequest, self.config.msg_timeout, log, "recovery request")
+        if msg is None:
             return
         active = self._active
         if active is not None and active.runs(msg.comp_id):

@@ -17,7 +17,7 @@ import contextlib
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from dispy_core.protocol import framing
 from dispy_core.protocol.errors import ProtocolError, RemoteProtocolError
@@ -42,6 +42,8 @@ if TYPE_CHECKING:
     from dispy_core.aio.handshake import accept_connection, open_connection
 
 log = logging.getLogger(__name__)
+
+M = TypeVar("M", bound=_Message)
 
 # What a stream reader may hold during the handshake (it stops reading at twice this): the
 # handshake's frames are at most 4106 bytes, and a peer that has not authenticated must not
@@ -298,6 +300,28 @@ class Connection(asyncio.BufferedProtocol):
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
+
+    async def expect(
+        self, kind: type[M], timeout: float, logger: logging.Logger, what: str
+    ) -> M | None:
+        """The peer's first message, which must be a ``kind`` and come within ``timeout``.
+
+        Anything else ends the connection (a refusal naming what was expected, or a close
+        when the peer went silent, refused or broke), is logged once on ``logger`` as
+        ``what`` failing, and gives None.
+        """
+        try:
+            async with asyncio.timeout(timeout):
+                msg, _ = await self.recv()
+        except (TimeoutError, ConnectionClosed, ProtocolError) as exc:
+            logger.warning("%s from %s failed: %r", what, self.peer_name, exc)
+            await self.close()
+            return None
+        if not isinstance(msg, kind):
+            expected = kind.model_fields["type"].default
+            await self.refuse(f"expected {expected}, got {msg.type}")
+            return None
+        return msg
 
     async def recv(self) -> tuple[Message, Payload]:
         """The next message and its payload.
