@@ -11,9 +11,15 @@ on queued jobs and the zombie timer), the pulses, and what ends the session.
 
 ``computation`` opens a computation session; a peer may hold ``max_computations`` of them at
 once. A JobCluster client holds one (a second ``computation`` gets ``computation.failed``
-"this node already runs a computation", as before); the data model allows several, for the
-scheduler, which will run several computations on one node over one connection.
-``computation.close`` closes one; for a one-computation peer it also ends the session.
+"this node already runs a computation", as before). A scheduler (``role="scheduler"``) holds
+several at once, each in its own process with its own setup, files and ``dest_path``; their
+jobs are interleaved on the node's CPUs as the scheduler sends them (each computation gets
+``min(setup.cpus, node CPUs)`` workers: the scheduler decides how many jobs it sends, the
+node runs what it is sent). Over the bound a ``computation`` gets ``computation.failed``
+"too many computations on this node". ``computation.close`` closes one; for a
+one-computation peer it also ends the session, while a scheduler's connection stays open.
+Pulses, the lease on queued jobs and the zombie timer are the peer's (one per connection);
+orphaning and recovery are per computation.
 Messages naming a computation the session does not hold get the answer they always had:
 ``notice`` "jobs for an unknown computation" for ``jobs.submit``, ``computation.failed`` for
 ``computation.start``, a refused ``file.ack`` for ``file.put``; acks, cancels and
@@ -95,8 +101,9 @@ class Session:
         max_computations: How many computations the peer may hold at once.
     """
 
-    def __init__(self, node: Node, *, max_computations: int = 1) -> None:
+    def __init__(self, node: Node, *, max_computations: int = 1, role: str = "client") -> None:
         self.node = node
+        self.role = role
         self.conn: Connection | None = None
         self.ended = False
         self.sessions: dict[int, ComputationSession] = {}
@@ -222,7 +229,10 @@ class Session:
 
     def _open(self, msg: ComputationSetup) -> None:
         if msg.comp_id in self.sessions or len(self.sessions) >= self.max_computations:
-            reason = "this node already runs a computation"
+            if self.max_computations == 1 or msg.comp_id in self.sessions:
+                reason = "this node already runs a computation"
+            else:
+                reason = "too many computations on this node"
             self._send(ComputationFailed(comp_id=msg.comp_id, reason=reason))
             return
         cs = ComputationSession(self.node, msg, self)
