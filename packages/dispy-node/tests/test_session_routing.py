@@ -318,3 +318,18 @@ async def test_the_lease_is_the_peers_and_any_message_renews_it(tmp_path, runner
         await async_wait_for(lambda: not runners[1].held, 2.0)
         assert (runners[1].kicks, runners[2].kicks) == (1, 0)
         assert first.may_start()
+
+
+@async_test()
+async def test_a_scheduler_holds_up_to_its_bound_and_stays_after_a_close(tmp_path, runners):
+    async with serving(tmp_path, max_computations=2) as peer:
+        await peer.open(1, **FUNCTION)
+        await peer.open(2, **FUNCTION)
+        peer.conn.send_nowait(ComputationSetup(comp_id=3, name="c3", **FUNCTION))
+        failed, _ = await peer.next(ComputationFailed)
+        assert (failed.comp_id, failed.reason) == (3, "too many computations on this node")
+        await peer.conn.send(CloseComputation(comp_id=1))
+        await peer.next(ComputationClosed)
+        await peer.open(3, **FUNCTION)  # the freed place is taken again
+        assert sorted(peer.session.sessions) == [2, 3]
+        assert not peer.served.done()
