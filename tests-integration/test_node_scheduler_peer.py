@@ -90,7 +90,8 @@ class FakeScheduler:
                     reply = serialize.loads(bytes(payload[at : at + report.size]))
                     self.results[msg.comp_id, report.job_id] = reply[0]
                     at += report.size
-                await self.conn.send(JobAck(comp_id=msg.comp_id, job_ids=[r.job_id for r in msg.jobs]))
+                done = [r.job_id for r in msg.jobs]
+                await self.conn.send(JobAck(comp_id=msg.comp_id, job_ids=done))
 
     async def close(self, comp_id: int) -> None:
         await self.conn.send(CloseComputation(comp_id=comp_id))

@@ -14,8 +14,8 @@ from typing import Any
 
 from dispy_core.protocol.discovery import Ping
 from dispy_core.testing import async_test
-from dispy_node.node import BUSY, SCHEDULER_COMPUTATIONS, SERVING_SCHEDULER, Node
 from dispy_node.config import NodeConfig
+from dispy_node.node import BUSY, SCHEDULER_COMPUTATIONS, SERVING_SCHEDULER, Node
 
 
 def _node(tmp_path: Path) -> Node:
