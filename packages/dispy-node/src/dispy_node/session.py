@@ -119,10 +119,13 @@ class Session:
     def has_work(self) -> bool:
         return any(cs.has_work() for cs in self.sessions.values())
 
-    def _attach(self, conn: Connection | None) -> None:
+    def _attach(self, conn: Connection | None, only: ComputationSession | None = None) -> None:
+        # ``only``: a recover connection is for one computation; the others stay orphaned
+        # (their results go on to the store, never to another computation's peer).
         self.conn = conn
         for cs in self.sessions.values():
-            cs.conn = conn
+            if only is None or cs is only or conn is None:
+                cs.conn = conn
 
     def _send(self, message: Any) -> None:
         if self.conn is not None:
@@ -131,9 +134,9 @@ class Session:
 
     # -- serving ------------------------------------------------------------------------
 
-    async def serve(self, conn: Connection) -> str:
+    async def serve(self, conn: Connection, only: ComputationSession | None = None) -> str:
         """Serve ``conn`` until the computation closes or the connection ends."""
-        self._attach(conn)
+        self._attach(conn, only)
         if self.node.config.max_file_size:
             conn.screen_payloads(self._oversized_file)
         if not self._tasks:
@@ -367,9 +370,9 @@ class Session:
         """Attach a recover connection: send what is stored, then serve it like a client."""
         cs = self.sessions[comp_id]
         await cs.recover(conn)
-        self._attach(conn)
+        self._attach(conn, cs)
         cs._flush()
-        return await self.serve(conn)
+        return await self.serve(conn, cs)
 
     async def end(self, outcome: str) -> bool:
         """The connection is over: orphan what is worth keeping, close the rest.
