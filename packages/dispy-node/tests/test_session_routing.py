@@ -318,3 +318,48 @@ async def test_the_lease_is_the_peers_and_any_message_renews_it(tmp_path, runner
         await async_wait_for(lambda: not runners[1].held, 2.0)
         assert (runners[1].kicks, runners[2].kicks) == (1, 0)
         assert first.may_start()
+
+
+@async_test()
+async def test_a_scheduler_holds_up_to_its_bound_and_stays_after_a_close(tmp_path, runners):
+    async with serving(tmp_path, max_computations=2) as peer:
+        await peer.open(1, **FUNCTION)
+        await peer.open(2, **FUNCTION)
+        peer.conn.send_nowait(ComputationSetup(comp_id=3, name="c3", **FUNCTION))
+        failed, _ = await peer.next(ComputationFailed)
+        assert (failed.comp_id, failed.reason) == (3, "too many computations on this node")
+        await peer.conn.send(CloseComputation(comp_id=1))
+        await peer.next(ComputationClosed)
+        await peer.open(3, **FUNCTION)  # the freed place is taken again
+        assert sorted(peer.session.sessions) == [2, 3]
+        assert not peer.served.done()
+
+
+@async_test()
+async def test_recovering_one_orphaned_computation_leaves_the_others_orphaned(tmp_path, runners):
+    async with serving(tmp_path, max_computations=2) as peer:
+        await peer.open(1, b"hold", **FUNCTION)
+        await peer.open(2, b"hold", **FUNCTION)
+        peer.conn.send_nowait(JobSubmit(comp_id=1, jobs=[(7, 1)]), b"a")
+        await peer.conn.send(JobSubmit(comp_id=2, jobs=[(7, 1)]), b"b")
+        await async_wait_for(lambda: runners[1].running + runners[2].running == 2, 2.0)
+        await peer.conn.close()
+        assert await asyncio.wait_for(peer.served, 5) == "lost"
+        session = peer.session
+        assert await session.end("lost")
+        async with memory_connection_pair(SECRET) as (node_end, recover_end):
+            recovering = asyncio.create_task(session.recover(node_end, 1))
+            await async_wait_for(lambda: session.sessions[1].conn is node_end, 2.0)
+            assert session.sessions[2].conn is None  # still orphaned
+            runners[2].end(7, b"two")  # comp 2's result goes to disk, not to comp 1's peer
+            runners[1].end(7, b"one")
+            store = session.node.store
+            await async_wait_for(lambda: [r.job_id for r in store.load(2)] == [7], 2.0)
+            async with asyncio.timeout(5):
+                while True:
+                    msg, payload = await recover_end.recv()
+                    if isinstance(msg, JobDone):
+                        break
+            assert (msg.comp_id, bytes(payload)) == (1, b"one")
+            await recover_end.close()
+            assert await asyncio.wait_for(recovering, 5) == "lost"

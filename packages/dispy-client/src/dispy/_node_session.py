@@ -93,7 +93,12 @@ def _cpus_for(core: ClusterCore, info: NodeInfo, avail: DispyNodeAvailInfo | Non
 
 async def serve_node(core: ClusterCore, conn: Connection) -> None:
     """Introduce the computation to a node that connected, then serve it until it goes."""
-    info = await conn.expect(NodeInfo, core.opts.msg_timeout, log, "node introduction")
+
+    def refused(reason: str) -> None:
+        # kept for the no-node warning (a node serving a scheduler says so, say)
+        core.refusals[str(conn.peer[0])] = reason
+
+    info = await conn.expect(NodeInfo, core.opts.msg_timeout, log, "node introduction", refused)
     if info is None:
         return
     key: NodeKey = (info.ip_addr, info.port)

@@ -161,6 +161,15 @@ class PingPolicy:
         self._declined[cluster] = now
         self._heard.pop(cluster, None)
 
+    def undecline(self, cluster: str) -> None:
+        """Stop ignoring ``cluster`` (it was declined only while the node was not for it)."""
+        self._declined.pop(cluster, None)
+
+    def take_connect(self, now: float) -> bool:
+        """Take a connect-back token for a connection outside :meth:`on_ping`'s verdicts
+        (telling a client why it is refused)."""
+        return self._connects.take(now)
+
     def forget(self, cluster: str) -> None:
         """``cluster`` was served: drop its remembered ping."""
         self._heard.pop(cluster, None)

@@ -4,17 +4,24 @@ Theory of operation
 -------------------
 The node listens for discovery pings on UDP (its address and, for broadcasts, its
 interface's broadcast address) and for connections on TCP, both on ``node_port``. It serves
-one client at a time. A ping from a client while the node is free makes the node connect
-back and authenticate; a client may also connect to the node's TCP port directly. After the
-handshake the node sends :class:`NodeInfo`; the client answers with a computation (or
+one peer at a time: a client (a JobCluster) or a scheduler (``dispy-scheduler``, which
+shares the node between its clients' computations). A ping while the node is free makes the
+node connect back and authenticate; a peer may also connect to the node's TCP port directly.
+After the handshake the node sends :class:`NodeInfo`; the peer answers with a computation (or
 closes if it does not want the node). Jobs, cancels, results and pulses then share that one
-connection until the client closes the computation or the connection breaks, and the node is
-free again. A :class:`~dispy_node.session.Session` serves the connection and holds one
-computation session per ``comp_id``, so the data model already allows a peer several
-computations at once; a client gets one, and the node alone. Pings heard while busy are
-remembered, and the node offers itself to those clients when it is free. What a ping may
-make the node do (rate limits, which reply addresses it connects to, how many pings it
-remembers) is decided by :mod:`dispy_node._pings`.
+connection. A :class:`~dispy_node.session.Session` serves it and holds one computation
+session per ``comp_id``: a client holds one, and its session ends when it closes it; a
+scheduler holds up to ``SCHEDULER_COMPUTATIONS`` at once (each its own process, its jobs
+interleaved with the others' on the node's CPUs) and its connection stays open between
+computations. The node is free again when the session ends.
+
+The two kinds of peer exclude each other: while serving a scheduler the node refuses a
+client with ``SERVING_SCHEDULER`` (a client that pinged is connected back to once, refused,
+and its pings then ignored until the scheduler is gone, so that its no-node warning says
+why), and while serving a client it refuses a scheduler's direct connection as busy. Other
+pings heard while busy are remembered, and the node offers itself to those peers when it is
+free. What a ping may make the node do (rate limits, which reply addresses it connects to,
+how many pings it remembers) is decided by :mod:`dispy_node._pings`.
 """
 
 from __future__ import annotations
@@ -55,6 +62,10 @@ log = logging.getLogger("dispy_node")
 BUFFER_KEEP = 30.0  # seconds receive buffers outlive the session that used them
 BUFFER_KEEP_BYTES = 64 << 20  # and how many bytes of them
 STORE_EXPIRY_INTERVAL = 3600.0
+SCHEDULER_COMPUTATIONS = 256  # computations a scheduler may hold on a node at once
+SERVING_SCHEDULER = "node is serving a scheduler"
+BUSY = "node is busy serving another client"
+MAX_REFUSED = 1024  # clusters refused while serving a scheduler, remembered to be let in after
 
 
 class NodeStartError(Exception):
@@ -90,6 +101,7 @@ class Node:
         self.tasks = TaskOwner("node", log=log)
         self._active: Session | None = None
         self._serving: str | None = None  # the cluster (ping id) of the session, if known
+        self._refused: set[str] = set()  # clients' clusters refused while serving a scheduler
 
     # -- start and stop -----------------------------------------------------------------
 
@@ -143,6 +155,7 @@ class Node:
                 cluster=f"hint-{cfg.scheduler_node}-{cfg.scheduler_port}"[:64],
                 reply_addr=netinfo.resolve(cfg.scheduler_node),
                 reply_port=cfg.scheduler_port,
+                role="scheduler",
             )
             self._on_ping(hint, (hint.reply_addr, hint.reply_port))
 
@@ -194,11 +207,18 @@ class Node:
     # -- discovery ----------------------------------------------------------------------
 
     def _on_ping(self, ping: Ping, addr: tuple[str, int]) -> None:
-        decision = self._pings.on_ping(
-            ping, addr[0], time.monotonic(), busy=self._busy, serving=self._serving
-        )
+        now = time.monotonic()
+        decision = self._pings.on_ping(ping, addr[0], now, busy=self._busy, serving=self._serving)
         if decision.verdict is Verdict.CONNECT:
             self._connect_to(ping)
+        elif decision.verdict is Verdict.REMEMBER and self._for_scheduler and ping.role == "client":
+            # Not an offer for later (a scheduler keeps its nodes): tell the client once why,
+            # then ignore its pings until the scheduler is gone.
+            self._pings.decline(ping.cluster, now)
+            if len(self._refused) < MAX_REFUSED:
+                self._refused.add(ping.cluster)
+            if self._pings.take_connect(now):
+                self.tasks.start(self._refuse_back(ping, SERVING_SCHEDULER))
         elif decision.verdict is Verdict.REMEMBER:
             log.debug(
                 "%s: remembering ping from %s:%d",
@@ -210,6 +230,30 @@ class Node:
         elif decision.reason:
             log.log(logging.WARNING if decision.warn else logging.DEBUG, "%s", decision.reason)
 
+    async def _refuse_back(self, ping: Ping, reason: str) -> None:
+        where = f"{ping.reply_addr}:{ping.reply_port}"
+        try:
+            conn = await self._open_back(ping)
+        except (ProtocolError, OSError, TimeoutError, ConnectionClosed) as exc:
+            log.debug("cannot tell client at %s why it is refused: %s", where, exc)
+            return
+        log.info("client %s at %s refused: %s", conn.peer_name, where, reason)
+        await conn.refuse(reason)
+
+    async def _open_back(self, ping: Ping) -> Connection:
+        return await open_connection(
+            ping.reply_addr,
+            ping.reply_port,
+            secret=self.config.secret,
+            role="node",
+            name=self.config.name,
+            timeout=self.config.msg_timeout,
+            ssl_context=self.tls.client,
+            local_addr=self.config.ip_addr,
+            allocate=self.buffers.take,
+            guard=self._handshakes,
+        )
+
     def _connect_to(self, ping: Ping) -> None:
         self._connecting = True
         self.tasks.start(self._connect_back(ping))
@@ -218,18 +262,7 @@ class Node:
         where = f"{ping.reply_addr}:{ping.reply_port}"
         conn: Connection | None = None
         try:
-            conn = await open_connection(
-                ping.reply_addr,
-                ping.reply_port,
-                secret=self.config.secret,
-                role="node",
-                name=self.config.name,
-                timeout=self.config.msg_timeout,
-                ssl_context=self.tls.client,
-                local_addr=self.config.ip_addr,
-                allocate=self.buffers.take,
-                guard=self._handshakes,
-            )
+            conn = await self._open_back(ping)
         except ProtocolError as exc:
             log.warning("client at %s: %s", where, exc)
             self._pings.decline(ping.cluster, time.monotonic())
@@ -248,8 +281,8 @@ class Node:
         if conn is None:
             self._offer_to_waiting()
             return
-        if self._active is not None:
-            await conn.refuse("node is busy serving another client")
+        if self._active is not None or conn.peer_role not in ("client", "scheduler"):
+            await conn.refuse(self._refusal(conn))
             return
         await self._serve_client(conn, ping.cluster)
 
@@ -292,11 +325,8 @@ class Node:
             if conn.peer_role == "recover":
                 await self._serve_recovery(conn)
                 return
-            if conn.peer_role != "client":
-                await conn.refuse(f"a node does not serve a {conn.peer_role} yet")
-                return
-            if self._busy:
-                await conn.refuse("node is busy serving another client")
+            if conn.peer_role not in ("client", "scheduler") or self._busy:
+                await conn.refuse(self._refusal(conn))
                 return
             await self._serve_client(conn, None)
         except Exception as exc:
@@ -324,9 +354,25 @@ class Node:
     def _busy(self) -> bool:
         return self._active is not None or self._connecting
 
+    @property
+    def _for_scheduler(self) -> bool:
+        return self._active is not None and self._active.role == "scheduler"
+
+    def _refusal(self, conn: Connection) -> str:
+        """Why ``conn`` (authenticated) is not served."""
+        if conn.peer_role not in ("client", "scheduler"):
+            return f"a node does not serve a {conn.peer_role}"
+        if self._for_scheduler:
+            return SERVING_SCHEDULER
+        return BUSY
+
     async def _serve_client(self, conn: Connection, cluster: str | None) -> None:
-        log.info("serving client %s at %s:%d", conn.peer_name, *conn.peer)
-        session = Session(self)
+        role = conn.peer_role
+        log.info("serving %s %s at %s:%d", role, conn.peer_name, *conn.peer)
+        if role == "scheduler":
+            session = Session(self, max_computations=SCHEDULER_COMPUTATIONS, role=role)
+        else:
+            session = Session(self)
         self._active = session
         if self._trim is not None:
             self._trim.cancel()
@@ -377,6 +423,11 @@ class Node:
         if self._serving is not None:
             self._pings.forget(self._serving)
         self._serving = None
+        if session.role == "scheduler":
+            # The clients refused meanwhile may have the node now.
+            for cluster in self._refused:
+                self._pings.undecline(cluster)
+            self._refused.clear()
         log.info("free again")
         self._offer_to_waiting()
 

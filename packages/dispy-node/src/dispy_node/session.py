@@ -11,9 +11,15 @@ on queued jobs and the zombie timer), the pulses, and what ends the session.
 
 ``computation`` opens a computation session; a peer may hold ``max_computations`` of them at
 once. A JobCluster client holds one (a second ``computation`` gets ``computation.failed``
-"this node already runs a computation", as before); the data model allows several, for the
-scheduler, which will run several computations on one node over one connection.
-``computation.close`` closes one; for a one-computation peer it also ends the session.
+"this node already runs a computation", as before). A scheduler (``role="scheduler"``) holds
+several at once, each in its own process with its own setup, files and ``dest_path``; their
+jobs are interleaved on the node's CPUs as the scheduler sends them (each computation gets
+``min(setup.cpus, node CPUs)`` workers: the scheduler decides how many jobs it sends, the
+node runs what it is sent). Over the bound a ``computation`` gets ``computation.failed``
+"too many computations on this node". ``computation.close`` closes one; for a
+one-computation peer it also ends the session, while a scheduler's connection stays open.
+Pulses, the lease on queued jobs and the zombie timer are the peer's (one per connection);
+orphaning and recovery are per computation.
 Messages naming a computation the session does not hold get the answer they always had:
 ``notice`` "jobs for an unknown computation" for ``jobs.submit``, ``computation.failed`` for
 ``computation.start``, a refused ``file.ack`` for ``file.put``; acks, cancels and
@@ -95,8 +101,9 @@ class Session:
         max_computations: How many computations the peer may hold at once.
     """
 
-    def __init__(self, node: Node, *, max_computations: int = 1) -> None:
+    def __init__(self, node: Node, *, max_computations: int = 1, role: str = "client") -> None:
         self.node = node
+        self.role = role
         self.conn: Connection | None = None
         self.ended = False
         self.sessions: dict[int, ComputationSession] = {}
@@ -112,10 +119,13 @@ class Session:
     def has_work(self) -> bool:
         return any(cs.has_work() for cs in self.sessions.values())
 
-    def _attach(self, conn: Connection | None) -> None:
+    def _attach(self, conn: Connection | None, only: ComputationSession | None = None) -> None:
+        # ``only``: a recover connection is for one computation; the others stay orphaned
+        # (their results go on to the store, never to another computation's peer).
         self.conn = conn
         for cs in self.sessions.values():
-            cs.conn = conn
+            if only is None or cs is only or conn is None:
+                cs.conn = conn
 
     def _send(self, message: Any) -> None:
         if self.conn is not None:
@@ -124,9 +134,9 @@ class Session:
 
     # -- serving ------------------------------------------------------------------------
 
-    async def serve(self, conn: Connection) -> str:
+    async def serve(self, conn: Connection, only: ComputationSession | None = None) -> str:
         """Serve ``conn`` until the computation closes or the connection ends."""
-        self._attach(conn)
+        self._attach(conn, only)
         if self.node.config.max_file_size:
             conn.screen_payloads(self._oversized_file)
         if not self._tasks:
@@ -222,7 +232,10 @@ class Session:
 
     def _open(self, msg: ComputationSetup) -> None:
         if msg.comp_id in self.sessions or len(self.sessions) >= self.max_computations:
-            reason = "this node already runs a computation"
+            if self.max_computations == 1 or msg.comp_id in self.sessions:
+                reason = "this node already runs a computation"
+            else:
+                reason = "too many computations on this node"
             self._send(ComputationFailed(comp_id=msg.comp_id, reason=reason))
             return
         cs = ComputationSession(self.node, msg, self)
@@ -357,9 +370,9 @@ class Session:
         """Attach a recover connection: send what is stored, then serve it like a client."""
         cs = self.sessions[comp_id]
         await cs.recover(conn)
-        self._attach(conn)
+        self._attach(conn, cs)
         cs._flush()
-        return await self.serve(conn)
+        return await self.serve(conn, cs)
 
     async def end(self, outcome: str) -> bool:
         """The connection is over: orphan what is worth keeping, close the rest.

@@ -302,18 +302,26 @@ class Connection(asyncio.BufferedProtocol):
             waiter.set_result(None)
 
     async def expect(
-        self, kind: type[M], timeout: float, logger: logging.Logger, what: str
+        self,
+        kind: type[M],
+        timeout: float,
+        logger: logging.Logger,
+        what: str,
+        on_refused: Callable[[str], None] | None = None,
     ) -> M | None:
         """The peer's first message, which must be a ``kind`` and come within ``timeout``.
 
         Anything else ends the connection (a refusal naming what was expected, or a close
         when the peer went silent, refused or broke), is logged once on ``logger`` as
-        ``what`` failing, and gives None.
+        ``what`` failing, and gives None. A refusal's reason is also given to
+        ``on_refused``, if any (a client keeps it for its no-node warning).
         """
         try:
             async with asyncio.timeout(timeout):
                 msg, _ = await self.recv()
         except (TimeoutError, ConnectionClosed, ProtocolError) as exc:
+            if on_refused is not None and isinstance(exc, PeerRefused):
+                on_refused(exc.reason)
             logger.warning("%s from %s failed: %r", what, self.peer_name, exc)
             await self.close()
             return None
