@@ -55,6 +55,8 @@ from __future__ import annotations
 
 from dispy_core.engine.commands import (
     Command,
+    ComputationActive,
+    ComputationWaiting,
     JobEnded,
     JobRequeued,
     JobsRunning,
@@ -96,9 +98,11 @@ __all__ = [
     "QUEUE_SECONDS",
     "CancelRequested",
     "Command",
+    "ComputationActive",
     "ComputationClosed",
     "ComputationDropped",
     "ComputationOpened",
+    "ComputationWaiting",
     "Engine",
     "EngineError",
     "Event",
