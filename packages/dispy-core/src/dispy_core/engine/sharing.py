@@ -132,9 +132,9 @@ def _place_pinned(comp: Computation, by_alloc: dict[Allocation, list[int]], free
         comp.touch(alloc)  # files it again for its pinned jobs left, if it has room
 
 
-def _best(comp: Computation, free: Free, parked: list[tuple[Computation, HeapEntry]]) -> (
-    Allocation | None
-):
+def _best(
+    comp: Computation, free: Free, parked: list[tuple[Computation, HeapEntry]]
+) -> Allocation | None:
     """The computation's least-loaded allocation on a node with a free place, or None. Those
     on full nodes are set aside for this pass (``parked``) and filed again after it."""
     heap = comp.heap
