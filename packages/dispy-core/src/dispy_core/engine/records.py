@@ -76,7 +76,8 @@ class Allocation:
 
 @dataclass(slots=True, eq=False)
 class Node:
-    """A node as the engine knows it: when it was last heard and what it gives to whom."""
+    """A node as the engine knows it: when it was last heard, its CPUs (0: not said) and
+    what it gives to whom (its CPUs bound them all together: ``sharing.node_free``)."""
 
     key: NodeKey
     last_heard: float
