@@ -23,9 +23,11 @@ from hypothesis.stateful import (
 from dispy_core.engine import (
     CancelRequested,
     Command,
+    ComputationActive,
     ComputationClosed,
     ComputationDropped,
     ComputationOpened,
+    ComputationWaiting,
     Engine,
     Event,
     JobEnded,
@@ -358,3 +360,113 @@ class EngineMachine(RuleBasedStateMachine):
 
 EngineMachine.TestCase.settings = settings(max_examples=200, stateful_step_count=50, deadline=None)
 TestEngineMachine = EngineMachine.TestCase
+
+
+TOTAL = 3  # each node's CPUs, shared by the computations it serves
+
+
+class SharedNodesMachine(EngineMachine):
+    """The same world, with nodes that say their CPUs (``TOTAL``) and run no more jobs than
+    that across computations, and computations that may be ``exclusive``. Checks that a node
+    never holds more than its CPUs + depth placed, nor more than its CPUs started, and that
+    exactly the computations whose turn it is get jobs placed."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.exclusive: set[int] = set()
+        self.waiting: set[int] = set()
+
+    def apply(self, cmds: list[Command]) -> None:
+        rest = []
+        for cmd in cmds:
+            if isinstance(cmd, ComputationWaiting):
+                assert cmd.comp_id not in self.waiting
+                self.waiting.add(cmd.comp_id)
+            elif isinstance(cmd, ComputationActive):
+                self.waiting.remove(cmd.comp_id)
+            else:
+                rest.append(cmd)
+        super().apply(rest)
+        for node in {c.node for c in rest if isinstance(c, SendJobs)}:
+            allocs = [self.engine.allocation(c, node) for c in self.open]
+            held = [a for a in allocs if a is not None]
+            depth = max(a.depth for a in held)
+            assert sum(len(a.placed) for a in held) <= TOTAL + depth, "node over its bound"
+
+    @precondition(lambda self: len(self.open) > 1)
+    @rule(data=st.data())
+    def drop_computation(self, data: st.DataObject) -> None:
+        before = set(self.open)
+        super().drop_computation(data)
+        self.waiting -= before - set(self.open)  # a dropped one waits no more
+
+    @initialize(cpus=st.integers(1, TOTAL))
+    def two_computations_two_nodes(self, cpus: int) -> None:
+        for reentrant in (True, False):
+            self.open_computation(reentrant)
+        for comp in self.open:
+            for node in NODES[:2]:
+                self.up[comp, node] = cpus
+                self.feed(NodeReady(node, comp, cpus, TOTAL))
+
+    @precondition(lambda self: len(self.open) < 3)
+    @rule(reentrant=st.booleans())
+    def open_exclusive(self, reentrant: bool) -> None:
+        comp = self.next_comp
+        self.next_comp += 1
+        self.open[comp] = reentrant
+        self.exclusive.add(comp)
+        self.feed(ComputationOpened(comp, reentrant, PULSE, exclusive=True))
+
+    @precondition(lambda self: self.open)
+    @rule(data=st.data(), node=st.sampled_from(NODES), cpus=st.integers(1, TOTAL))
+    def node_ready(self, data: st.DataObject, node: tuple[str, int], cpus: int) -> None:
+        comp = data.draw(st.sampled_from(sorted(self.open)))
+        self.up[comp, node] = cpus
+        self.lost_reason.pop((comp, node), None)
+        self.feed(NodeReady(node, comp, cpus, TOTAL))
+
+    @precondition(lambda self: self.up)
+    @rule(data=st.data(), cpus=st.integers(1, TOTAL))
+    def cpus_changed(self, data: st.DataObject, cpus: int) -> None:
+        comp, node = data.draw(st.sampled_from(sorted(self.up)))
+        self.up[comp, node] = cpus
+        self.feed(NodeCpusChanged(node, comp, cpus))
+
+    def running_on(self, node: tuple[str, int]) -> int:
+        return sum(m.node == node and m.state == "running" for m in self.jobs.values())
+
+    @precondition(lambda self: self.up)
+    @rule(data=st.data())
+    def node_starts_jobs(self, data: st.DataObject) -> None:
+        comp, node = data.draw(st.sampled_from(sorted(self.up)))
+        own = self.up[comp, node] - len(self.on_node(comp, node, "running"))
+        room = min(own, TOTAL - self.running_on(node))  # the node shares its CPUs
+        ahead = self.on_node(comp, node, "ahead")[: max(0, room)]
+        again = self.on_node(comp, node, "running")[:1]
+        if ahead or again:
+            self.feed(JobsStarted(node, comp, tuple(ahead + again)))
+
+    @invariant()
+    def nodes_run_no_more_than_their_cpus(self) -> None:
+        for node in NODES:
+            assert self.running_on(node) <= TOTAL
+
+    @invariant()
+    def only_computations_whose_turn_it_is_get_jobs(self) -> None:
+        turn: set[int] = set()
+        for comp in sorted(self.open):  # ids grow: this is the order of opening
+            if comp in self.exclusive:
+                if not turn:
+                    turn.add(comp)
+                break
+            turn.add(comp)
+        assert self.waiting == set(self.open) - turn
+        for (comp, _), m in self.jobs.items():
+            assert comp in turn or m.state == "queued"
+
+
+SharedNodesMachine.TestCase.settings = settings(
+    max_examples=200, stateful_step_count=50, deadline=None
+)
+TestSharedNodesMachine = SharedNodesMachine.TestCase

@@ -14,6 +14,8 @@ NodeKey = tuple[str, int]
 
 __all__ = [
     "Command",
+    "ComputationActive",
+    "ComputationWaiting",
     "JobEnded",
     "JobRequeued",
     "JobsRunning",
@@ -106,6 +108,23 @@ class NodeDeclaredDead:
     reason: str
 
 
+@dataclass(frozen=True, slots=True)
+class ComputationWaiting:
+    """The computation was opened but must wait for its turn (it, or one opened before it,
+    is ``exclusive``): its nodes may get ready and its jobs queue, but none is placed until
+    :class:`ComputationActive`."""
+
+    comp_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class ComputationActive:
+    """A computation that was waiting has its turn now: its queued jobs are being placed.
+    (A computation that never waited gets no such command.)"""
+
+    comp_id: int
+
+
 Command = (
     SendJobs
     | JobsRunning
@@ -115,4 +134,6 @@ Command = (
     | JobRequeued
     | NodeStatusChanged
     | NodeDeclaredDead
+    | ComputationWaiting
+    | ComputationActive
 )

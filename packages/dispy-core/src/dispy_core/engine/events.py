@@ -40,11 +40,14 @@ __all__ = [
 @dataclass(frozen=True, slots=True)
 class ComputationOpened:
     """A computation can take jobs. ``pulse_interval`` sets its silence limit
-    (:func:`dispy_core.config.dead_after`)."""
+    (:func:`dispy_core.config.dead_after`). An ``exclusive`` one waits until every
+    computation opened before it is dropped, then has the nodes alone (the package
+    docstring, "Sharing nodes")."""
 
     comp_id: int
     reentrant: bool = False
     pulse_interval: float | None = None
+    exclusive: bool = False
 
 
 @dataclass(frozen=True, slots=True)

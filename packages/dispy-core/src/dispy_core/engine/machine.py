@@ -15,6 +15,8 @@ from dispy_core.config import dead_after
 from dispy_core.engine import policy
 from dispy_core.engine.commands import (
     Command,
+    ComputationActive,
+    ComputationWaiting,
     JobEnded,
     JobRequeued,
     JobsRunning,
@@ -42,6 +44,7 @@ from dispy_core.engine.events import (
 )
 from dispy_core.engine.placement import place
 from dispy_core.engine.records import Allocation, Computation, EngineError, Job, Node, move
+from dispy_core.engine.sharing import admitted, place_shared
 from dispy_core.protocol.jobs import JobStatus, NodeStatus
 from dispy_core.results import OUTCOME_STATUS  # the one map from wire outcomes to statuses
 
@@ -60,6 +63,11 @@ class Engine:
         self._comps: dict[int, Computation] = {}
         self._nodes: dict[NodeKey, Node] = {}
         self._seq = 0
+        self._opened = 0
+        # Computations whose turn it is, in order of opening (sharing.admitted); while more
+        # than one is, placement shares nodes between them (sharing.place_shared).
+        self._active: list[Computation] = []
+        self._shared = False
         self._out: list[Command] = []
         self._handlers: dict[type, Callable[[Any, float], None]] = {
             ComputationOpened: self._on_opened,
@@ -82,9 +90,12 @@ class Engine:
     def handle(self, event: Event, now: float) -> list[Command]:
         """Apply ``event`` (observed at ``now``, a monotonic clock) and place queued jobs."""
         self._handlers[type(event)](event, now)
-        for comp in self._comps.values():  # _pump, inlined: once per message
-            if comp.queued:
-                place(comp, self._out)
+        if self._shared:
+            place_shared(self._active, self._out)
+        else:
+            for comp in self._active:  # _pump, inlined: once per message
+                if comp.queued:
+                    place(comp, self._out)
         out, self._out = self._out, []
         return out
 
@@ -153,9 +164,16 @@ class Engine:
     def _on_opened(self, ev: ComputationOpened, now: float) -> None:
         if ev.comp_id in self._comps:
             raise EngineError(f"computation {ev.comp_id} is already open")
-        self._comps[ev.comp_id] = Computation(
-            ev.comp_id, ev.reentrant, dead_after(ev.pulse_interval)
+        self._opened += 1
+        comp = self._comps[ev.comp_id] = Computation(
+            ev.comp_id,
+            ev.reentrant,
+            dead_after(ev.pulse_interval),
+            exclusive=ev.exclusive,
+            active=False,
+            order=self._opened,
         )
+        self._admit(comp)
 
     def _on_closed(self, ev: ComputationClosed, now: float) -> None:
         comp = self._comp(ev.comp_id)
@@ -178,6 +196,21 @@ class Engine:
             move(job, JobStatus.Abandoned)
             out.append(JobEnded(comp.comp_id, job.job_id, JobStatus.Abandoned, ev.reason))
         comp.jobs.clear()
+        self._admit(None)
+
+    def _admit(self, opened: Computation | None) -> None:
+        """Whose turn it is, after ``opened`` joined or a computation was dropped: those
+        whose turn came are told (ComputationActive), ``opened`` is told if it must wait."""
+        turn = admitted(self._comps.values())
+        for comp in turn:
+            if not comp.active:
+                comp.active = True
+                if comp is not opened:
+                    self._out.append(ComputationActive(comp.comp_id))
+        if opened is not None and not opened.active:
+            self._out.append(ComputationWaiting(opened.comp_id))
+        self._active = turn
+        self._shared = len(turn) > 1
 
     # -- nodes --------------------------------------------------------------------------
 
@@ -405,6 +438,9 @@ class Engine:
     # -- placement ----------------------------------------------------------------------
 
     def _pump(self) -> None:
-        for comp in self._comps.values():
+        if self._shared:
+            place_shared(self._active, self._out)
+            return
+        for comp in self._active:
             if comp.queued:
                 place(comp, self._out)

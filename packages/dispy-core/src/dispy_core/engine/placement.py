@@ -1,6 +1,7 @@
 """Placement: which queued jobs go to which allocation now, and which of them start at once.
 
-Called by the engine after every batch of events. Per job it costs O(log allocations): the
+Called by the engine after every batch of events while one computation is active (several
+share nodes through ``sharing.place_shared``). Per job it costs O(log allocations): the
 least-loaded allocation is on top of the computation's heap (``records.Computation.best``).
 """
 

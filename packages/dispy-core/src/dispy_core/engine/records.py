@@ -76,7 +76,8 @@ class Allocation:
 
 @dataclass(slots=True, eq=False)
 class Node:
-    """A node as the engine knows it: when it was last heard and what it gives to whom."""
+    """A node as the engine knows it: when it was last heard, its CPUs (0: not said) and
+    what it gives to whom (its CPUs bound them all together: ``sharing.node_free``)."""
 
     key: NodeKey
     last_heard: float
@@ -106,6 +107,9 @@ class Computation:
     dirty_pins: dict[Allocation, None] = field(default_factory=dict)
     job_bytes: float = 0.0  # moving size of arguments: up at once, down slowly
     depth_bytes: float = 0.0  # job_bytes when depths were last set
+    exclusive: bool = False  # wants the nodes alone (see sharing.py)
+    active: bool = True  # False while it waits for its turn: nothing is placed for it
+    order: int = 0  # when it was opened: ties in fair placement go to the older one
 
     def touch(self, alloc: Allocation) -> None:
         """``alloc``'s room changed: file it again in the heap (and for its pinned jobs)."""
