@@ -13,7 +13,7 @@ from dispy_core.engine.commands import Command, JobsRunning, SendJobs
 from dispy_core.engine.records import Allocation, Computation, move
 from dispy_core.protocol.jobs import JobStatus
 
-__all__ = ["place"]
+__all__ = ["place", "send", "take_pinned"]
 
 _RUNNING = JobStatus.Running
 _NONE: frozenset[int] = frozenset()
@@ -27,19 +27,7 @@ def place(comp: Computation, out: list[Command]) -> None:
     if comp.dirty_pins:
         dirty, comp.dirty_pins = comp.dirty_pins, {}
         for alloc in dirty:
-            pinned, placed = alloc.pinned, alloc.placed
-            room = alloc.room
-            ids = by_alloc.setdefault(alloc, [])
-            while pinned and room > 0:
-                jid = pinned.popleft()
-                job = jobs.get(jid)
-                if job is None or job.alloc is not None:
-                    continue  # cancelled while queued
-                job.alloc = alloc
-                placed.add(jid)
-                ids.append(jid)
-                room -= 1
-            comp.queued -= len(ids)
+            take_pinned(comp, alloc, alloc.room, by_alloc.setdefault(alloc, []))
             comp.touch(alloc)
     queue, heap = comp.queue, comp.heap
     while queue and comp.queued:
@@ -70,20 +58,45 @@ def place(comp: Computation, out: list[Command]) -> None:
     if len(heap) > 4 * len(comp.allocs) + 64:
         comp.compact()
     for alloc, ids in by_alloc.items():
-        if not ids:
-            continue
-        # Jobs that fill free CPUs run now; the rest wait on the node (so its CPUs never
-        # wait for the network) and the node says when each of them starts.
-        free = alloc.cpus - alloc.busy
-        if free >= len(ids):
-            start, ahead = ids, _NONE
-        else:
-            free = free if free > 0 else 0
-            start, ahead = ids[:free], frozenset(ids[free:])
-        for jid in start:
-            move(jobs[jid], _RUNNING)
-        alloc.busy += len(start)
-        key = alloc.node.key
-        out.append(SendJobs(key, comp.comp_id, tuple(ids), ahead))
-        if start:
-            out.append(JobsRunning(key, comp.comp_id, tuple(start)))
+        if ids:
+            send(alloc, ids, alloc.cpus - alloc.busy, out)
+
+
+def take_pinned(comp: Computation, alloc: Allocation, room: int, ids: list[int]) -> int:
+    """Place up to ``room`` of ``alloc``'s pinned jobs there, appending them to ``ids``;
+    return how many."""
+    jobs, pinned, placed = comp.jobs, alloc.pinned, alloc.placed
+    taken = 0
+    while pinned and taken < room:
+        jid = pinned.popleft()
+        job = jobs.get(jid)
+        if job is None or job.alloc is not None:
+            continue  # cancelled while queued
+        job.alloc = alloc
+        placed.add(jid)
+        ids.append(jid)
+        taken += 1
+    comp.queued -= taken
+    return taken
+
+
+def send(alloc: Allocation, ids: list[int], free: int, out: list[Command]) -> int:
+    """One SendJobs of ``ids`` to ``alloc``; the first ``free`` run now (JobsRunning).
+
+    Jobs that fill free CPUs run now; the rest wait on the node (so its CPUs never wait for
+    the network) and the node says when each of them starts. Returns how many started.
+    """
+    if free >= len(ids):
+        start, ahead = ids, _NONE
+    else:
+        free = free if free > 0 else 0
+        start, ahead = ids[:free], frozenset(ids[free:])
+    jobs = alloc.comp.jobs
+    for jid in start:
+        move(jobs[jid], _RUNNING)
+    alloc.busy += len(start)
+    key, comp_id = alloc.node.key, alloc.comp.comp_id
+    out.append(SendJobs(key, comp_id, tuple(ids), ahead))
+    if start:
+        out.append(JobsRunning(key, comp_id, tuple(start)))
+    return len(start)

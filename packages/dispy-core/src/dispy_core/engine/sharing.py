@@ -15,8 +15,9 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from heapq import heapify, heappop, heappush, heapreplace
 
-from dispy_core.engine.commands import Command, JobsRunning, SendJobs
-from dispy_core.engine.records import Allocation, Computation, Node, move
+from dispy_core.engine.commands import Command
+from dispy_core.engine.placement import send, take_pinned
+from dispy_core.engine.records import Allocation, Computation, Node
 from dispy_core.protocol.jobs import JobStatus
 
 __all__ = ["admitted", "node_free", "place_shared"]
@@ -109,26 +110,10 @@ def place_shared(comps: list[Computation], out: list[Command]) -> None:
 
 
 def _place_pinned(comp: Computation, by_alloc: dict[Allocation, list[int]], free: Free) -> None:
-    jobs = comp.jobs
     dirty, comp.dirty_pins = comp.dirty_pins, {}
     for alloc in dirty:
         lim = free(alloc.node)
-        room = min(alloc.room, lim[0])
-        pinned, placed = alloc.pinned, alloc.placed
-        ids = by_alloc.setdefault(alloc, [])
-        count = len(ids)
-        while pinned and room > 0:
-            jid = pinned.popleft()
-            job = jobs.get(jid)
-            if job is None or job.alloc is not None:
-                continue  # cancelled while queued
-            job.alloc = alloc
-            placed.add(jid)
-            ids.append(jid)
-            room -= 1
-        count = len(ids) - count
-        comp.queued -= count
-        lim[0] -= count
+        lim[0] -= take_pinned(comp, alloc, min(alloc.room, lim[0]), by_alloc.setdefault(alloc, []))
         comp.touch(alloc)  # files it again for its pinned jobs left, if it has room
 
 
@@ -158,15 +143,4 @@ def _next_queued(comp: Computation) -> int | None:
 
 def _send(alloc: Allocation, ids: list[int], lim: list[int], out: list[Command]) -> None:
     """As ``placement.place`` sends, but jobs start now only on CPUs free on the whole node."""
-    jobs = alloc.comp.jobs
-    free = min(alloc.cpus - alloc.busy, lim[1])
-    free = free if free > 0 else 0
-    start, ahead = (ids, _NONE) if free >= len(ids) else (ids[:free], frozenset(ids[free:]))
-    for jid in start:
-        move(jobs[jid], _RUNNING)
-    alloc.busy += len(start)
-    lim[1] -= len(start)
-    key, comp_id = alloc.node.key, alloc.comp.comp_id
-    out.append(SendJobs(key, comp_id, tuple(ids), ahead))
-    if start:
-        out.append(JobsRunning(key, comp_id, tuple(start)))
+    lim[1] -= send(alloc, ids, min(alloc.cpus - alloc.busy, lim[1]), out)
