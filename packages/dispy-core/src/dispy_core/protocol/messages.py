@@ -354,6 +354,147 @@ class Notice(_Message):
     text: Reason
 
 
+# --- client <-> scheduler (shared execution; PROTOCOL.md section 13) ----------------------
+# A SharedJobCluster connects to the scheduler's scheduler_port (role "client", the cluster
+# secret) and keeps that one connection. Messages name the client's own comp_id and job ids;
+# nodes are named by their address (ip_addr, port) as the node announced it.
+
+Host = Annotated[str, StringConstraints(min_length=1, max_length=255, pattern=NO_NUL)]
+Port = Annotated[int, Field(ge=0, le=65535)]
+NodeStatusName = Literal["initialized", "closed", "abandoned", "setup_failed"]
+EndStatus = Literal["cancelled", "abandoned", "terminated"]
+
+
+class SharedComputation(_Message):
+    """A SharedJobCluster opens its computation (dependencies follow as ``file.put`` with no
+    ``job_id``, then ``computation.start`` with the bundle or program JSON)."""
+
+    type: Literal["sched.computation"] = "sched.computation"
+    comp_id: Id
+    name: Name
+    kind: Literal["function", "program"]
+    dest_path: Path | None = None
+    cleanup: bool = True
+    reentrant: bool = False
+    exclusive: bool = False
+    # Nodes the client listed by name or address: the scheduler pings them too.
+    hosts: list[Host] = Field(default=[], max_length=1024)
+
+
+class SharedStatus(_Message):
+    """Where the client's computation stands: ``accepted`` (after ``computation.start``;
+    ``sched_id`` names it in the scheduler's store, for ``recover_jobs``), ``waiting`` (its
+    turn has not come: an exclusive computation runs or waits before it) or ``active``."""
+
+    type: Literal["sched.status"] = "sched.status"
+    comp_id: Id
+    state: Literal["accepted", "waiting", "active"]
+    sched_id: Id = 0
+    pulse_interval: float | None = Field(default=None, gt=0, le=600, allow_inf_nan=False)
+
+
+class NodeOffer(_Message):
+    """A node the scheduler can use for the computation: the client decides (patterns,
+    NodeAllocate) and answers ``sched.allocate``."""
+
+    type: Literal["sched.offer"] = "sched.offer"
+    comp_id: Id
+    name: Name
+    ip_addr: Host
+    port: Port
+    cpus: Cpus
+    platform: Name
+    avail: AvailInfo | None = None
+
+
+class NodeAllocation(_Message):
+    """The client's answer to ``sched.offer`` (or ``cluster.allocate_node`` later): use
+    ``cpus`` of the node for this computation; 0 means do not use it."""
+
+    type: Literal["sched.allocate"] = "sched.allocate"
+    comp_id: Id
+    ip_addr: Host
+    port: Port
+    cpus: Annotated[int, Field(ge=0, le=MAX_CPUS)]
+
+
+class SharedNode(_Message):
+    """A node's status for the computation changed (it set the computation up, closed it,
+    was lost, or its setup failed with ``reason``)."""
+
+    type: Literal["sched.node"] = "sched.node"
+    comp_id: Id
+    ip_addr: Host
+    port: Port
+    status: NodeStatusName
+    cpus: Annotated[int, Field(ge=0, le=MAX_CPUS)] = 0
+    reason: Reason | None = None
+    avail: AvailInfo | None = None
+
+
+class SharedSubmit(_Message):
+    """Jobs for the computation, as ``jobs.submit`` (payload: the arguments concatenated);
+    ``pinned`` lists ``(job_id, ip_addr, port)`` of jobs that must run on that node."""
+
+    type: Literal["sched.submit"] = "sched.submit"
+    comp_id: Id
+    jobs: list[tuple[Id, Size]] = Field(max_length=MAX_IDS)
+    pinned: list[tuple[Id, Host, Port]] = Field(default=[], max_length=MAX_IDS)
+
+
+class SharedRunning(_Message):
+    """These jobs run on the node from now (or run again after a requeue)."""
+
+    type: Literal["sched.running"] = "sched.running"
+    comp_id: Id
+    ip_addr: Host
+    port: Port
+    job_ids: list[Id] = Field(max_length=MAX_IDS)
+
+
+class SharedRequeued(_Message):
+    """The node of these jobs was lost and the computation is reentrant: they wait again."""
+
+    type: Literal["sched.requeued"] = "sched.requeued"
+    comp_id: Id
+    job_ids: list[Id] = Field(max_length=MAX_IDS)
+
+
+class SharedDone(_Message):
+    """Jobs ended on the node: ``jobs.done`` as the node sent it, with the node named; the
+    payload is the node's replies, unchanged. The client answers ``jobs.ack``."""
+
+    type: Literal["sched.done"] = "sched.done"
+    comp_id: Id
+    ip_addr: Host
+    port: Port
+    jobs: list[JobReport] = Field(max_length=MAX_IDS)
+
+
+class SharedEnded(_Message):
+    """The scheduler ended jobs itself (cancelled before they ran, their node lost with the
+    computation not reentrant, the computation dropped): ``(job_id, status, reason)``."""
+
+    type: Literal["sched.ended"] = "sched.ended"
+    comp_id: Id
+    jobs: list[tuple[Id, EndStatus, Reason]] = Field(max_length=MAX_IDS)
+
+
+class SharedFilePut(_Message):
+    """``cluster.send_file(path, node)``: a file for the computation on one node (payload:
+    its bytes); answered with ``file.ack`` carrying ``req``."""
+
+    type: Literal["sched.file"] = "sched.file"
+    comp_id: Id
+    ip_addr: Host
+    port: Port
+    path: Path
+    size: Size
+    mode: int = Field(default=0o644, ge=0, le=0o7777)
+    mtime: float | None = Field(default=None, ge=-MAX_TIME, le=MAX_TIME, allow_inf_nan=False)
+    req: Id
+
+
 Message = Annotated[
     Hello
     | Challenge
@@ -380,7 +521,18 @@ Message = Annotated[
     | Pulse
     | CloseComputation
     | ComputationClosed
-    | Notice,
+    | Notice
+    | SharedComputation
+    | SharedStatus
+    | NodeOffer
+    | NodeAllocation
+    | SharedNode
+    | SharedSubmit
+    | SharedRunning
+    | SharedRequeued
+    | SharedDone
+    | SharedEnded
+    | SharedFilePut,
     Field(discriminator="type"),
 ]
 MESSAGE: TypeAdapter[Message] = TypeAdapter(Message)
