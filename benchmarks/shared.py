@@ -233,9 +233,7 @@ def main() -> int:
             for n in range(repeat):
                 print(f"run {n + 1}/{repeat}", file=sys.stderr)
                 rows["latency_p50"].runs["shared"].append(latency(sched.cluster(), sizes))
-                rows["latency_p50"].runs["jobcluster"].append(
-                    latency(own.cluster(noop), sizes)
-                )
+                rows["latency_p50"].runs["jobcluster"].append(latency(own.cluster(noop), sizes))
                 rows["latency_p50"].runs["pool"].append(pool_latency(pool, run.SIZES)[0])
                 for key, count in (("throughput", sizes.throughput), ("scale", sizes.scale)):
                     rows[key].runs["shared"].append(throughput(sched.cluster(), count))
