@@ -325,12 +325,14 @@ async def _serve(
         replies = [Reply(r.job_id, r.outcome, r.start, r.end, data) for r, data in stored]
         for message, payloads in job_done_messages(sched_id, replies):
             await conn.send(message, payloads)
-        async with asyncio.TaskGroup() as tg:
-            forward = tg.create_task(_forward(conn, sched_id, later))
-            try:
-                await _answer(conn, sched_id, cs, comp)
-            finally:
-                forward.cancel()
+        # Owned here: cancelled and awaited before this returns, whatever happens.
+        forward = asyncio.ensure_future(_forward(conn, sched_id, later))
+        try:
+            await _answer(conn, sched_id, cs, comp)
+        finally:
+            forward.cancel()
+            with contextlib.suppress(asyncio.CancelledError, ConnectionClosed, ProtocolError):
+                await forward
     finally:
         if unsubscribe is not None:
             unsubscribe()
