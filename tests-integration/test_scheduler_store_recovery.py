@@ -54,7 +54,9 @@ async def _open_on_node(port: int, secret: str, cpus: int) -> Connection:
     conn.send_nowait(
         ComputationSetup(comp_id=SCHED_ID, name="blocks", kind="function", cpus=cpus)
     )
-    bundle = serialize.dumps({"computation": block_on, "setup": None, "cleanup": None, "depends": []})
+    bundle = serialize.dumps(
+        {"computation": block_on, "setup": None, "cleanup": None, "depends": []}
+    )
     await conn.send(ComputationStart(comp_id=SCHED_ID), bundle)
     async with asyncio.timeout(30):
         while True:
@@ -147,7 +149,8 @@ def test_jobs_still_running_at_the_timeout_end_cancelled_and_the_node_is_freed(
     asyncio.run(before_the_kill())
     restarted = Store(root)
     [cs] = restarted.found()
-    count = asyncio.run(recover_from_nodes(cs, node_secret=secret, tls=TLSConfig(None), timeout=1.5))
+    recovery = recover_from_nodes(cs, node_secret=secret, tls=TLSConfig(None), timeout=1.5)
+    count = asyncio.run(recovery)
     assert count == 1
     [(outcome, reply)] = _stored(restarted).values()
     assert outcome == "cancelled"
