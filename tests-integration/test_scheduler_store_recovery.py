@@ -51,9 +51,7 @@ async def _open_on_node(port: int, secret: str, cpus: int) -> Connection:
     async with asyncio.timeout(10):
         msg, _ = await conn.recv()
     assert isinstance(msg, NodeInfo), msg
-    conn.send_nowait(
-        ComputationSetup(comp_id=SCHED_ID, name="blocks", kind="function", cpus=cpus)
-    )
+    conn.send_nowait(ComputationSetup(comp_id=SCHED_ID, name="blocks", kind="function", cpus=cpus))
     bundle = serialize.dumps(
         {"computation": block_on, "setup": None, "cleanup": None, "depends": []}
     )
