@@ -145,9 +145,7 @@ def test_recover_jobs_names_the_scheduler_it_cannot_reach(
     _recover_file(recover_file, port, free_port())
     jobs = recover_jobs(str(recover_file), timeout=5)
     assert {job.status for job in jobs} == {JobStatus.Abandoned}
-    assert any(
-        f"cannot reach scheduler 127.0.0.1:{port}" in r.getMessage() for r in caplog.records
-    )
+    assert any(f"cannot reach scheduler 127.0.0.1:{port}" in r.getMessage() for r in caplog.records)
 
 
 def test_a_damaged_scheduler_record_is_refused(tmp_path: Path) -> None:
