@@ -76,6 +76,8 @@ def test_forget_and_close(tmp_path: Path) -> None:
     assert not (tmp_path / "3").exists()
     assert not (tmp_path / ".dispy-results" / "3").exists()
     assert Store(tmp_path).found() == []
+    cs.store(*_results((4, 4)))  # late: dropped, nothing left behind
+    assert not (tmp_path / ".dispy-results" / "3").exists()
 
 
 def test_the_store_is_private(tmp_path: Path) -> None:

@@ -141,6 +141,12 @@ class ComputationStore:
     def store(self, reports: Sequence[JobReport], payload: Payload) -> None:
         """Keep results no one could take: ``reports`` as in ``jobs.done`` (the client's
         job ids) and their replies concatenated in that order."""
+        if self.closed:
+            # Its client took everything and closed it: nobody is left to deliver these to.
+            log.warning(
+                "computation %d is closed: %d late result(s) dropped", self.sched_id, len(reports)
+            )
+            return
         view = memoryview(payload)
         replies: list[Reply] = []
         at = 0
