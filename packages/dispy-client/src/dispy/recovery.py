@@ -14,6 +14,11 @@ with mode 0600: an existing file, or a link planted at its name, is never writte
 A file already there is refused rather than reused: it may be the log of an earlier run
 whose jobs are still to be recovered, and truncating it would lose them. A cleanly closed
 cluster removes it.
+
+A SharedJobCluster's header also names its scheduler (``"scheduler": [host, port]``) and
+the id the scheduler gave the computation (``"sched_id"``): its jobs are then recovered
+from the scheduler alone (PROTOCOL.md section 13, "Recovery"), which holds their results or
+gets them from the nodes; the nodes in the file only tell where each job ran.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ import os
 import stat
 import threading
 import time
+from dataclasses import dataclass
 from typing import Any, TextIO
 
 from dispy.jobs import DispyJob
@@ -215,6 +221,7 @@ class _Plan:
             )
         self.header = lines[0]
         self.secret = _header_secret(path, self.header)
+        self.scheduler = _header_scheduler(path, self.header)
         self.ids: dict[int, Any] = {}
         self.where: dict[int, tuple[str, int]] = {}
         self.nodes: set[tuple[str, int]] = set()
@@ -240,6 +247,20 @@ class _Plan:
                 self.done.update(record["d"])
 
 
+def _header_scheduler(path: str, header: dict[str, Any]) -> tuple[str, int] | None:
+    """A SharedJobCluster's scheduler (host, port), or None for a JobCluster's file."""
+    if "scheduler" not in header:
+        return None
+    try:
+        host, port = header["scheduler"]
+        int(header["sched_id"])
+        return str(host), int(port)
+    except (KeyError, TypeError, ValueError):
+        raise ValueError(
+            f"recover file {path!r} is damaged: its scheduler or sched_id is unreadable"
+        ) from None
+
+
 def _header_secret(path: str, header: dict[str, Any]) -> str:
     name = header.get("secret_env")
     if name is None:
@@ -259,8 +280,9 @@ def recover_jobs(
     """Collect the jobs of a client that stopped, from the nodes that ran them.
 
     Args:
-        recover_file: the cluster's recover file (``recover_file`` of JobCluster, by default
-            ``_dispy_YYYYMMDDHHMMSS`` in the directory it ran in).
+        recover_file: the cluster's recover file (``recover_file`` of JobCluster or
+            SharedJobCluster, by default ``_dispy_YYYYMMDDHHMMSS`` in the directory it ran
+            in). A SharedJobCluster's jobs are recovered through its scheduler.
         timeout: seconds to wait for jobs still running (None: until all are done).
         terminate_pending: cancel the jobs that are not done when ``timeout`` passes.
 
@@ -273,7 +295,8 @@ def recover_jobs(
     """
     plan = _Plan(recover_file)
     if not plan.secret:
-        nodes = ", ".join(f"{host}:{port}" for host, port in sorted(plan.nodes)) or "(none)"
+        peers = [plan.scheduler] if plan.scheduler is not None else sorted(plan.nodes)
+        nodes = ", ".join(f"{host}:{port}" for host, port in peers) or "(none)"
         log.warning(
             "recover_jobs has no secret (the cluster had none): whoever answers at %s (the "
             "nodes, or anyone posing as them) can send back results this program unpickles, "
@@ -288,6 +311,17 @@ def recover_jobs(
         with contextlib.suppress(OSError):
             os.remove(recover_file)
     return jobs
+
+
+@dataclass(slots=True)
+class _Wanted:
+    """What every peer asked shares: the jobs still wanted, those pending on some peer, all
+    jobs by id, and whether the peer is where the jobs ran (a node; not a scheduler)."""
+
+    wanted: set[int]
+    pending: set[int]
+    jobs: dict[int, DispyJob]
+    peer_ran_it: bool
 
 
 async def _recover(
@@ -310,17 +344,37 @@ async def _recover(
     pending: set[int] = set()
     # Jobs handed back here are marked done in the file before the nodes may forget them,
     # so a later recover_jobs (for jobs still running now) does not ask for them again.
+    if plan.scheduler is not None:
+        # Shared: the scheduler answers for every node, under its own id of the computation.
+        header["comp_id"] = int(header["sched_id"])
+        peers, peer_ran_it = [plan.scheduler], False
+    else:
+        peers, peer_ran_it = sorted(plan.nodes), True
     with open(path, "a") as ledger:  # noqa: ASYNC230 - a few small appends, flushed
         await asyncio.gather(
             *(
-                _recover_node(header, tls, node, wanted, pending, jobs, deadline, terminate, ledger)
-                for node in sorted(plan.nodes)
+                _recover_node(
+                    header,
+                    tls,
+                    peer,
+                    _Wanted(wanted, pending, jobs, peer_ran_it),
+                    deadline,
+                    terminate,
+                    ledger,
+                )
+                for peer in peers
             )
         )
     for uid in sorted(wanted - pending):
         job = jobs[uid]
         job.status = JobStatus.Abandoned
-        if uid in plan.where:
+        if plan.scheduler is not None:
+            host, port = plan.scheduler
+            job.exception = (
+                f"scheduler {host}:{port} does not have this job (it may not have reached the "
+                "scheduler before the client stopped, or the scheduler was started with --clean)"
+            )
+        elif uid in plan.where:
             node = plan.where[uid]
             job.exception = f"node {node[0]}:{node[1]} does not have this job (was it restarted?)"
         else:
@@ -333,23 +387,23 @@ async def _recover_node(
     header: dict[str, Any],
     tls: TLSConfig,
     node: tuple[str, int],
-    wanted: set[int],
-    pending_anywhere: set[int],
-    jobs: dict[int, DispyJob],
+    asked: _Wanted,
     deadline: float | None,
     terminate: bool,
     ledger: TextIO,
 ) -> None:
+    wanted, pending_anywhere, jobs = asked.wanted, asked.pending, asked.jobs
     comp_id = int(header["comp_id"])
     msg_timeout = float(header.get("msg_timeout", 5.0))
+    kind = "node" if asked.peer_ran_it else "scheduler"
     where = f"{node[0]}:{node[1]}"
-    opened = await _open_recovery(header, tls, node, comp_id, msg_timeout)
+    opened = await _open_recovery(header, tls, node, comp_id, msg_timeout, kind)
     if opened is None:
         return
     conn, status = opened
 
     async def take(msg: JobDone, payload: Payload) -> None:
-        _apply(msg, payload, jobs, node, wanted)
+        _apply(msg, payload, jobs, node if asked.peer_ran_it else None, wanted)
         ledger.write(json.dumps({"d": [r.job_id for r in msg.jobs]}) + "\n")
         ledger.flush()
         for report in msg.jobs:
@@ -394,7 +448,7 @@ async def _recover_node(
                         if isinstance(msg, ComputationClosed):
                             break
     except (ConnectionClosed, ProtocolError) as exc:
-        log.warning("recover: node %s: %s", where, exc)
+        log.warning("recover: %s %s: %s", kind, where, exc)
     finally:
         await conn.close()
 
@@ -405,8 +459,10 @@ async def _open_recovery(
     node: tuple[str, int],
     comp_id: int,
     msg_timeout: float,
+    kind: str = "node",
 ) -> tuple[Connection, RecoverStatus] | None:
-    """Connect and ask; retry while the node has not yet noticed its client is gone."""
+    """Connect and ask; retry while the node (or scheduler: ``kind``) has not yet noticed
+    its client is gone."""
     where = f"{node[0]}:{node[1]}"
     deadline = time.monotonic() + max(2 * msg_timeout, 5.0)
     while True:
@@ -433,12 +489,14 @@ async def _open_recovery(
             if "still connected" in exc.reason and time.monotonic() < deadline:
                 await asyncio.sleep(0.2)
                 continue
-            log.warning("recover: node %s: %s", where, exc.reason)
+            log.warning("recover: %s %s: %s", kind, where, exc.reason)
             return None
         except (OSError, TimeoutError, ConnectionClosed, ProtocolError) as exc:
             if conn is not None:
                 await conn.close()
-            log.warning("recover: cannot reach node %s: %s", where, str(exc) or type(exc).__name__)
+            log.warning(
+                "recover: cannot reach %s %s: %s", kind, where, str(exc) or type(exc).__name__
+            )
             return None
 
 
@@ -446,9 +504,10 @@ def _apply(
     msg: JobDone,
     payload: Payload,
     jobs: dict[int, DispyJob],
-    node: tuple[str, int],
+    node: tuple[str, int] | None,
     wanted: set[int],
 ) -> None:
+    """Apply the results in ``msg``; ``node``: where they ran (None: as the file says)."""
     for report, data in iter_replies(msg, payload):
         job = jobs.get(report.job_id)
         if job is None or report.job_id not in wanted:
@@ -456,7 +515,8 @@ def _apply(
         wanted.discard(report.job_id)
         status, job.result, job.stdout, job.stderr, job.exception = read_reply(report.outcome, data)
         job.start_time, job.end_time = report.start, report.end
-        job.ip_addr = node[0]
+        if node is not None:
+            job.ip_addr = node[0]
         job.status = status
         job._mark_done()
 

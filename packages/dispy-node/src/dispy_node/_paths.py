@@ -10,13 +10,11 @@ from __future__ import annotations
 import os
 import re
 import secrets
-import shutil
-import stat
 
 from dispy_core.files import makedirs
 from dispy_core.paths import Refusal, UnsafePathError, safe_join
+from dispy_core.private_dir import PrivateDirError, prepare_private_dir
 from dispy_core.result_store import DIRNAME, PRIVATE_DIR
-from dispy_core.secret import user_name
 
 # The node's store of undelivered results, under the prefix (dispy_core.result_store): no
 # computation may live there, or it would read other clients' results and its cleanup
@@ -74,11 +72,8 @@ def _refuse_node_own(prefix: str, path: str, dest_path: str) -> None:
 
 
 def prepare_prefix(prefix: str, clean: bool) -> str | None:
-    """Make the prefix (0700, with any missing parent) or check the one that is there.
-
-    Clients' code, files and undelivered results live under it: a prefix another user owns
-    (or can replace, through a parent they own or anyone may write) would let that user
-    read them, or plant links and files the node then writes through or runs.
+    """Make the prefix (0700, with any missing parent) or check the one that is there
+    (:func:`dispy_core.private_dir.prepare_private_dir`, shared with the scheduler).
 
     Returns:
         A warning to log, if the prefix is there and open to others.
@@ -86,81 +81,16 @@ def prepare_prefix(prefix: str, clean: bool) -> str | None:
     Raises:
         PrefixError: naming the directory and its owner.
     """
-    for folder in _ancestors(prefix):
-        _check_ancestor(prefix, folder)
     try:
-        _check_owner(prefix, os.stat(prefix))
-    except FileNotFoundError:
-        pass
-    except OSError as exc:
-        raise PrefixError(
-            f"cannot use --dest_path_prefix {prefix}: {exc.strerror or exc}"
-        ) from None
-    else:
-        if clean:
-            shutil.rmtree(prefix, ignore_errors=True)
-    try:
-        makedirs(prefix, PRIVATE_DIR)
-        info = os.stat(prefix)
-    except OSError as exc:
-        raise PrefixError(
-            f"cannot create --dest_path_prefix {prefix}: {exc.strerror or exc}"
-        ) from None
-    _check_owner(prefix, info)
-    if info.st_mode & 0o077:
-        return (
-            f"--dest_path_prefix {prefix} may be listed by other users (mode "
-            f"{stat.S_IMODE(info.st_mode):04o}); each computation's files stay private, "
-            f"but consider: chmod 700 {prefix}"
+        return prepare_private_dir(
+            prefix,
+            clean=clean,
+            label="--dest_path_prefix",
+            server="this node",
+            note="each computation's files stay private",
         )
-    return None
-
-
-def _ancestors(path: str) -> list[str]:
-    # Of the directory the prefix resolves to: a link may lead elsewhere.
-    real = os.path.dirname(os.path.realpath(path))
-    out = [real]
-    while os.path.dirname(real) != real:
-        real = os.path.dirname(real)
-        out.append(real)
-    return out
-
-
-def _check_ancestor(prefix: str, folder: str) -> None:
-    try:
-        info = os.stat(folder)
-    except OSError:
-        return  # missing: makedirs creates it, private
-    if info.st_uid not in (0, os.geteuid()):
-        raise PrefixError(
-            f"--dest_path_prefix {prefix} is inside {folder}, which belongs to "
-            f"{_owner(info.st_uid)}: that user could replace it; choose another prefix"
-        )
-    if info.st_mode & stat.S_IWOTH and not info.st_mode & stat.S_ISVTX:
-        raise PrefixError(
-            f"--dest_path_prefix {prefix} is inside {folder}, which anyone may write "
-            f"(mode {stat.S_IMODE(info.st_mode):04o}, not sticky): choose another prefix"
-        )
-
-
-def _check_owner(prefix: str, info: os.stat_result) -> None:
-    if not stat.S_ISDIR(info.st_mode):
-        raise PrefixError(f"--dest_path_prefix {prefix} is not a directory")
-    if info.st_uid != os.geteuid():
-        raise PrefixError(
-            f"--dest_path_prefix {prefix} belongs to {_owner(info.st_uid)}, not to "
-            f"{user_name()!r} who runs this node: that user could read clients' files and "
-            "results; choose another prefix (or change its owner)"
-        )
-
-
-def _owner(uid: int) -> str:
-    try:
-        import pwd
-
-        return f"user {pwd.getpwuid(uid).pw_name!r} (uid {uid})"
-    except (ImportError, KeyError):
-        return f"uid {uid}"
+    except PrivateDirError as exc:
+        raise PrefixError(str(exc)) from None
 
 
 __all__ = [
