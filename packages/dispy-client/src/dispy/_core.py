@@ -324,6 +324,14 @@ class ClusterCore(JobShell):
         finally:
             session.cpus_waiter = None
 
+    def node_keys(self) -> list[NodeKey]:
+        """The nodes connected to this cluster (ready or being set up)."""
+        return list(self.sessions)
+
+    def ready_nodes(self) -> list[DispyNode]:
+        """The nodes serving this cluster now."""
+        return [s.node for s in list(self.sessions.values()) if s.ready]
+
     def allocate(self, alloc: NodeAllocate) -> None:
         self.opts.nodes.append(alloc)
         self.pinger.ping_all()
