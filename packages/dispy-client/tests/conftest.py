@@ -44,6 +44,7 @@ from dispy_core.protocol.messages import (
     _Message,
 )
 from dispy_core.results import pack_reply
+from dispy_core.security import TLSConfig
 
 SECRET = "shared-test-secret"
 
@@ -78,6 +79,7 @@ class FakeScheduler:
         auto_run: bool = True,
         refuse: str | None = None,
         sched_id: int = 77,
+        tls: TLSConfig | None = None,
     ) -> None:
         self.secret = secret
         self.nodes = nodes if nodes is not None else [FakeNode("127.0.0.1", name="n1")]
@@ -85,6 +87,7 @@ class FakeScheduler:
         self.auto_run = auto_run
         self.refuse = refuse
         self.sched_id = sched_id
+        self.tls = tls
         self.clients: list[Client] = []
         self.log: list[tuple[int, Message, bytes]] = []  # (client index, message, payload)
         self._cond = threading.Condition()
@@ -151,7 +154,7 @@ class FakeScheduler:
             tasks=self.tasks,
             host="127.0.0.1",
             port=0,
-            ssl_context=None,
+            ssl_context=self.tls.server if self.tls is not None else None,
             handshake_timeout=5,
         )
         port: int = self.server.sockets[0].getsockname()[1]

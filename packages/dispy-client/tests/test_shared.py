@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -15,6 +17,7 @@ from typing import Any
 import pytest
 
 import dispy
+from dispy import _shared_core
 from dispy.shared import SchedulerError
 from dispy_core import serialize
 from dispy_core.protocol.jobs import JobStatus, NodeStatus
@@ -27,6 +30,7 @@ from dispy_core.protocol.messages import (
     JobCancel,
     JobProvisional,
     NodeAllocation,
+    Pulse,
     SharedComputation,
     SharedEnded,
     SharedFilePut,
@@ -35,6 +39,7 @@ from dispy_core.protocol.messages import (
     SharedRunning,
     SharedSubmit,
 )
+from dispy_core.security import TLSConfig
 from dispy_core.testing import free_port, wait_for
 
 SECRET = "shared-test-secret"  # the fake scheduler's (conftest.py)
@@ -417,3 +422,40 @@ def test_close_with_terminate_abandons_what_the_scheduler_did_not_end(fake_sched
     assert close.terminate is True
     assert job.status == JobStatus.Abandoned
     assert job.exception == "cluster closed"
+
+
+def test_a_silent_scheduler_is_declared_lost(fake_scheduler, tmp_path, monkeypatch):
+    monkeypatch.setattr(_shared_core, "SILENCE_LIMIT", 0.6)  # the fake never pulses
+    sched = fake_scheduler(auto_run=False)
+    cluster = shared(sched, tmp_path)
+    job = cluster.submit(1)
+    sched.expect(Pulse, timeout=5)  # the client keeps the connection alive meanwhile
+    assert job.finish.wait(5)
+    assert job.status == JobStatus.Abandoned
+    assert "lost: nothing heard from it for" in job.exception
+    cluster.close(timeout=5)
+    os.remove(cluster.recover_file)
+
+
+def make_cert(directory: Any) -> tuple[str, str]:
+    """A self-signed certificate: (key file, cert file)."""
+    key, cert = directory / "dispy.key", directory / "dispy.crt"
+    command = "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2"
+    args = [*command.split(), "-keyout", str(key), "-out", str(cert), "-subj", "/CN=dispy"]
+    subprocess.run(args, check=True, capture_output=True, timeout=30)
+    return str(key), str(cert)
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl CLI")
+def test_tls_toward_the_scheduler_and_a_clear_error_when_one_side_lacks_it(
+    fake_scheduler, tmp_path
+):
+    key, cert = make_cert(tmp_path)
+    with_tls = fake_scheduler(compute=square, tls=TLSConfig(cert, key))
+    with shared(with_tls, tmp_path, certfile=cert, keyfile=key) as cluster:
+        assert cluster.submit(6)() == 36
+    with pytest.raises(SchedulerError, match="this client: a secret .*, no TLS"):
+        shared(with_tls, tmp_path, msg_timeout=1)
+    without_tls = fake_scheduler()
+    with pytest.raises(SchedulerError, match=f"TLS with certfile '{cert}'"):
+        shared(without_tls, tmp_path, certfile=cert, keyfile=key, msg_timeout=1)
