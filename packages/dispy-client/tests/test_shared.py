@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 import subprocess
 import threading
@@ -454,8 +455,8 @@ def test_tls_toward_the_scheduler_and_a_clear_error_when_one_side_lacks_it(
     with_tls = fake_scheduler(compute=square, tls=TLSConfig(cert, key))
     with shared(with_tls, tmp_path, certfile=cert, keyfile=key) as cluster:
         assert cluster.submit(6)() == 36
-    with pytest.raises(SchedulerError, match="this client: a secret .*, no TLS"):
+    with pytest.raises(SchedulerError, match=r"this client: a secret .*, no TLS"):
         shared(with_tls, tmp_path, msg_timeout=1)
     without_tls = fake_scheduler()
-    with pytest.raises(SchedulerError, match=f"TLS with certfile '{cert}'"):
+    with pytest.raises(SchedulerError, match=re.escape(f"TLS with certfile '{cert}'")):
         shared(without_tls, tmp_path, certfile=cert, keyfile=key, msg_timeout=1)
