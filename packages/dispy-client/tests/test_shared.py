@@ -98,7 +98,7 @@ def shared(sched: Any, tmp_path: Any, **kwargs: Any) -> dispy.SharedJobCluster:
     )
 
 
-def test_jobs_run_and_report_results_statuses_and_callbacks(fake_scheduler, tmp_path):
+def test_jobs_run_and_report_results_statuses_and_callbacks(fake_scheduler, tmp_path, capsys):
     sched = fake_scheduler(compute=square)
     rec = Recorder()
     cluster = shared(sched, tmp_path, callback=rec.callback, cluster_status=rec.status)
@@ -106,7 +106,7 @@ def test_jobs_run_and_report_results_statuses_and_callbacks(fake_scheduler, tmp_
         opened, _ = sched.expect(SharedComputation)
         assert opened.name == "square"
         assert opened.kind == "function"
-        assert opened.exclusive is False
+        assert (opened.exclusive, opened.reentrant, opened.cleanup) == (False, False, True)
         sched.expect(ComputationStart)
         with open(cluster.recover_file) as fh:
             header = json.loads(fh.readline())
@@ -132,6 +132,8 @@ def test_jobs_run_and_report_results_statuses_and_callbacks(fake_scheduler, tmp_
         assert cluster.nodes()[0].jobs_done == 5
         assert cluster.set_node_cpus("127.0.0.1", 1) == 2  # unchanged: the node is shared
         assert cluster.set_node_cpus("127.0.0.9", 1) == -1
+        cluster.print_status()
+        assert "127.0.0.1:51348 (n1)" in capsys.readouterr().out
     finally:
         cluster.close()
     close, _ = sched.expect(CloseComputation)
@@ -155,7 +157,9 @@ def test_submit_node_pins_the_job_to_that_node(fake_scheduler, tmp_path):
             fake_scheduler.Node("127.0.0.3", name="b", cpus=4),
         ]
     )
-    with shared(sched, tmp_path) as cluster:
+    with shared(sched, tmp_path, reentrant=True, exclusive=True) as cluster:
+        opened, _ = sched.expect(SharedComputation)
+        assert (opened.exclusive, opened.reentrant) == (True, True)
         wait_for(lambda: len(cluster.nodes()) == 2, 5)
         job = cluster.submit_node("127.0.0.3", 7)
         assert job() == 7
