@@ -30,12 +30,14 @@ from dispy_core.protocol.messages import (
     ComputationClosed,
     ComputationStart,
     FileAck,
+    JobCancel,
     JobReport,
     Message,
     NodeAllocation,
     NodeOffer,
     SharedComputation,
     SharedDone,
+    SharedEnded,
     SharedFilePut,
     SharedNode,
     SharedRunning,
@@ -234,6 +236,9 @@ class FakeScheduler:
                 self.run_job(client, uid, pin or key, part)
         elif isinstance(msg, SharedSubmit) and self.auto_run:
             self._run_jobs(client, msg, payload)
+        elif isinstance(msg, JobCancel) and self.auto_run:
+            ended = [(uid, "cancelled", "Cancelled") for uid in msg.job_ids]
+            conn.send_nowait(SharedEnded(comp_id=client.comp_id, jobs=ended))  # type: ignore[arg-type]
         elif isinstance(msg, SharedFilePut):
             conn.send_nowait(FileAck(comp_id=client.comp_id, req=msg.req))
         elif isinstance(msg, CloseComputation):

@@ -464,3 +464,22 @@ def test_tls_toward_the_scheduler_and_a_clear_error_when_one_side_lacks_it(
     without_tls = fake_scheduler()
     with pytest.raises(SchedulerError, match=re.escape(f"TLS with certfile '{cert}'")):
         shared(without_tls, tmp_path, certfile=cert, keyfile=key, msg_timeout=1)
+
+
+def test_no_node_serving_the_computation_is_warned_about(
+    fake_scheduler, tmp_path, monkeypatch, records
+):
+    monkeypatch.setattr(_shared_core, "NO_NODE_WARNING_DELAY", 0.2)
+    sched = fake_scheduler(nodes=[fake_scheduler.Node("127.0.0.7", name="far")])
+    with shared(sched, tmp_path, nodes=["127.0.0.8"]) as cluster:
+        job = cluster.submit(1)
+        wait_for(lambda: any(r.levelno == logging.WARNING for r in records), 5)
+        (warning,) = [r.getMessage() for r in records if r.levelno == logging.WARNING]
+        assert (
+            f"no node serves cluster 'square' on dispy-scheduler 127.0.0.1:{sched.port}" in warning
+        )
+        assert "(1 job(s) waiting)" in warning
+        assert "far (127.0.0.7:51348, 2 CPUs, declined by this cluster's nodes)" in warning
+        cluster.cancel(job)
+        assert job.finish.wait(5)
+        assert job.status == JobStatus.Cancelled

@@ -57,6 +57,11 @@ from dispy_core.aio.handshake import open_connection
 from dispy_core.aio.tasks import TaskOwner
 from dispy_core.config import dead_after
 from dispy_core.protocol.errors import ProtocolError
+from dispy_core.protocol.fanout import (
+    NO_NODE_RECHECK,
+    NO_NODE_WARNING_DELAY,
+    NO_NODE_WARNING_REPEAT,
+)
 from dispy_core.protocol.framing import Payload
 from dispy_core.protocol.jobs import JobStatus
 from dispy_core.protocol.messages import (
@@ -149,7 +154,7 @@ class SharedCore(SharedJobs):
         self._file_waiters: dict[int, asyncio.Future[str | None]] = {}
         self._accepted: asyncio.Future[None] | None = None
         self._closed: asyncio.Future[None] | None = None
-        self._heard = time.monotonic()
+        self._heard = self._started = time.monotonic()
         self._tasks = TaskOwner("shared cluster", log=log)
 
     @property
@@ -226,6 +231,8 @@ class SharedCore(SharedJobs):
         if not opts.secret:
             log.warning(self._no_secret_warning())
         self._tasks.start(self._keepalive(), name="keepalive")
+        self._started = time.monotonic()
+        self._tasks.start(self._watch_nodes(), name="no-node warning")
 
     async def _abort_start(self) -> None:
         self._closing = True
@@ -402,6 +409,17 @@ class SharedCore(SharedJobs):
                 return
             with contextlib.suppress(ConnectionClosed):
                 conn.send_nowait(Pulse())
+
+    async def _watch_nodes(self) -> None:
+        # The twin of JobCluster's no-node warning: the scheduler is there, but no node
+        # serves this computation (none offered, none wanted, or setup failed on each).
+        await asyncio.sleep(NO_NODE_WARNING_DELAY)
+        while self.lost is None and not self._closing:
+            if self.ready:
+                await asyncio.sleep(NO_NODE_RECHECK)
+                continue
+            log.warning(self.no_node_message(time.monotonic() - self._started))
+            await asyncio.sleep(NO_NODE_WARNING_REPEAT)
 
     def _on_message(self, msg: Message, payload: Payload) -> None:
         self._heard = time.monotonic()

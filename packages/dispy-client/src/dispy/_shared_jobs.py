@@ -310,6 +310,29 @@ class SharedJobs(JobEnds):
 
     # -- nodes, files -------------------------------------------------------------------
 
+    def no_node_message(self, waited: float) -> str:
+        """The warning given while no node serves the computation: what was offered."""
+        host, port = self.shared.scheduler
+        offered = [
+            f"{o.name} ({key[0]}:{key[1]}, {o.cpus} CPUs"
+            + (", declined by this cluster's nodes" if key not in self.allocated else "")
+            + (f", {self.known_nodes[key].error}" if key in self.known_nodes
+               and self.known_nodes[key].error else "")
+            + ")"
+            for key, o in self.offers.items()
+        ]  # fmt: skip
+        return "\n".join(
+            [
+                f"no node serves cluster {self.opts.name!r} on dispy-scheduler {host}:{port} "
+                f"after {waited:.0f} s ({len(self.jobs)} job(s) waiting).",
+                f"  offered: {', '.join(offered) or 'nothing (the scheduler has no node)'}",
+                "  usual causes: no dispy-node runs for the scheduler (or with another "
+                "--node_secret, or TLS on one side only); this cluster's nodes= entries or "
+                "NodeAllocate objects match none of its nodes; the computation's setup failed "
+                "on them (see the warnings above).",
+            ]
+        )
+
     def node_keys(self) -> list[NodeKey]:
         """Nodes given to this computation (set up or being set up)."""
         return list(self.ready | set(self.allocated))
