@@ -30,6 +30,12 @@ Before ``accepted`` a failure raises :class:`SchedulerError` out of :meth:`Share
 - Submitted jobs go out in the loop turn after ``submit()`` as ``sched.submit`` frames (a
   job's own files first, as ``file.put``), split as ``jobs.submit`` is.
 
+The recover file is JobCluster's (:mod:`dispy.recovery`, same default name and rules),
+created once the scheduler has accepted the computation; its header adds ``scheduler``
+(``[host, port]``) and ``sched_id`` (from ``sched.status accepted``), and its ``s``
+records name the scheduler as the peer the jobs were sent to (there are no ``n`` records:
+the client never talks to a node).
+
 *Lost*: one error log names the scheduler; every job not ended (and every one submitted
 later) ends Abandoned with "scheduler H:P lost: <why>"; the recover file stays, for
 ``recover_jobs``. Nothing waits for the scheduler after that.
