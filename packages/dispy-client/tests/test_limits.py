@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 import dispy
-from dispy import _depends, cluster
+from dispy import _depends, _facade
 from dispy._depends import DependencyError, read_file
 
 
@@ -30,7 +30,7 @@ def test_missing_file_is_named(tmp_path):
 
 
 def test_arguments_over_the_message_limit_are_refused_at_submit(monkeypatch, capsys):
-    monkeypatch.setattr(cluster, "DEFAULT_MAX_MESSAGE", 100_000)
+    monkeypatch.setattr(_facade, "DEFAULT_MAX_MESSAGE", 100_000)
     # no node is needed: the arguments are refused before anything is sent
     jc = dispy.JobCluster(echo, nodes=["127.0.0.1"], ip_addr="127.0.0.1", port=0, node_port=9)
     try:

@@ -27,7 +27,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from dispy._depends import FileSpec
-from dispy._files import safe_local_path
 from dispy._node_session import NodeSession, serve_node
 from dispy._pinger import Pinger
 from dispy._shell import JobShell
@@ -46,10 +45,9 @@ from dispy_core.engine import (
     Engine,
     Event,
 )
-from dispy_core.files import store_file
 from dispy_core.protocol.errors import ProtocolError
 from dispy_core.protocol.framing import Outgoing, Payload
-from dispy_core.protocol.messages import CloseComputation, FileAck, FilePut, SetCpus, clip
+from dispy_core.protocol.messages import CloseComputation, FilePut, SetCpus
 from dispy_core.secret import SECRET_ENV, no_secret_warning, user_name
 from dispy_core.security import TLSConfig
 
@@ -287,16 +285,7 @@ class ClusterCore(JobShell):
         )
 
     async def _receive_file(self, session: NodeSession, msg: FilePut, payload: Payload) -> None:
-        error: str | None = None
-        try:
-            target = safe_local_path(os.getcwd(), msg.path)
-            await asyncio.to_thread(store_file, target, payload, msg.mode, msg.mtime)
-        except (ValueError, OSError) as exc:
-            error = clip(f"client refused {msg.path!r}: {exc}")
-            log.warning("file from node %s: %s", session.node.name, error)
-        if msg.req:
-            with contextlib.suppress(ConnectionClosed):
-                session.conn.send_nowait(FileAck(comp_id=self.comp_id, req=msg.req, error=error))
+        await self._store_file(session.conn, msg, payload, f"node {session.node.name}")
 
     async def send_file(self, key: NodeKey, spec: FileSpec) -> str | None:
         """Copy a file into the computation's directory on one node; None on success."""
@@ -334,6 +323,14 @@ class ClusterCore(JobShell):
             return -1
         finally:
             session.cpus_waiter = None
+
+    def node_keys(self) -> list[NodeKey]:
+        """The nodes connected to this cluster (ready or being set up)."""
+        return list(self.sessions)
+
+    def ready_nodes(self) -> list[DispyNode]:
+        """The nodes serving this cluster now."""
+        return [s.node for s in list(self.sessions.values()) if s.ready]
 
     def allocate(self, alloc: NodeAllocate) -> None:
         self.opts.nodes.append(alloc)

@@ -18,7 +18,7 @@ from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from dispy.nodes import DispyNode, DispyNodeAvailInfo, NodeAllocate
+from dispy.nodes import DispyNode, DispyNodeAvailInfo, cpus_for
 from dispy_core.aio.connection import Connection, ConnectionClosed, PeerRefused
 from dispy_core.config import DEFAULT_PULSE
 from dispy_core.engine import NodeCpusChanged, NodeHeard, NodeReady
@@ -70,25 +70,20 @@ class NodeSession:
     file_waiters: dict[int, asyncio.Future[str | None]] = field(default_factory=dict)
 
 
-def _find_allocation(core: ClusterCore, info: NodeInfo) -> NodeAllocate | None:
-    for alloc in core.opts.nodes:
-        if alloc._matches(info.ip_addr, info.port, core.opts.node_port):
-            return alloc
-    return None
-
-
 def _cpus_for(core: ClusterCore, info: NodeInfo, avail: DispyNodeAvailInfo | None) -> int:
     """The CPUs the cluster's NodeAllocate gives this node (0: not used)."""
-    alloc = _find_allocation(core, info)
-    if alloc is None:
-        return 0
-    try:
-        return int(
-            alloc.allocate(core.owner, info.ip_addr, info.name, info.cpus, avail, info.platform)
-        )
-    except Exception:
-        log.exception("allocate() of %r raised for node %s", alloc, info.name)
-        return 0
+    opts = core.opts
+    return cpus_for(
+        opts.nodes,
+        opts.node_port,
+        core.owner,
+        ip_addr=info.ip_addr,
+        port=info.port,
+        name=info.name,
+        cpus=info.cpus,
+        avail=avail,
+        platform=info.platform,
+    )
 
 
 async def serve_node(core: ClusterCore, conn: Connection) -> None:

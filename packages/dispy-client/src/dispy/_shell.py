@@ -27,16 +27,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import copy
 import logging
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
+from dispy._ends import JobEnds
 from dispy.jobs import DispyJob
 from dispy.nodes import DispyNode
-from dispy_core import serialize
 from dispy_core.aio.connection import ConnectionClosed
 from dispy_core.config import DEFAULT_PULSE, dead_after
 from dispy_core.engine import (
@@ -64,7 +63,6 @@ from dispy_core.protocol.framing import Buffer, Payload, nbytes
 from dispy_core.protocol.jobs import JobStatus, NodeStatus
 from dispy_core.protocol.messages import MAX_IDS, JobAck, JobCancel, JobDone, JobProvisional
 from dispy_core.protocol.messages import JobSubmit as JobSubmitMsg
-from dispy_core.results import iter_replies, read_reply
 
 if TYPE_CHECKING:
     from dispy._callbacks import CallbackRunner
@@ -83,7 +81,32 @@ _CREATED = JobStatus.Created
 _RUNNING = JobStatus.Running
 
 
-class JobShell:
+def job_frames(jobs: list[DispyJob]) -> Iterator[tuple[list[tuple[int, int]], list[Buffer]]]:
+    """``jobs`` in frames of ``([(id, length), ...], argument buffers)``, each at most
+    MAX_JOBS_PER_FRAME jobs and about MAX_BYTES_PER_FRAME bytes (a frame ends after the job
+    that crosses it): the jobs part and the payload of ``jobs.submit`` or ``sched.submit``."""
+    start = 0
+    while start < len(jobs):
+        batch: list[tuple[int, int]] = []
+        parts: list[Buffer] = []
+        size = 0
+        for job in jobs[start : start + MAX_JOBS_PER_FRAME]:
+            payload = job._payload or b""
+            if isinstance(payload, bytes):
+                length = len(payload)
+                parts.append(payload)
+            else:  # arguments with large bytes sent out of band: several buffers
+                length = nbytes(payload)
+                parts.extend(payload)
+            batch.append((job._uid, length))
+            size += length
+            if size >= MAX_BYTES_PER_FRAME:
+                break
+        start += len(batch)
+        yield batch, parts
+
+
+class JobShell(JobEnds):
     """The engine's shell (see the module docstring); mixed into ClusterCore, which owns
     the attributes declared here."""
 
@@ -293,24 +316,7 @@ class JobShell:
                         message = self._file_message(spec, job_id=job._uid)
                         session.conn.send_nowait(message, spec.data)
                 job._files = None
-        start = 0
-        while start < len(jobs):
-            batch: list[tuple[int, int]] = []
-            parts: list[Buffer] = []
-            size = 0
-            for job in jobs[start : start + MAX_JOBS_PER_FRAME]:
-                payload = job._payload or b""
-                if isinstance(payload, bytes):
-                    length = len(payload)
-                    parts.append(payload)
-                else:  # arguments with large bytes sent out of band: several buffers
-                    length = nbytes(payload)
-                    parts.extend(payload)
-                batch.append((job._uid, length))
-                size += length
-                if size >= MAX_BYTES_PER_FRAME:
-                    break
-            start += len(batch)
+        for batch, parts in job_frames(jobs):
             notify = [uid for uid, _ in batch if uid in ahead] if ahead else []
             try:
                 submit = JobSubmitMsg(comp_id=self.comp_id, jobs=batch, notify=notify)
@@ -331,7 +337,7 @@ class JobShell:
             for command in commands:
                 if type(command) is ResultsAccepted and command.node == key:
                     if command.job_ids:
-                        self._results(session, msg, payload, command.ignored)
+                        self._end_replies(session.node, msg, payload, command.ignored)
                         alloc = self.engine.allocation(self.comp_id, key)
                         session.node.busy = alloc.busy if alloc is not None else 0
                     break
@@ -344,83 +350,19 @@ class JobShell:
         if commands:
             self._apply(commands)
 
-    def _results(
-        self, session: NodeSession, msg: JobDone, payload: Payload, ignored: frozenset[int]
-    ) -> None:
-        """End the accepted jobs of one ``jobs.done`` (not those in ``ignored``)."""
-        node, host, jobs = session.node, session.key[0], self.jobs
-        for report, data in iter_replies(msg, payload):
-            uid = report.job_id
-            if uid in ignored:
-                continue
-            job = jobs.pop(uid, None)
-            if job is None:
-                continue
-            status, job.result, job.stdout, job.stderr, job.exception = read_reply(
-                report.outcome, data
-            )
-            job.start_time = report.start
-            job.end_time = report.end
-            job.ip_addr = host
-            node.jobs_done += 1
-            node.cpu_time += max(0.0, report.end - report.start)
-            self._finish(job, status, node=node)
-
     def _provisional(self, session: NodeSession, msg: JobProvisional, payload: Payload) -> None:
         job = self.jobs.get(msg.job_id)
         if job is None:
             return
-        try:
-            result = serialize.loads(payload)
-        except serialize.SerializationError as exc:
-            log.warning("provisional result of job %s cannot be read here: %s", job.id, exc)
+        ok, result = self._load_provisional(job, payload)
+        if not ok:
             return
         if self.sessions.get(session.key) is session:
             event = ProvisionalReceived(session.key, self.comp_id, msg.job_id)
             self._apply(self._handle(event))
-        job.status = JobStatus.ProvisionalResult
-        job.result = result
-        # The callback gets a snapshot: the final result may overwrite the job before the
-        # callback thread runs.
-        snapshot = copy.copy(job)
-        if self.opts.cluster_status is not None:
-            self.callbacks.post(
-                self.opts.cluster_status, JobStatus.ProvisionalResult, session.node, snapshot
-            )
-        if self.opts.callback is not None:
-            self.callbacks.post(self.opts.callback, snapshot)
+        self._take_provisional(job, session.node, result)
 
-    # -- callbacks, recover file, acks ------------------------------------------------------
-
-    def _finish(
-        self,
-        job: DispyJob,
-        status: JobStatus,
-        *,
-        exception: str | None = None,
-        node: DispyNode | None = None,
-    ) -> None:
-        if job._done:
-            return
-        job._on_id = None
-        job.status = status
-        if exception is not None:
-            job.exception = exception
-        if job.end_time is None:
-            job.end_time = time.time()
-        job._payload = None
-        job._mark_done()
-        opts = self.opts
-        if opts.cluster_status is not None:
-            self.callbacks.post(opts.cluster_status, status, node, job)
-        if opts.callback is not None:
-            self.callbacks.post(opts.callback, job)
-        self.owner._job_ended()
-
-    def _status(self, status: int, node: DispyNode | None, job: DispyJob | None) -> None:
-        post: Callable[..., Any] | None = self.opts.cluster_status
-        if post is not None:
-            self.callbacks.post(post, status, node, job)
+    # -- recover file, acks -------------------------------------------------------------
 
     def _housekeeping_soon(self) -> None:
         if not self._housekeeping_scheduled:

@@ -2,56 +2,35 @@
 
 from __future__ import annotations
 
-import asyncio
-import atexit
-import contextlib
-import itertools
-import json
 import logging
 import os
-import threading
-import time
-import weakref
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future
 from typing import Any
 
 from dispy._callbacks import CallbackRunner
 from dispy._core import ClusterCore, ClusterOptions
-from dispy._depends import DependencyError, FileSpec, read_file, split_depends, user_modules
+from dispy._facade import (
+    ClusterFacade,
+    absolute,
+    as_list,
+    cluster_secret,
+    prepare_computation,
+    resolve_nodes,
+    setup_logging,
+)
 from dispy.jobs import DispyJob
 from dispy.nodes import DispyNode, NodeAllocate, to_allocate
 from dispy.recovery import default_recover_file
-from dispy_core import netinfo, serialize
+from dispy_core import netinfo
 from dispy_core.config import CLIENT_PORT, MSG_TIMEOUT, NODE_PORT
-from dispy_core.protocol.framing import DEFAULT_MAX_MESSAGE, nbytes
-from dispy_core.protocol.messages import MAX_NAME, MAX_PATH
-from dispy_core.secret import Secret, resolve_secret
 from dispy_core.security import TLSConfig
 
 log = logging.getLogger("dispy")
 
-_live_clusters: weakref.WeakSet[JobCluster] = weakref.WeakSet()
+__all__ = ["JobCluster", "cluster_secret"]
 
 
-def _as_list(value: str | Sequence[str] | None) -> list[str]:
-    if value is None:
-        return []
-    if isinstance(value, str):
-        return [value]
-    return [str(v) for v in value]
-
-
-def _setup_logging(level: int) -> None:
-    if not log.handlers:
-        handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("dispy %(levelname)s: %(message)s"))
-        log.addHandler(handler)
-        log.propagate = False
-    log.setLevel(level)
-
-
-class JobCluster:
+class JobCluster(ClusterFacade):
     """A cluster that runs ``computation`` on dispy nodes, with its own scheduler.
 
     Args:
@@ -103,82 +82,38 @@ class JobCluster:
         certfile: str | None = None,
         msg_timeout: float = MSG_TIMEOUT,
     ) -> None:
-        _setup_logging(loglevel)
-        if not isinstance(computation, str) and not callable(computation):
-            raise TypeError(
-                f"computation must be a function or a program path, not {computation!r}"
-            )
+        setup_logging(loglevel)
         if pulse_interval is not None and not 1 <= pulse_interval <= 600:
             raise ValueError(
                 f"pulse_interval must be between 1 and 600 seconds, not {pulse_interval}"
             )
         if ping_interval is not None and ping_interval <= 0:
             raise ValueError(f"ping_interval must be positive, not {ping_interval}")
-        if not isinstance(secret, str):
-            raise TypeError("secret must be a string")
-        # What the wire refuses (section 7.3 of PROTOCOL.md) is refused here, once, rather
-        # than by every node.
-        if isinstance(computation, str) and (not computation or "\0" in computation):
-            raise ValueError(f"program {computation!r} is empty or holds a NUL")
-        dest_path = dest_path or None  # '' asks for a fresh directory, as None does
-        if dest_path is not None and ("\0" in dest_path or len(dest_path) > MAX_PATH):
-            raise ValueError(
-                f"dest_path must be at most {MAX_PATH} characters without NUL, not {dest_path!r}"
-            )
         resolved = cluster_secret(secret)
-        node_list = [to_allocate(n) for n in (nodes if nodes is not None else ["*"])]
-        for alloc in node_list:
-            if alloc.host != "*" and not any(c in alloc.host for c in "*?["):
-                try:
-                    alloc.ip_addr = netinfo.resolve(alloc.host)
-                except OSError as exc:
-                    raise ValueError(f"cannot resolve node {alloc.host!r}: {exc}") from None
+        comp = prepare_computation(computation, depends, setup, cleanup, dest_path)
+        node_list = resolve_nodes(nodes)
         ip_addrs = []
-        for addr in _as_list(ip_addr):
+        for addr in as_list(ip_addr):
             try:
                 ip_addrs.append(netinfo.resolve(addr))
             except OSError as exc:
                 raise ValueError(f"cannot resolve ip_addr {addr!r}: {exc}") from None
-        self._program = isinstance(computation, str)
-        objects, files = split_depends(list(depends or []), program=self._program)
-        if isinstance(computation, str):
-            name = os.path.basename(computation) or computation
-            if setup is not None or callable(cleanup):
-                raise ValueError("setup and cleanup functions need a Python function computation")
-            transferred = os.path.isfile(computation)
-            if transferred:
-                files.append(_program_file(computation))
-            start_payload: serialize.Pickled = json.dumps(
-                {"program": name if transferred else computation, "transferred": transferred}
-            ).encode()
-        else:
-            name = getattr(computation, "__name__", "computation")
-            for module in user_modules(objects):
-                serialize.pickle_by_value(module)
-            start_payload = serialize.dumps(
-                {
-                    "computation": computation,
-                    "setup": setup,
-                    "cleanup": cleanup if callable(cleanup) else None,
-                    "depends": objects,
-                }
-            )
-        name = name[:MAX_NAME]
-        self.name = name
+        self._program = comp.kind == "program"
+        self.name = name = comp.name
         self._options = ClusterOptions(
             name=name,
-            kind="program" if self._program else "function",
-            start_payload=start_payload,
-            files=files,
+            kind=comp.kind,
+            start_payload=comp.start_payload,
+            files=comp.files,
             nodes=node_list,
             ip_addrs=ip_addrs,
-            ext_ip_addrs=_as_list(ext_ip_addr),
+            ext_ip_addrs=as_list(ext_ip_addr),
             port=port,
             node_port=node_port,
             secret=resolved.value,
             secret_origin=resolved.origin,
-            tls=TLSConfig(_absolute(certfile), _absolute(keyfile)),
-            dest_path=dest_path,
+            tls=TLSConfig(absolute(certfile), absolute(keyfile)),
+            dest_path=comp.dest_path,
             cleanup=cleanup is not False,
             pulse_interval=pulse_interval,
             ping_interval=ping_interval,
@@ -189,185 +124,16 @@ class JobCluster:
             recover_file=os.path.abspath(recover_file) if recover_file else default_recover_file(),
             pick_recover_file=not recover_file,
         )
-        self._callbacks = CallbackRunner(name)
-        self._core = ClusterCore(self._options, self._callbacks, self)
-        self._ids = itertools.count(1)
-        self._lock = threading.Condition()
-        self._pending = 0
-        self._closed = False
-        self._start_time = time.time()
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(
-            target=self._loop.run_forever, name=f"dispy-{name}", daemon=True
-        )
-        self._thread.start()
-        try:
-            self._call(self._core.start())
-        except BaseException:
-            self._stop_loop()
-            raise
-        self.recover_file = self._options.recover_file
-        _live_clusters.add(self)
-
-    # -- plumbing -------------------------------------------------------------------------
-
-    def _call(self, coro: Any, timeout: float | None = None) -> Any:
-        fut: Future[Any] = asyncio.run_coroutine_threadsafe(coro, self._loop)
-        return fut.result(timeout)
-
-    def _call_soon(self, func: Callable[..., Any], *args: Any) -> None:
-        self._loop.call_soon_threadsafe(func, *args)
-
-    def _stop_loop(self) -> None:
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(5)
-        self._callbacks.stop()
-
-    def _job_ended(self) -> None:
-        with self._lock:
-            self._pending -= 1
-            if self._pending == 0:
-                self._lock.notify_all()
+        callbacks = CallbackRunner(name)
+        self._start(name, ClusterCore(self._options, callbacks, self), callbacks)
 
     @property
     def port(self) -> int:
         """The port this cluster listens on (useful with ``port=0``)."""
-        return self._core.port
-
-    # -- jobs -----------------------------------------------------------------------------
-
-    def submit(self, *args: Any, **kwargs: Any) -> DispyJob | None:
-        """Schedule ``computation(*args, **kwargs)`` on some node; return its job.
-
-        Returns None (and logs why) if the arguments cannot be serialized.
-        """
-        return self._submit(None, args, kwargs)
-
-    def submit_node(self, node: DispyNode | str, *args: Any, **kwargs: Any) -> DispyJob | None:
-        """Like :meth:`submit`, but run the job only on ``node``."""
-        key = self._node_key(node)
-        if key is None:
-            log.error("submit_node: %r is not a node of this cluster", node)
-            return None
-        return self._submit(key, args, kwargs)
-
-    def _submit(
-        self, pin: tuple[str, int] | None, args: tuple[Any, ...], kwargs: dict[str, Any]
-    ) -> DispyJob | None:
-        if self._closed:
-            log.error("submit: cluster %s is closed", self.name)
-            return None
-        job_depends = kwargs.pop("dispy_job_depends", None)
-        job = DispyJob(next(self._ids), args, kwargs)
-        try:
-            objects, job._files = split_depends(job_depends, program=self._program)
-            job._payload = self._job_payload(args, kwargs, objects)
-        except (serialize.SerializationError, DependencyError, ValueError) as exc:
-            log.error("submit: job not created: %s", exc)
-            return None
-        job._pinned = pin
-        job._on_id = self._core.id_changed
-        with self._lock:
-            self._pending += 1
-        self._core.submit_threadsafe(job)
-        return job
-
-    def _job_payload(
-        self, args: tuple[Any, ...], kwargs: dict[str, Any], objects: list[Any]
-    ) -> serialize.Pickled:
-        if self._program:
-            if kwargs:
-                raise ValueError("a program computation takes no keyword arguments")
-            if not all(isinstance(a, str | int | float) for a in args):
-                raise ValueError("a program computation takes only string arguments")
-            return json.dumps([str(a) for a in args]).encode()
-        try:
-            payload = serialize.dumps((args, kwargs, objects) if objects else (args, kwargs))
-        except serialize.SerializationError as exc:
-            raise serialize.SerializationError(f"the arguments {exc}") from None
-        size = nbytes(payload)
-        if size > DEFAULT_MAX_MESSAGE:
-            raise serialize.SerializationError(
-                f"the arguments are {size} bytes pickled, over the {DEFAULT_MAX_MESSAGE} bytes "
-                "one message can carry"
-            )
-        return payload
-
-    def cancel(self, job: DispyJob) -> int:
-        """Cancel a queued or running job. Returns 0, or -1 if the job already ended."""
-        if job._done:
-            return -1
-        self._call_soon(self._core.cancel, job)
-        return 0
-
-    def wait(self, timeout: float | None = None) -> bool:
-        """Wait until every submitted job has ended and its callbacks ran.
-
-        Returns False if ``timeout`` seconds passed first.
-        """
-        deadline = None if timeout is None else time.monotonic() + timeout
-        with self._lock:
-            if not self._lock.wait_for(lambda: self._pending <= 0, timeout):
-                return False
-        left = None if deadline is None else max(0.0, deadline - time.monotonic())
-        return self._callbacks.drain(left)
-
-    def __call__(self) -> bool:
-        return self.wait()
-
-    def close(self, timeout: float | None = None, terminate: bool = False) -> bool:
-        """Wait for the jobs (cancel them with ``terminate=True``), release the nodes.
-
-        Returns False if jobs were still running after ``timeout`` and were cancelled.
-        """
-        if self._closed:
-            return True
-        finished = True
-        if not terminate:
-            finished = self.wait(timeout)
-        self._closed = True
-        try:
-            self._call(self._core.close(terminate or not finished), timeout=60)
-        except Exception as exc:
-            log.warning("closing cluster %s: %r", self.name, exc)
-        self._callbacks.drain(10)
-        self._stop_loop()
-        _live_clusters.discard(self)
-        return finished
+        port: int = self._core.port
+        return port
 
     # -- nodes ----------------------------------------------------------------------------
-
-    def _node_key(self, node: DispyNode | str) -> tuple[str, int] | None:
-        if isinstance(node, DispyNode):
-            return (node.ip_addr, node.port)
-        try:
-            addr = netinfo.resolve(str(node))
-        except OSError:
-            return None
-        for key in list(self._core.sessions):
-            if key[0] == addr:
-                return key
-        return None
-
-    def send_file(self, path: str, node: DispyNode | str) -> int:
-        """Copy ``path`` (by its base name) into the computation's directory on ``node``.
-
-        Returns 0 on success, -1 on failure (the reason is logged).
-        """
-        key = self._node_key(node)
-        if key is None:
-            log.error("send_file: %r is not a node of this cluster", node)
-            return -1
-        try:
-            spec = _program_file(path)
-        except DependencyError as exc:
-            log.error("send_file: %s", exc)
-            return -1
-        error = self._call(self._core.send_file(key, spec))
-        if error:
-            log.error("send_file %s to %s:%d failed: %s", path, key[0], key[1], error)
-            return -1
-        return 0
 
     def allocate_node(self, node: NodeAllocate | str | tuple[str, int]) -> int:
         """Add a node (name, address, pattern or NodeAllocate) to this cluster.
@@ -384,14 +150,6 @@ class JobCluster:
         self._call_soon(self._core.allocate, alloc)
         return 0
 
-    def node_jobs(self, node: DispyNode | str) -> list[DispyJob]:
-        """Jobs running (or queued to run) on ``node`` now."""
-        key = self._node_key(node)
-        if key is None:
-            return []
-        result: list[DispyJob] = self._call(_in_loop(self._core.node_jobs, key))
-        return result
-
     def set_node_cpus(self, node: DispyNode | str, cpus: int) -> int:
         """Use ``cpus`` CPUs of ``node`` (negative: all but that many).
 
@@ -402,61 +160,3 @@ class JobCluster:
             return -1
         result: int = self._call(self._core.set_cpus(key, int(cpus)))
         return result
-
-    def nodes(self) -> list[DispyNode]:
-        """The nodes serving this cluster now."""
-        return [s.node for s in list(self._core.sessions.values()) if s.ready]
-
-    def print_status(self, wall_time: float | None = None) -> None:
-        """Print a table of nodes: CPUs, jobs done, seconds per job, node time."""
-        from dispy.progress import print_status
-
-        nodes = list(self._core.known_nodes.values())
-        print_status(self.name, nodes, wall_time or time.time() - self._start_time)
-
-    stats = print_status
-
-    def __enter__(self) -> JobCluster:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close(terminate=exc[0] is not None)
-
-    def __del__(self) -> None:
-        # A cluster dropped without close(): free the loop thread; nodes see the
-        # connection close and become free again.
-        if not getattr(self, "_closed", True) and getattr(self, "_loop", None) is not None:
-            self._loop.call_soon_threadsafe(self._loop.stop)
-
-
-def _close_at_exit() -> None:
-    for cluster in list(_live_clusters):
-        if not cluster._closed:
-            with contextlib.suppress(Exception):
-                cluster.close(timeout=0, terminate=True)
-
-
-atexit.register(_close_at_exit)
-
-
-async def _in_loop(func: Callable[..., Any], *args: Any) -> Any:
-    return func(*args)
-
-
-def cluster_secret(secret: str) -> Secret:
-    """The secret a cluster uses: ``secret``, or ``DISPY_SECRET`` when ``secret`` is ''.
-
-    '' is the documented default, so an explicit ``secret=''`` cannot be told from an
-    omitted one; both take the environment's secret. That is deliberate: a program that
-    passes '' along from its own defaults becomes authenticated by its environment too,
-    and '' is never a secret worth insisting on (unset DISPY_SECRET to run without one).
-    """
-    return resolve_secret(secret, option_name="secret=")
-
-
-def _program_file(path: str) -> FileSpec:
-    return read_file(path, os.path.basename(path))
-
-
-def _absolute(path: str | None) -> str | None:
-    return os.path.abspath(path) if path else None

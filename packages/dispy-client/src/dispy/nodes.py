@@ -117,6 +117,44 @@ class NodeAllocate:
         return (self.ip_addr, self.port or default_port)
 
 
+def find_allocation(
+    nodes: list[NodeAllocate], ip_addr: str, port: int, node_port: int
+) -> NodeAllocate | None:
+    """The first of a cluster's ``nodes`` that matches the node at ``ip_addr:port``."""
+    for alloc in nodes:
+        if alloc._matches(ip_addr, port, node_port):
+            return alloc
+    return None
+
+
+def cpus_for(
+    nodes: list[NodeAllocate],
+    node_port: int,
+    cluster: Any,
+    *,
+    ip_addr: str,
+    port: int,
+    name: str,
+    cpus: int,
+    avail: DispyNodeAvailInfo | None,
+    platform: str,
+) -> int:
+    """The CPUs a cluster's NodeAllocate objects give a node (0: not used).
+
+    A JobCluster asks this when a node connects, a SharedJobCluster when the scheduler
+    offers one: the same patterns and the same (user's) ``allocate()`` decide both. An
+    ``allocate()`` that raises is logged and counts as 0.
+    """
+    alloc = find_allocation(nodes, ip_addr, port, node_port)
+    if alloc is None:
+        return 0
+    try:
+        return max(0, int(alloc.allocate(cluster, ip_addr, name, cpus, avail, platform)))
+    except Exception:
+        log.exception("allocate() of %r raised for node %s", alloc, name)
+        return 0
+
+
 def to_allocate(item: Any) -> NodeAllocate:
     """A NodeAllocate for each accepted form: string, ``(host, port)`` or NodeAllocate."""
     if isinstance(item, NodeAllocate):

@@ -172,12 +172,14 @@ async def open_connection(
     timeout: float,
     ssl_context: ssl.SSLContext | None = None,
     local_addr: str | None = None,
+    local_port: int = 0,
     max_message: int = DEFAULT_MAX_MESSAGE,
     allocate: Callable[[int], bytearray | memoryview] | None = None,
     guard: LoopGuard | None = None,
 ) -> Connection:
     """Connect to ``host:port`` and authenticate as the connector (``allocate`` and
-    ``guard``: as :func:`accept_connection`).
+    ``guard``: as :func:`accept_connection`). The connection leaves from ``local_addr``
+    (any address when None) and ``local_port`` (any port when 0).
 
     Raises:
         OSError (unreachable), HandshakeFailed, RemoteProtocolError, ConnectionClosed,
@@ -188,7 +190,7 @@ async def open_connection(
             host,
             port,
             ssl=ssl_context,
-            local_addr=(local_addr, 0) if local_addr else None,
+            local_addr=(local_addr or "0.0.0.0", local_port) if local_addr or local_port else None,
             limit=HANDSHAKE_READ_LIMIT,
         )
         try:
