@@ -80,12 +80,12 @@ def test_a_node_the_client_never_pings_joins_through_the_relay(
     node_factory, cluster_factory, relays, tmp_path
 ):
     listen, node_port, nobody = free_port(), free_port(), free_port()
-    node = node_factory.one(name="behind-relay", port=node_port, extra_args=["--relay", "127.0.0.1"])
+    node = node_factory.one(
+        name="behind-relay", port=node_port, extra_args=["--relay", "127.0.0.1"]
+    )
     # The client pings the relay's port, and broadcasts for its pattern to a port where no
     # node listens: without the relay nothing reaches the node.
-    cluster = cluster_factory(
-        square_plus, [("127.0.0.1", listen), "127.0.0.*"], node_port=nobody
-    )
+    cluster = cluster_factory(square_plus, [("127.0.0.1", listen), "127.0.0.*"], node_port=nobody)
     time.sleep(1.2)  # the client's first ten pings have gone out
     assert cluster.nodes() == []
     relay = start_relay(
@@ -149,7 +149,8 @@ def test_garbage_and_forged_pings_are_not_relayed_and_a_real_ping_still_is(relay
         assert not relay.exited()
         assert relay.stop() == 0
         log = relay.log_text()
-        assert "not relayed" in log and "Traceback" not in log
+        assert "not relayed" in log
+        assert "Traceback" not in log
         assert log.count("WARNING") <= 12  # a flood does not flood the log
     finally:
         sniffer.close()

@@ -15,7 +15,6 @@ from dispy_relay import cli
 runner = CliRunner()
 
 
-
 @pytest.fixture
 def captured(monkeypatch: pytest.MonkeyPatch) -> list[cli.RunOptions]:
     """Replace the service call with a recorder so option parsing can be checked."""

@@ -139,9 +139,7 @@ class Relay:
                 f"{exc.strerror or exc}{hint}"
             ) from None
         loop = asyncio.get_running_loop()
-        self._transport, _ = await loop.create_datagram_endpoint(
-            lambda: _Receiver(self), sock=sock
-        )
+        self._transport, _ = await loop.create_datagram_endpoint(lambda: _Receiver(self), sock=sock)
         self.network = network
         address = ip_of(network.address)
         self.policy = RelayPolicy(
@@ -162,7 +160,8 @@ class Relay:
             self.tasks.start(self._announcer(), name="announce")
 
     def on_datagram(self, data: bytes, addr: tuple[str, int]) -> None:
-        assert self.policy is not None and self.network is not None
+        assert self.policy is not None
+        assert self.network is not None
         now = time.monotonic()
         decision = self.policy.on_datagram(data, addr[0], now)
         if decision.ping is None:
@@ -196,7 +195,8 @@ class Relay:
         return True
 
     async def _announcer(self) -> None:
-        assert self._announce is not None and self.network is not None
+        assert self._announce is not None
+        assert self.network is not None
         announce = encode_relay(
             RelayAnnounce(relay_addr=self.network.address, relay_port=self.config.listen_port)
         )
@@ -231,4 +231,3 @@ class Relay:
         if self._transport is not None:
             self._transport.close()
             self._transport = None
-
