@@ -3,10 +3,10 @@
 Theory of operation
 -------------------
 A client or scheduler that lists the relay's host in ``nodes`` sends it a discovery ping
-(PROTOCOL.md 6.1). The relay sends that ping on, re-encoded but with the same fields, as one
-directed broadcast on its own network to ``node_port``; the nodes there that name the relay
-with ``--relay`` accept a reply address other than the datagram's source from it
-(PROTOCOL.md 6.5) and connect straight to the client. The relay is trusted that way, so it
+(PROTOCOL.md 6.1). The relay sends that datagram on, the same bytes, as one directed
+broadcast on its own network to ``node_port``; the nodes there that name the relay with
+``--relay`` accept a reply address other than the datagram's source from it (PROTOCOL.md
+6.5) and connect straight to the client. The relay is trusted that way, so it
 takes over the check the nodes give up: it relays a ping only if the ping names *its own
 sender* as the address to connect to. Nothing else it hears reaches the network.
 
@@ -32,8 +32,8 @@ sender* as the address to connect to. Nothing else it hears reaches the network.
    the relay is one source for them (16 at once, then 4 a second): relaying faster would
    only make them drop pings.
 
-One datagram in gives at most one datagram out, of at most the size of the one in, so the
-relay amplifies nothing. Drops are logged at debug level; a verdict says ``warn`` at most
+One datagram in gives at most one datagram out, the same one, so the relay amplifies
+nothing. Drops are logged at debug level; a verdict says ``warn`` at most
 once a minute per source (and ten times a minute in all), so a flood cannot flood the log.
 
 :class:`AnnounceSchedule` says when to tell the clients or schedulers named with
@@ -80,7 +80,7 @@ def ip_of(text: str) -> IPAddress | None:
 
 @dataclass(frozen=True, slots=True)
 class Decision:
-    """Relay ``ping`` (when not None), or drop the datagram for ``reason``."""
+    """Relay the datagram (``ping`` is what it says), or drop it (``ping`` None) for ``reason``."""
 
     ping: Ping | None
     reason: str = ""

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 from dispy_core import netinfo
 from dispy_core.aio.tasks import TaskOwner
-from dispy_core.protocol.discovery import RelayAnnounce, encode_ping, encode_relay
+from dispy_core.protocol.discovery import RelayAnnounce, encode_relay
 from dispy_relay.policy import AnnounceSchedule, RelayPolicy, ip_of
 
 log = logging.getLogger(__name__)
@@ -138,8 +138,7 @@ class Relay:
                 f"cannot listen on {network.address}:{cfg.listen_port} (UDP): "
                 f"{exc.strerror or exc}{hint}"
             ) from None
-        loop = asyncio.get_running_loop()
-        self._transport, _ = await loop.create_datagram_endpoint(lambda: _Receiver(self), sock=sock)
+        # Decide before the socket is read: a datagram may be waiting already.
         self.network = network
         address = ip_of(network.address)
         self.policy = RelayPolicy(
@@ -147,6 +146,8 @@ class Relay:
             loopback=address is not None and address.is_loopback,
             now=time.monotonic(),
         )
+        loop = asyncio.get_running_loop()
+        self._transport, _ = await loop.create_datagram_endpoint(lambda: _Receiver(self), sock=sock)
         log.info(
             "dispy-relay listening on %s:%d (UDP), relaying pings to %s:%d on %s",
             network.address,
@@ -172,7 +173,8 @@ class Relay:
             return
         ping = decision.ping
         target = (self.network.broadcast, self.config.node_port)
-        if self._send(encode_ping(ping), target):
+        # The bytes that came in, which decode_ping accepted: nodes parse them the same way.
+        if self._send(data, target):
             self.relayed += 1
             log.debug(
                 "relayed ping of %s %s:%d to %s:%d",
