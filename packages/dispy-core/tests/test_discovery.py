@@ -11,8 +11,11 @@ from dispy_core.aio.discovery import listen_pings, send_ping, udp_socket
 from dispy_core.protocol.discovery import (
     MAX_DATAGRAM,
     Ping,
+    RelayAnnounce,
     decode_ping,
+    decode_relay,
     encode_ping,
+    encode_relay,
     is_pattern,
     matches,
 )
@@ -148,3 +151,42 @@ def test_send_ping_reports_failure_instead_of_raising():
     sock = udp_socket("127.0.0.1", 0)
     sock.close()
     assert send_ping(sock, PING, ("127.0.0.1", 9)) is False
+
+
+# --- the relay announcement (PROTOCOL.md 6.6) ----------------------------------------------
+
+ANNOUNCE = RelayAnnounce(relay_addr="10.1.2.3", relay_port=51348)
+
+
+def test_relay_announcement_round_trips_and_carries_no_secret_material():
+    assert decode_relay(encode_relay(ANNOUNCE)) == ANNOUNCE
+    assert set(json.loads(encode_relay(ANNOUNCE))) == {
+        "type",
+        "protocol",
+        "relay_addr",
+        "relay_port",
+    }
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"",
+        b"not json",
+        encode_ping(PING),  # a ping is not an announcement, and the reverse
+        json.dumps({"type": "relay", "relay_addr": "10.1.2.3", "relay_port": 0}).encode(),
+        json.dumps({"type": "relay", "relay_addr": "a", "relay_port": 1, "x": 1}).encode(),
+        b"{" + b" " * MAX_DATAGRAM + b"}",
+    ],
+)
+def test_relay_announcement_garbage_is_refused(data):
+    with pytest.raises(RemoteProtocolError):
+        decode_relay(data)
+
+
+def test_relay_announcement_of_another_version_names_both():
+    data = json.dumps({**json.loads(encode_relay(ANNOUNCE)), "protocol": 99}).encode()
+    with pytest.raises(RemoteProtocolError, match=f"version 99, this side {PROTOCOL_VERSION}"):
+        decode_relay(data)
+    with pytest.raises(RemoteProtocolError):
+        decode_ping(encode_relay(ANNOUNCE))

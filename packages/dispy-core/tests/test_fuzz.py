@@ -1,6 +1,7 @@
 """Fuzzing the message schemas and the frame decoder: nothing but the documented errors.
 
-Whatever a peer sends, ``decode`` (and ``parse_handshake``, ``decode_ping``) either returns a
+Whatever a peer sends, ``decode`` (and ``parse_handshake``, ``decode_ping``, ``decode_relay``)
+either returns a
 message that can be sent back unchanged, or raises :class:`RemoteProtocolError`; the schemas'
 own ``validate_json`` raises only pydantic's ``ValidationError``. The frame decoder, before
 and after authentication, raises only :class:`RemoteProtocolError`, and with a MAC key a
@@ -20,7 +21,7 @@ from hypothesis import assume, given
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from dispy_core.protocol.discovery import decode_ping
+from dispy_core.protocol.discovery import decode_ping, decode_relay
 from dispy_core.protocol.errors import RemoteProtocolError, VersionMismatchError
 from dispy_core.protocol.framing import (
     _PREFIX,
@@ -164,6 +165,8 @@ def test_any_datagram_is_a_ping_or_refused(datagram: Any) -> None:
     data = datagram if isinstance(datagram, bytes) else as_bytes(datagram)
     with contextlib.suppress(RemoteProtocolError):
         decode_ping(data)
+    with contextlib.suppress(RemoteProtocolError):
+        decode_relay(data)
 
 
 # --- frames ------------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from dispy_core.protocol.discovery import Ping
+from dispy_core.protocol.discovery import Ping, RelayAnnounce
 from dispy_core.protocol.errors import RemoteProtocolError
 from dispy_core.protocol.handshake import parse_handshake
 from dispy_core.protocol.messages import (
@@ -401,6 +401,7 @@ def current_schema() -> str:
         "message": wire_only(MESSAGE.json_schema()),
         "handshake_message": wire_only(HANDSHAKE_MESSAGE.json_schema()),
         "ping": wire_only(Ping.model_json_schema()),
+        "relay": wire_only(RelayAnnounce.model_json_schema()),
     }
     return json.dumps(schema, indent=2, sort_keys=True) + "\n"
 

@@ -14,8 +14,6 @@ from dispy_relay import cli
 
 runner = CliRunner()
 
-NOT_IMPLEMENTED = "dispy-relay run: not implemented yet (the relay lands in a later release)"
-
 
 @pytest.fixture
 def captured(monkeypatch: pytest.MonkeyPatch) -> list[cli.RunOptions]:
@@ -44,10 +42,14 @@ def test_run_help_exits_0() -> None:
     assert "--listen" in result.stdout
 
 
-def test_run_reports_not_implemented_and_exits_2() -> None:
-    result = runner.invoke(cli.app, ["run"], env={"DISPY_SECRET": "s"})
+def test_run_that_cannot_start_says_why_in_one_line_and_exits_2() -> None:
+    # 192.0.2.77 (TEST-NET-1) is no address of this host.
+    result = runner.invoke(cli.app, ["run", "-i", "192.0.2.77"], env={"DISPY_SECRET": "s"})
     assert result.exit_code == 2
-    assert result.stderr.strip() == NOT_IMPLEMENTED
+    assert result.stderr.strip() == (
+        "dispy-relay run: -i 192.0.2.77 is not an IPv4 address of an interface of this host; "
+        "give this host's address on the network to relay into with -i"
+    )
     assert result.stdout == ""
     assert isinstance(result.exception, SystemExit)  # a clean exit, no traceback
     assert "Traceback" not in result.output
@@ -62,6 +64,7 @@ def test_run_defaults_match_reference(
     assert captured == [
         cli.RunOptions(
             debug=False,
+            ip_addr=None,
             node_port=51348,
             listen_port=51348,  # listen_port defaults to node_port
             scheduler_nodes=(),
@@ -80,6 +83,7 @@ def test_run_accepts_reference_option_spellings(style: str, captured: list[cli.R
     args = [
         "run",
         "-d",
+        opt("ip_addr"), "10.1.2.3",
         opt("node_port"), "1111",
         opt("listen_port"), "2222",
         opt("scheduler_node"), "172.16.3.2",
@@ -92,6 +96,7 @@ def test_run_accepts_reference_option_spellings(style: str, captured: list[cli.R
     assert captured == [
         cli.RunOptions(
             debug=True,
+            ip_addr="10.1.2.3",
             node_port=1111,
             listen_port=2222,
             scheduler_nodes=("172.16.3.2", "172.16.3.3"),
@@ -104,7 +109,16 @@ def test_run_accepts_reference_option_spellings(style: str, captured: list[cli.R
 
 @pytest.mark.parametrize(
     "args",
-    [["run", "--node_port", "-1"], ["run", "--listen_port", "x"], ["run", "--nope"]],
+    [
+        ["run", "--node_port", "-1"],
+        ["run", "--node_port", "0"],
+        ["run", "--listen_port", "x"],
+        ["run", "--listen-port", "65536"],
+        ["run", "--scheduler_port", "0"],
+        ["run", "-i"],
+        ["run", "--nope"],
+        ["run", "extra"],
+    ],
 )
 def test_run_rejects_bad_options_with_exit_2(
     args: list[str], captured: list[cli.RunOptions]
@@ -113,6 +127,12 @@ def test_run_rejects_bad_options_with_exit_2(
     assert result.exit_code == 2
     assert captured == []
     assert "Traceback" not in result.output
+
+
+def test_short_ip_option(captured: list[cli.RunOptions]) -> None:
+    result = runner.invoke(cli.app, ["run", "-i", "127.0.0.1"])
+    assert result.exit_code == 0, result.output
+    assert captured[0].ip_addr == "127.0.0.1"
 
 
 def test_python_dash_m_runs_the_cli(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -131,21 +151,16 @@ def test_all_is_importable_and_sorted() -> None:
 # --- the secret (issue 9, item 1) -----------------------------------------------------------
 
 
-def test_run_without_a_secret_warns_once_naming_port_and_remedy(
-    monkeypatch: pytest.MonkeyPatch,
+def test_run_without_a_secret_does_not_warn(
+    monkeypatch: pytest.MonkeyPatch, captured: list[cli.RunOptions]
 ) -> None:
+    # The relay needs no secret (pings carry none and nodes authenticate whom they
+    # connect to), so running without one exposes nothing to warn about.
     monkeypatch.delenv("DISPY_SECRET", raising=False)
     result = runner.invoke(cli.app, ["run", "--listen-port", "4242", "--node-port", "4343"])
-    assert result.exit_code == 2
-    warning, not_implemented = result.stderr.strip().splitlines()
-    assert warning == (
-        "dispy-relay: warning: dispy-relay has no secret: anyone who can reach any address of "
-        "this host port 4242 (UDP) can have the relay pass their discovery messages to the "
-        "nodes of this network (port 4343) and to schedulers. Set the same secret on every "
-        "client and node, with the DISPY_SECRET environment variable, --secret-file PATH or "
-        "-s/--secret."
-    )
-    assert not_implemented == NOT_IMPLEMENTED
+    assert result.exit_code == 0
+    assert result.stderr == ""
+    assert captured[0].secret == ""
 
 
 @pytest.mark.parametrize("spelling", ["--secret-file", "--secret_file"])

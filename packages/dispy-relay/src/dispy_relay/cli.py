@@ -2,23 +2,29 @@
 
 The options mirror the reference `dispynetrelay.py` (both the documented
 underscore spellings such as `--node_port` and dash spellings such as
-`--node-port` are accepted). The relay itself is not implemented yet: `run`
-validates its options and then exits with status 2 and a one-line message.
+`--node-port` are accepted). The command is thin: it checks the options, sets up Rich
+logging on standard error and runs :class:`dispy_relay.relay.Relay` until SIGINT or SIGTERM.
+Bad options, and a relay that cannot start (address, interface, port), give one line on
+standard error and exit status 2. Standard input is never read.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from dataclasses import dataclass
-from typing import Annotated, NoReturn
+from typing import Annotated
 
 import typer
+from rich.console import Console
+from rich.logging import RichHandler
 
 from dispy_core.config import NODE_PORT, SCHEDULER_PORT
 from dispy_core.secret import SecretError, resolve_secret
-from dispy_core.secret import no_secret_warning as secret_warning
 from dispy_relay import __version__
 
 PROG = "dispy-relay"
+_err = Console(stderr=True)
 
 
 def _dashes(name: str) -> str:
@@ -48,6 +54,7 @@ class RunOptions:
     """
 
     debug: bool
+    ip_addr: str | None
     node_port: int
     listen_port: int
     scheduler_nodes: tuple[str, ...]
@@ -78,11 +85,21 @@ def root(
 def run(
     *,
     debug: Annotated[bool, typer.Option("--debug", "-d", help="Log a trace of execution.")] = False,
+    ip_addr: Annotated[
+        str | None,
+        typer.Option(
+            "--ip-addr",
+            "-i",
+            help="This host's address on the network to relay into: the relay listens there "
+            "and broadcasts on that interface. Default: the default route's interface.",
+            show_default=False,
+        ),
+    ] = None,
     node_port: Annotated[
         int,
         typer.Option(
             "--node-port",
-            min=0,
+            min=1,
             max=65535,
             help="Port on which the dispy-node servers of this network listen.",
         ),
@@ -91,7 +108,7 @@ def run(
         int | None,
         typer.Option(
             "--listen-port",
-            min=0,
+            min=1,
             max=65535,
             help="Port to listen on for clients; defaults to --node-port.",
             show_default=False,
@@ -101,7 +118,8 @@ def run(
         list[str] | None,
         typer.Option(
             "--scheduler-node",
-            help="Already-running scheduler to announce this network to (repeatable).",
+            help="Already-running client or scheduler to announce this relay to, so that it "
+            "pings this network (repeatable).",
             show_default=False,
         ),
     ] = None,
@@ -109,7 +127,7 @@ def run(
         int,
         typer.Option(
             "--scheduler-port",
-            min=0,
+            min=1,
             max=65535,
             help="Port of the scheduler given with --scheduler-node.",
         ),
@@ -119,22 +137,24 @@ def run(
         typer.Option(
             "--secret",
             "-s",
-            help="Secret shared with nodes and schedulers (visible in ps: prefer "
-            "DISPY_SECRET or --secret-file).",
+            help="Accepted like every role's, but not used: a relay needs no secret (pings "
+            "carry none; nodes authenticate whom they connect to).",
             show_default=False,
         ),
     ] = "",
     secret_file: Annotated[
         str | None,
         typer.Option(
-            "--secret-file", help="File holding the secret (one trailing newline is ignored)."
+            "--secret-file", help="File holding the secret (read, but not used; see --secret)."
         ),
     ] = None,
 ) -> None:
     """Relay discovery messages until interrupted.
 
-    Options also accept the reference's underscore spellings, e.g. --node_port. The secret
-    comes from --secret, else --secret-file, else the DISPY_SECRET environment variable.
+    Pings that clients and schedulers send to this host are sent on, unchanged, as a
+    broadcast on this network to --node-port; nodes here that name this host with
+    `dispy-node run --relay` then connect to those clients. Options also accept the
+    reference's underscore spellings, e.g. --node_port.
     """
     try:
         resolved = resolve_secret(secret, secret_file)
@@ -144,6 +164,7 @@ def run(
     _run(
         RunOptions(
             debug=debug,
+            ip_addr=ip_addr,
             node_port=node_port,
             listen_port=node_port if listen_port is None else listen_port,
             scheduler_nodes=tuple(scheduler_nodes or ()),
@@ -154,27 +175,38 @@ def run(
     )
 
 
-def no_secret_warning(options: RunOptions) -> str | None:
-    """The one warning for a relay started without a secret."""
-    if options.secret:
-        return None
-    return secret_warning(
-        PROG,
-        f"any address of this host port {options.listen_port} (UDP)",
-        "have the relay pass their discovery messages to the nodes of this network "
-        f"(port {options.node_port}) and to schedulers",
-    )
+def _setup_logging(debug: bool) -> None:
+    handler = RichHandler(console=_err, show_path=False, rich_tracebacks=True)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    for name in ("dispy_relay", "dispy_core"):
+        logger = logging.getLogger(name)
+        logger.handlers[:] = [handler]
+        logger.setLevel(logging.DEBUG if debug else logging.INFO)
+        logger.propagate = False
 
 
-def _run(options: RunOptions) -> NoReturn:
-    # The relay will start here: warn first, as every role does.
+def _run(options: RunOptions) -> None:
+    # Imported here so that `--help` and option errors stay fast (no asyncio, no pydantic).
+    from dispy_relay.relay import Relay, RelayConfig, RelayStartError
+
+    _setup_logging(options.debug)
+    log = logging.getLogger("dispy_relay")
     for warning in options.secret_warnings:
-        typer.echo(f"{PROG}: warning: {warning}", err=True)
-    exposure = no_secret_warning(options)
-    if exposure:
-        typer.echo(f"{PROG}: warning: {exposure}", err=True)
-    typer.echo(f"{PROG} run: not implemented yet (the relay lands in a later release)", err=True)
-    raise typer.Exit(code=2)
+        log.warning(warning)
+    relay = Relay(
+        RelayConfig(
+            ip_addr=options.ip_addr,
+            node_port=options.node_port,
+            listen_port=options.listen_port,
+            scheduler_nodes=options.scheduler_nodes,
+            scheduler_port=options.scheduler_port,
+        )
+    )
+    try:
+        asyncio.run(relay.serve())
+    except RelayStartError as exc:
+        typer.echo(f"{PROG} run: {exc}", err=True)
+        raise typer.Exit(code=2) from None
 
 
 def main() -> None:

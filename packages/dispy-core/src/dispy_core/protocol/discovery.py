@@ -5,6 +5,10 @@ listed node and broadcast on its interface for wildcard patterns. A node that he
 free connects back over TCP to ``reply_addr``; the handshake on that connection, not the
 datagram, decides whether the two trust each other, so a ping carries no secret material.
 ``cluster`` identifies one cluster instance so a node can remember which pings it declined.
+
+A dispy-relay announces itself to a client or scheduler already running elsewhere with a
+:class:`RelayAnnounce` datagram ("ping my network through me too"); like a ping, it carries
+no secret material and only ever makes the receiver send pings (PROTOCOL.md 6.6).
 """
 
 from __future__ import annotations
@@ -56,6 +60,42 @@ def decode_ping(data: bytes) -> Ping:
             f"ping speaks protocol version {ping.protocol}, this side {PROTOCOL_VERSION}"
         )
     return ping
+
+
+class RelayAnnounce(BaseModel):
+    """'A dispy-relay at relay_addr:relay_port relays pings into its network' (UDP,
+    unauthenticated; sent to a client's or scheduler's port)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    type: Literal["relay"] = "relay"
+    protocol: int = Field(default=PROTOCOL_VERSION, ge=0, le=U32_MAX)
+    relay_addr: Annotated[str, StringConstraints(max_length=255, pattern=NO_NUL)]
+    relay_port: int = Field(ge=1, le=65535)
+
+
+def encode_relay(announce: RelayAnnounce) -> bytes:
+    return announce.model_dump_json().encode()
+
+
+def decode_relay(data: bytes) -> RelayAnnounce:
+    """Validate a relay announcement.
+
+    Raises:
+        RemoteProtocolError: not a relay announcement of this protocol version.
+    """
+    if len(data) > MAX_DATAGRAM:
+        raise RemoteProtocolError(f"datagram of {len(data)} bytes is too large")
+    try:
+        announce = RelayAnnounce.model_validate_json(data)
+    except ValidationError:
+        raise RemoteProtocolError("datagram is not a dispy relay announcement") from None
+    if announce.protocol != PROTOCOL_VERSION:
+        raise RemoteProtocolError(
+            f"relay announcement speaks protocol version {announce.protocol}, "
+            f"this side {PROTOCOL_VERSION}"
+        )
+    return announce
 
 
 def is_pattern(host: str) -> bool:
