@@ -27,8 +27,8 @@ from harness import (
     LogCapture,
     NodeProcess,
     computations,
+    netns,
 )
-from harness import netns
 from harness.procs import check_no_leaks, dispy_children
 
 import dispy

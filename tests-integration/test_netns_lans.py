@@ -6,10 +6,14 @@ A); LAN B, behind the router, holds two nodes the client lists by address. Every
 returns the ``NODE_TAG`` of the node that ran it, so the test sees where jobs went. Then the
 router's link to LAN B is cut while B's nodes run jobs: with a short ``pulse_interval`` they
 are declared dead, their jobs move to LAN A (reentrant) or end Cancelled, every job ends
-exactly once, and after the link returns a new cluster uses B's nodes again.
+exactly once. After the link returns, a new cluster should use B's nodes again; it does not
+when B's connection to the old client ended by a reset (test_link_back_after_reset, xfail:
+the node keeps the orphaned computation for zombie_interval).
 """
 
 from __future__ import annotations
+
+import json
 
 import pytest
 from harness import wait_for
@@ -63,7 +67,7 @@ def _check_results(records, numbers, hosts_by_tag, statuses=(DispyJob.Finished,)
 
 
 def test_broadcast_on_a_listed_on_b(topology, node_factory, secret, tmp_path):
-    a, b, _router, client_host, on_a, on_b = _two_lans(topology)
+    _a, _b, _router, client_host, on_a, on_b = _two_lans(topology)
     hosts = {h.name: h for h in on_a + on_b}
     _start(node_factory, on_a + on_b)
 
@@ -89,8 +93,6 @@ def test_broadcast_on_a_listed_on_b(topology, node_factory, secret, tmp_path):
 
 
 def _nodes_line(client) -> list[list]:
-    import json
-
     lines = events(client, "nodes")
     assert lines, client.lines()
     return json.loads(lines[0])

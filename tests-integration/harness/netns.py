@@ -137,7 +137,9 @@ class Namespace:
         return run("ip", "-n", self.name, *args)
 
     def sysctl(self, key: str, value: str) -> None:
-        run(*self.wrapper, "sysctl", "-q", "-w", f"{key}={value}")
+        # Through /proc rather than sysctl(8), which a bare Debian lacks (procps).
+        path = "/proc/sys/" + key.replace(".", "/")
+        run(*self.wrapper, "sh", "-c", f"echo {value} > {path}")
 
     def nft(self, ruleset: str) -> None:
         run(*self.wrapper, "nft", "-f", "-", stdin=ruleset)
