@@ -7,7 +7,8 @@ The client waits until ``expect_nodes`` nodes serve it, submits the jobs (``job.
 waits for all of them, then, when ``hold`` names a file, waits for that file before closing
 the cluster. It prints one line per event, which :func:`events` parses:
 
-* ``nodes [[ip, port, name], ...]`` once enough nodes serve (``nodes-missing ...`` and exit
+* ``discovery <seconds>`` (from the cluster's creation) and ``nodes [[ip, port, name],
+  ...]`` once enough nodes serve (``nodes-missing ...`` and exit
   status 3 if they do not in ``node_timeout`` seconds);
 * ``running <n> <ip>`` when a job starts on a node (cluster_status);
 * ``node <status> <ip>`` for node events other than availability (cluster_status);
@@ -80,7 +81,8 @@ cluster = dispy.JobCluster(
     loglevel=logging.DEBUG,
     **cfg["options"],
 )
-deadline = time.monotonic() + cfg["node_timeout"]
+started = time.monotonic()
+deadline = started + cfg["node_timeout"]
 while len(cluster.nodes()) < cfg["expect_nodes"] and time.monotonic() < deadline:
     time.sleep(0.05)
 found = [[n.ip_addr, n.port, n.name] for n in cluster.nodes()]
@@ -88,6 +90,7 @@ if len(found) < cfg["expect_nodes"]:
     say("nodes-missing " + json.dumps(found))
     cluster.close(terminate=True)
     sys.exit(3)
+say(f"discovery {time.monotonic() - started:.3f}")
 say("nodes " + json.dumps(found))
 jobs = []
 for n, seconds in cfg["jobs"]:
