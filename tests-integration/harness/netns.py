@@ -14,9 +14,10 @@ Theory of operation
   process. Interface names live inside their namespace (``eth0``, ``br0``, ``p3``), so they
   never collide and stay under the kernel's 15 characters.
 * **Addresses.** LAN number ``k`` of topology ``index`` is ``10.<201 + k>.<index>.0/24``,
-  so two topologies alive at once (``pytest -n 2``) never share a subnet, even though their
-  namespaces could not reach each other anyway. Routers take ``.1`` on each LAN, hosts
-  ``.2`` upwards (or the octet asked for).
+  so two topologies alive at once (``pytest -n 2``: worker ``gwN`` numbers from
+  ``100 N + 1``) do not share a subnet, even though their namespaces could not reach each
+  other anyway. Routers take ``.1`` on each LAN, hosts ``.2`` upwards (or the octet asked
+  for).
 * **Teardown.** :meth:`Topology.close` (a context manager exit, so it runs when a test fails
   or is interrupted) stops the processes it started, kills whatever else still runs in its
   namespaces (``ip netns pids``), then deletes the namespaces; veth pairs and bridges go with
@@ -37,6 +38,7 @@ import signal
 import subprocess
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import psutil
 
@@ -75,8 +77,11 @@ def unavailable() -> str | None:
     probe = f"{PREFIX}{os.getpid()}-probe"
     try:
         run("ip", "netns", "add", probe)
+        run("ip", "netns", "exec", probe, "true")  # needs to mount /sys: not in every container
     except (NetnsError, OSError, subprocess.TimeoutExpired) as exc:
-        return f"cannot create a network namespace: {exc}"
+        with contextlib.suppress(NetnsError, OSError, subprocess.TimeoutExpired):
+            run("ip", "netns", "delete", probe)
+        return f"cannot create or enter a network namespace: {exc}"
     with contextlib.suppress(NetnsError, OSError, subprocess.TimeoutExpired):
         run("ip", "netns", "delete", probe)
     return None
@@ -175,7 +180,8 @@ class Lan:
 
 @dataclass
 class Host:
-    """A machine with one interface (``eth0``) on a LAN, its default route via ``.1``."""
+    """A machine with one interface (``eth0``) on a LAN (and, unless made without, a
+    default route via the LAN's ``.1``)."""
 
     name: str
     ns: Namespace
@@ -244,8 +250,9 @@ class Topology:
         self._namespaces.append(ns)
         ns.ip("link", "set", "lo", "up")
         # IPv6 would only add link-local chatter to the logs; these tests are IPv4.
-        ns.sysctl("net.ipv6.conf.all.disable_ipv6", "1")
-        ns.sysctl("net.ipv6.conf.default.disable_ipv6", "1")
+        with contextlib.suppress(NetnsError):  # a kernel without IPv6 has nothing to quiet
+            ns.sysctl("net.ipv6.conf.all.disable_ipv6", "1")
+            ns.sysctl("net.ipv6.conf.default.disable_ipv6", "1")
         return ns
 
     def lan(self, name: str) -> Lan:
@@ -331,21 +338,12 @@ class Topology:
         )
         return router
 
-    def popen(self, host: Host, cmd: Sequence[str], **kwargs: object) -> subprocess.Popen[bytes]:
-        """Start ``cmd`` inside ``host``'s namespace; :meth:`close` kills it."""
-        proc: subprocess.Popen[bytes] = subprocess.Popen(  # type: ignore[call-overload]
-            [*host.wrapper, *cmd], **kwargs
-        )
+    def popen(self, host: Host, cmd: Sequence[str], **kwargs: Any) -> subprocess.Popen[bytes]:
+        """Start ``cmd`` inside ``host``'s namespace (``kwargs`` go to Popen); :meth:`close`
+        kills it."""
+        proc: subprocess.Popen[bytes] = subprocess.Popen([*host.wrapper, *cmd], **kwargs)
         self._procs.append(proc)
         return proc
-
-    def pids(self) -> dict[str, list[int]]:
-        """The processes running in each namespace of this topology."""
-        out = {}
-        for ns in self._namespaces:
-            with contextlib.suppress(NetnsError):
-                out[ns.name] = [int(p) for p in run("ip", "netns", "pids", ns.name).split()]
-        return out
 
     def close(self) -> None:
         """Kill what runs inside, delete every namespace (links and bridges go with them)."""
