@@ -155,6 +155,10 @@ def _cut_mid_run(topology, node_factory, secret, tmp_path, reentrant):
     return client, router, b, client_host, hosts, b_nodes
 
 
+class NodesNotReused(AssertionError):
+    """B's nodes did not serve a new cluster after the link returned."""
+
+
 def _new_cluster_on_b(tmp_path, client_host, b_nodes, secret, hosts, node_timeout):
     again = where_client(
         tmp_path / "again",
@@ -167,7 +171,11 @@ def _new_cluster_on_b(tmp_path, client_host, b_nodes, secret, hosts, node_timeou
         node_timeout=node_timeout,
         name="again",
     )
-    again.wait_line("closed", node_timeout + 30)
+    # "nodes ..." once they serve it, "nodes-missing ..." if they do not in node_timeout.
+    first = again.wait_line(lambda line: line.startswith("nodes"), node_timeout + 30)
+    if first.startswith("nodes-missing"):
+        raise NodesNotReused(f"B's nodes did not join a new cluster in {node_timeout:g} s: {first}")
+    again.wait_line("closed", 30)
     assert again.wait(10) == 0, again.stderr_text()
     records = done(again)
     _check_results(records, range(8), hosts)
@@ -189,7 +197,7 @@ def test_link_cut_between_lans(topology, node_factory, secret, tmp_path, reentra
 
 @pytest.mark.xfail(
     strict=True,
-    raises=AssertionError,
+    raises=NodesNotReused,
     reason="a node whose client connection ends by a reset while a result is unacknowledged "
     "keeps the orphaned computation, and stays busy, for zombie_interval (60 min) after its "
     "jobs are done, although the result is already on disk (PROTOCOL.md 9)",
