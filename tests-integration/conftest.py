@@ -27,6 +27,7 @@ from harness import (
     LogCapture,
     NodeProcess,
     computations,
+    netns,
 )
 from harness.procs import check_no_leaks, dispy_children
 
@@ -223,3 +224,23 @@ def cluster_factory(
             problems.append(f"client threads still running after close: {leaked}")
     if problems:
         pytest.fail("cluster teardown:\n  " + "\n  ".join(problems))
+
+
+@pytest.fixture
+def topology() -> Iterator[netns.Topology]:
+    """Network namespaces for one test (:mod:`harness.netns`), deleted at teardown.
+
+    Ask for it before ``node_factory`` so that nodes stop before their namespaces go.
+    Skips when namespaces are not available here, unless ``DISPY_REQUIRE_NETNS`` is set
+    (``.ci/run`` sets it when running as root): then that is a failure.
+    """
+    reason = netns.unavailable()
+    if reason is not None:
+        if os.environ.get("DISPY_REQUIRE_NETNS"):
+            pytest.fail(f"DISPY_REQUIRE_NETNS is set but {reason}")
+        pytest.skip(reason)
+    swept = netns.sweep()
+    if swept:
+        print(f"removed namespaces left by an earlier run: {swept}")
+    with netns.Topology() as topo:
+        yield topo

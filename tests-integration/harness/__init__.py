@@ -7,6 +7,8 @@
 * :mod:`.history`: records what a cluster reported for each job and checks it.
 * :mod:`.computations`: the functions jobs run (shipped to nodes by value).
 * :mod:`.logs`: capture of the client's ``dispy`` logger.
+* :mod:`.netns`: separate networks from Linux network namespaces (the ``topology`` fixture),
+  and :mod:`.where_client`: a client process there that reports where each job ran.
 """
 
 from harness.history import History

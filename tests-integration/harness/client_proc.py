@@ -36,13 +36,21 @@ HARNESS_ROOT = str(Path(__file__).resolve().parent.parent)
 class ClientProcess:
     """One client script run as ``python script.py args...``."""
 
-    def __init__(self, workdir: Path, source: str, args: Sequence[str] = (), name: str = "client"):
+    def __init__(
+        self,
+        workdir: Path,
+        source: str,
+        args: Sequence[str] = (),
+        name: str = "client",
+        wrapper: Sequence[str] = (),
+    ):
         self.workdir = workdir
         self.name = name
         self.script = workdir / f"{name}.py"
         self.stderr_path = workdir / f"{name}.stderr"
         self.source = source
         self.args = list(args)
+        self.wrapper = list(wrapper)  # e.g. ``ip netns exec NAME``: where it runs
         self.proc: subprocess.Popen[str] | None = None
         self._lines: list[str] = []
         self._cond = threading.Condition()
@@ -59,7 +67,7 @@ class ClientProcess:
         env["PYTHONUNBUFFERED"] = "1"
         with self.stderr_path.open("ab") as err:
             self.proc = subprocess.Popen(
-                [sys.executable, str(self.script), *self.args],
+                [*self.wrapper, sys.executable, str(self.script), *self.args],
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=err,

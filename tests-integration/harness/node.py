@@ -1,4 +1,8 @@
-"""``dispy-node run`` as a real process on 127.0.0.1, launched through the installed CLI."""
+"""``dispy-node run`` as a real process, launched through the installed CLI.
+
+It listens on 127.0.0.1 unless given another address (with ``wrapper``, the command that runs
+it inside a network namespace: see :mod:`harness.netns`).
+"""
 
 from __future__ import annotations
 
@@ -52,6 +56,8 @@ class NodeProcess:
         extra_args: more options for ``dispy-node run``.
         env: extra environment variables for the node (its jobs inherit them).
         stdin: ``"devnull"`` or ``"closed"`` (descriptor 0 not open at all).
+        ip_addr: ``-i`` (127.0.0.1 by default).
+        wrapper: a command the node's command line is appended to (``ip netns exec NAME``).
     """
 
     def __init__(
@@ -66,6 +72,8 @@ class NodeProcess:
         extra_args: Sequence[str] = (),
         env: Mapping[str, str] | None = None,
         stdin: str = "devnull",
+        ip_addr: str = LOOPBACK,
+        wrapper: Sequence[str] = (),
     ) -> None:
         if stdin not in ("devnull", "closed"):
             raise ValueError(f"stdin must be 'devnull' or 'closed', not {stdin!r}")
@@ -79,6 +87,8 @@ class NodeProcess:
         self.extra_args = list(extra_args)
         self.extra_env = dict(env or {})
         self.stdin_mode = stdin
+        self.ip_addr = ip_addr
+        self.wrapper = list(wrapper)
         self.dest_path_prefix = workdir / "dest"
         self.tmpdir = Path(tempfile.mkdtemp(prefix="dispy-it-"))
         self.log_path = workdir / "node.log"
@@ -89,14 +99,14 @@ class NodeProcess:
 
     def __repr__(self) -> str:
         state = "not started" if self.proc is None else f"pid {self.proc.pid}"
-        return f"<NodeProcess {self.name} 127.0.0.1:{self.port} {state}>"
+        return f"<NodeProcess {self.name} {self.ip_addr}:{self.port} {state}>"
 
     # -- the command ----------------------------------------------------------------------
 
     @property
     def address(self) -> tuple[str, int]:
         """What a cluster lists in ``nodes=``."""
-        return (LOOPBACK, self.port)
+        return (self.ip_addr, self.port)
 
     @property
     def pid(self) -> int:
@@ -111,7 +121,7 @@ class NodeProcess:
             exe,
             "run",
             "-i",
-            LOOPBACK,
+            self.ip_addr,
             "-p",
             str(self.port),
             "--cpus",
@@ -127,7 +137,7 @@ class NodeProcess:
         if self.stdin_mode == "closed":
             # The shell closes descriptor 0 and execs the node in its place (same pid).
             cmd = ["/bin/sh", "-c", 'exec "$@" <&-', "sh", *cmd]
-        return cmd
+        return [*self.wrapper, *cmd]
 
     def environment(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if k != "DISPY_SECRET"}
@@ -181,7 +191,7 @@ class NodeProcess:
         self.returncode = None
 
     def ready_line(self) -> str:
-        return f"dispy-node {self.name} serving {self._served_cpus()} at {LOOPBACK}:{self.port}"
+        return f"dispy-node {self.name} serving {self._served_cpus()} at {self.ip_addr}:{self.port}"
 
     def _served_cpus(self) -> str:
         return f"{self.cpus} CPU(s)" if self.cpus > 0 else "CPU(s)"
@@ -199,7 +209,7 @@ class NodeProcess:
             ready = (
                 re.search(
                     rf"dispy-node {re.escape(self.name)} serving \d+ CPU\(s\) at "
-                    rf"{re.escape(LOOPBACK)}:{self.port}\b",
+                    rf"{re.escape(self.ip_addr)}:{self.port}\b",
                     text,
                 )
                 is not None
