@@ -6,9 +6,9 @@ A); LAN B, behind the router, holds two nodes the client lists by address. Every
 returns the ``NODE_TAG`` of the node that ran it, so the test sees where jobs went. Then the
 router's link to LAN B is cut while B's nodes run jobs: with a short ``pulse_interval`` they
 are declared dead, their jobs move to LAN A (reentrant) or end Cancelled, every job ends
-exactly once. After the link returns, a new cluster should use B's nodes again; it does not
-when B's connection to the old client ended by a reset (test_link_back_after_reset, xfail:
-the node keeps the orphaned computation for zombie_interval).
+exactly once. After the link returns, a new cluster uses B's nodes again, also when B's
+connection to the old client ended by a reset (test_link_back_after_reset: the orphaned
+computation ends as soon as its jobs are done, its results on disk).
 """
 
 from __future__ import annotations
@@ -195,13 +195,6 @@ def test_link_cut_between_lans(topology, node_factory, secret, tmp_path, reentra
     assert len(done(client)) == 12, client.lines()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=NodesNotReused,
-    reason="a node whose client connection ends by a reset while a result is unacknowledged "
-    "keeps the orphaned computation, and stays busy, for zombie_interval (60 min) after its "
-    "jobs are done, although the result is already on disk (PROTOCOL.md 9)",
-)
 def test_link_back_after_reset(topology, node_factory, secret, tmp_path):
     client, router, b, client_host, hosts, b_nodes = _cut_mid_run(
         topology, node_factory, secret, tmp_path, True

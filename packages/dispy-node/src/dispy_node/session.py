@@ -29,9 +29,9 @@ A session outlives its connection. If the connection breaks while a computation 
 unacknowledged results), that computation is *orphaned*: its jobs keep running and every
 result goes to the node's :class:`~dispy_core.result_store.ResultStore`; the others close.
 ``recover_jobs`` can then attach a new connection (:meth:`Session.recover`) to collect stored
-and later results and release the node. An orphaned session ends by itself
-``zombie_interval`` after the peer's last word, once its jobs are done; stored results stay
-on disk until recovered or ``--clean``.
+and later results and release the node. An orphaned session ends by itself as soon as its
+jobs are done (the node is free for others then); stored results stay on disk until
+recovered or ``--clean``, and recovery serves them from there.
 
 Outcomes of :meth:`Session.serve`: ``closed`` (the client closed the computation),
 ``declined`` (the client did not want this node), ``refused`` (the client ended the session,
@@ -91,6 +91,8 @@ if TYPE_CHECKING:
 __all__ = ["Session"]
 
 log = logging.getLogger("dispy_node")
+# How often an orphaned session looks whether its last job ended (it then frees the node).
+ORPHAN_POLL = 0.5
 
 
 class Session:
@@ -112,6 +114,7 @@ class Session:
         self._held = False  # some runner holds queued jobs until the peer is heard from
         self._pulse_task: asyncio.Task[None] | None = None
         self._tasks = TaskOwner("session", log=log, on_error=self._own_task_failed)
+        self._orphaned = asyncio.Event()  # wakes the zombie watcher when the peer is gone
 
     def runs(self, comp_id: int) -> bool:
         return comp_id in self.sessions
@@ -315,7 +318,19 @@ class Session:
     async def _watch_zombie(self) -> None:
         limit = self.node.config.zombie_interval
         while True:
-            await asyncio.sleep(min(limit / 4, 30.0))
+            # Orphaned (no connection): looked at often, since the node is free as soon as
+            # its last job ends (the results are on disk, where recovery finds them).
+            wait = ORPHAN_POLL if self.conn is None else min(limit / 4, 30.0)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._orphaned.wait(), wait)
+            self._orphaned.clear()
+            if self.conn is None and not self.ended:
+                if self.has_work():
+                    continue
+                log.info("orphaned computation(s) have no job left (results kept): freeing")
+                await self.finish()
+                self.node.session_ended(self)
+                return
             silent = time.monotonic() - self.last_heard
             if silent <= limit or self.has_work():
                 continue
@@ -389,11 +404,14 @@ class Session:
                     del self.sessions[comp_id]
                     await cs.close(terminate=True)
             if self.sessions:
+                self._orphaned.set()
                 return True
         await self.finish()
         return False
 
     async def finish(self) -> None:
+        if self.ended:
+            return  # ended already (by the zombie watcher, say): never closed twice
         self.ended = True
         sessions = list(self.sessions.values())
         self.sessions.clear()
