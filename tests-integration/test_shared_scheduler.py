@@ -1,0 +1,273 @@
+"""``dispy-scheduler serve`` shares real nodes between clients (issue 11, the scheduler).
+
+A real scheduler and real ``dispy-node``s on 127.0.0.1; the clients are
+:class:`harness.shared_client.FakeSharedClient`, which speaks PROTOCOL.md section 13 message
+by message. The node secret and the cluster secret differ in every test.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import signal
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from harness.computations import pid_and_value, square_plus
+from harness.features import interval
+from harness.ports import LOOPBACK
+from harness.scheduler import SchedulerProcess
+from harness.shared_client import FakeSharedClient, args
+
+from dispy_core.protocol.errors import ProtocolError
+
+pytestmark = pytest.mark.timeout(180)
+
+
+@pytest.fixture
+def cluster_secret() -> str:
+    return "cluster-" + secrets.token_hex(8)
+
+
+class SchedulerFactory:
+    def __init__(self, tmp_path: Path, node_secret: str, cluster_secret: str) -> None:
+        self.tmp = tmp_path
+        self.node_secret = node_secret
+        self.cluster_secret = cluster_secret
+        self.started: list[SchedulerProcess] = []
+
+    def __call__(self, nodes: list[Any], *extra: str, also: list[Any] = ()) -> SchedulerProcess:
+        """A scheduler pinging ``nodes`` (waits until they joined) and ``also``."""
+        sched = SchedulerProcess(
+            self.tmp / f"scheduler-{len(self.started) + 1}",
+            node_secret=self.node_secret,
+            cluster_secret=self.cluster_secret,
+            nodes=[f"{LOOPBACK}:{n.port}" for n in (*nodes, *also)],
+            extra_args=extra,
+        )
+        self.started.append(sched)
+        sched.start()
+        for node in nodes:
+            sched.wait_log(f"node {node.name} ({LOOPBACK}:{node.port}) with", timeout=20)
+        return sched
+
+
+@pytest.fixture
+def scheduler_factory(
+    tmp_path: Path, secret: str, cluster_secret: str
+) -> Iterator[SchedulerFactory]:
+    factory = SchedulerFactory(tmp_path, secret, cluster_secret)
+    yield factory
+    problems = []
+    for sched in factory.started:
+        code = sched.stop()
+        if code not in (0, None, -signal.SIGKILL) and sched.starts:
+            problems.append(f"scheduler exited with status {code} on SIGINT")
+        if "Traceback" in sched.log_text():
+            problems.append(f"traceback in the scheduler's log:\n{sched.log_text()[-5000:]}")
+        sched.cleanup()
+    if problems:
+        pytest.fail("\n".join(problems))
+
+
+def _run(coro: Any) -> Any:
+    return asyncio.run(coro)
+
+
+def test_two_clients_interleave_on_the_same_nodes(node_factory, scheduler_factory):
+    nodes = node_factory(2, cpus=2, name="shared")
+    sched = scheduler_factory(nodes)
+
+    async def scenario() -> None:
+        a = await FakeSharedClient.connect(sched.scheduler_port, sched.cluster_secret)
+        b = await FakeSharedClient.connect(sched.scheduler_port, sched.cluster_secret)
+        await a.open("squares", square_plus)
+        await b.open("pids", pid_and_value)
+        assert a.sched_id != b.sched_id
+        await a.wait(lambda: len(a.nodes) == 2, 20, "both nodes set up for a")
+        await b.wait(lambda: len(b.nodes) == 2, 20, "both nodes set up for b")
+        # the same job ids in both computations, interleaved
+        for job_id in range(1, 41):
+            a.submit({job_id: args(job_id)})
+            b.submit({job_id: args(job_id * 10)})
+        await a.wait_done(40)
+        await b.wait_done(40)
+        assert not a.ended and not b.ended
+        for job_id in range(1, 41):
+            assert a.results[job_id].value == square_plus(job_id)
+            assert b.results[job_id].value[1] == job_id * 10 + 1
+        assert {r.node for r in a.results.values()} == {n.address for n in nodes}
+        assert {r.node for r in b.results.values()} == {n.address for n in nodes}
+        await a.close()
+        await b.close()
+
+    _run(scenario())
+    sched.wait_log("computation squares", count=1)
+
+
+def test_a_small_computation_finishes_long_before_a_big_one(node_factory, scheduler_factory):
+    nodes = node_factory(2, cpus=2, name="fair")
+    sched = scheduler_factory(nodes)
+
+    async def scenario() -> None:
+        big = await FakeSharedClient.connect(sched.scheduler_port, sched.cluster_secret)
+        small = await FakeSharedClient.connect(sched.scheduler_port, sched.cluster_secret)
+        await big.open("big", interval)
+        await big.wait(lambda: len(big.nodes) == 2, 20, "nodes for big")
+        big.submit({job_id: args(0.1) for job_id in range(1, 301)})
+        await big.wait(lambda: len(big.results) >= 8, 30, "big under way")
+        await small.open("small", interval)
+        await small.wait(lambda: len(small.nodes) == 2, 20, "nodes for small")
+        small.submit({job_id: args(0.1) for job_id in range(1, 11)})
+        await small.wait_done(10, timeout=30)
+        # 300 jobs of 0.1 s on 4 CPUs take 7.5 s; the small one took a few rounds.
+        assert len(big.results) < 150, f"small waited for big: {len(big.results)} done"
+        assert all(r.outcome == "finished" for r in small.results.values())
+        await small.close()
+        await big.close(terminate=True)
+
+    _run(scenario())
+
+
+def test_exclusive_computations_take_their_turns_in_order(node_factory, scheduler_factory):
+    nodes = node_factory(2, cpus=1, name="turns")
+    sched = scheduler_factory(nodes)
+
+    async def scenario() -> None:
+        first = await FakeSharedClient.connect(sched.scheduler_port, sched.cluster_secret)
+        excl = await FakeSharedClient.connect(sched.scheduler_port, sched.cluster_secret)
+        late = await FakeSharedClient.connect(sched.scheduler_port, sched.cluster_secret)
+        await first.open("first", interval)
+        first.submit({i: args(0.3) for i in range(1, 5)})
+        await excl.open("exclusive", interval, exclusive=True)
+        await excl.wait(lambda: excl.state == "waiting", 10, "exclusive waits")
+        excl.submit({i: args(0.2) for i in range(1, 5)})
+        await late.open("late", interval)
+        await late.wait(lambda: late.state == "waiting", 10, "late waits")
+        late.submit({i: args(0.1) for i in range(1, 5)})
+        await first.wait_done(4)
+        await first.close()
+        await excl.wait(lambda: excl.state == "active", 20, "exclusive's turn")
+        await excl.wait_done(4)
+        assert late.state == "waiting" and not late.results
+        await excl.close()
+        await late.wait(lambda: late.state == "active", 20, "late's turn")
+        await late.wait_done(4)
+        await late.close()
+        first_end = max(r.value[1] for r in first.results.values())
+        excl_start = min(r.value[0] for r in excl.results.values())
+        excl_end = max(r.value[1] for r in excl.results.values())
+        late_start = min(r.value[0] for r in late.results.values())
+        assert first_end <= excl_start < excl_end <= late_start
+
+    _run(scenario())
+
+
+def test_a_client_with_the_wrong_cluster_secret_is_refused(node_factory, scheduler_factory):
+    node = node_factory.one(cpus=1, name="guarded")
+    sched = scheduler_factory([node])
+
+    async def wrong() -> str:
+        try:
+            client = await FakeSharedClient.connect(sched.scheduler_port, "not-the-secret")
+        except ProtocolError as exc:
+            return str(exc)
+        await client.disconnect()
+        return "accepted"
+
+    reason = _run(wrong())
+    assert "authentication failed" in reason and "secret" in reason
+    sched.wait_log("client at 127.0.0.1:")
+    sched.wait_log("refused: it does not use this scheduler's --cluster_secret")
+
+    async def right() -> None:
+        client = await FakeSharedClient.connect(sched.scheduler_port, sched.cluster_secret)
+        await client.open("ok", square_plus)
+        await client.wait(lambda: client.nodes, 20, "node set up")
+        client.submit({1: args(2)})
+        await client.wait_done(1)
+        assert client.results[1].value == square_plus(2)
+        await client.close()
+
+    _run(right())
+
+
+def test_a_node_with_the_wrong_node_secret_is_not_used(node_factory, scheduler_factory):
+    good = node_factory.one(cpus=1, name="good")
+    bad = node_factory.one(cpus=1, name="bad", secret="some-other-secret")
+    sched = scheduler_factory([good], also=[bad])
+    sched.wait_log("node at 127.0.0.1:", timeout=20)
+    sched.wait_log("refused: it does not use this scheduler's --node_secret", timeout=20)
+
+    async def scenario() -> None:
+        client = await FakeSharedClient.connect(sched.scheduler_port, sched.cluster_secret)
+        await client.open("only-good", square_plus)
+        await client.wait(lambda: client.nodes, 20, "node set up")
+        client.submit({i: args(i) for i in range(1, 6)})
+        await client.wait_done(5)
+        assert {r.node for r in client.results.values()} == {good.address}
+        assert [o.port for o in client.offers] == [good.port]
+        await client.close()
+
+    _run(scenario())
+
+
+@pytest.mark.parametrize("reentrant", [True, False])
+def test_node_killed_jobs_move_or_end_cancelled(node_factory, scheduler_factory, reentrant):
+    victim, survivor = node_factory(2, cpus=1, name="mortal")
+    sched = scheduler_factory([victim, survivor], "--pulse_interval", "1")
+
+    async def scenario() -> None:
+        client = await FakeSharedClient.connect(sched.scheduler_port, sched.cluster_secret)
+        await client.open("moving", interval, reentrant=reentrant)
+        await client.wait(lambda: len(client.nodes) == 2, 20, "both nodes")
+        client.submit({i: args(3.0) for i in range(1, 5)})
+        await client.wait(
+            lambda: victim.address in client.running.values(), 20, "a job on the victim"
+        )
+        on_victim = {j for j, n in client.running.items() if n == victim.address}
+        victim.kill()
+        await client.wait_done(4, timeout=60)
+        await client.wait(
+            lambda: client.nodes.get(victim.address) == "abandoned", 20, "victim abandoned"
+        )
+        if reentrant:
+            assert not client.ended, client.ended
+            assert on_victim <= set(client.requeued)
+            assert {r.node for r in client.results.values()} == {survivor.address}
+        else:
+            assert set(client.ended) >= on_victim
+            for job_id in on_victim:
+                status, reason = client.ended[job_id]
+                assert status == "cancelled"
+                assert f"{victim.address[0]}:{victim.address[1]}" in reason
+        await client.close()
+
+    _run(scenario())
+
+
+@pytest.mark.parametrize(
+    ("option", "text"),
+    [
+        (["--pulse_interval", "0"], "--pulse-interval"),
+        (["--port", "70000"], "--port"),
+        (["--max_file_size", "ten"], "invalid size"),
+        (["--node_keyfile", "/etc/hostname"], "--node_keyfile given without --node_certfile"),
+    ],
+)
+def test_cli_option_errors_exit_2_with_one_line(option, text, tmp_path):
+    proc = subprocess.run(
+        ["dispy-scheduler", "serve", "-i", LOOPBACK, *option],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        stdin=subprocess.DEVNULL,
+        env={"PATH": __import__("os").environ["PATH"], "DISPY_SECRET": "s", "COLUMNS": "200"},
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert text in proc.stderr
+    assert "Traceback" not in proc.stderr
