@@ -21,8 +21,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from harness.ports import LOOPBACK
-
 from dispy_core import serialize
 from dispy_core.aio.connection import Connection, ConnectionClosed, PeerRefused, open_connection
 from dispy_core.protocol.messages import (
@@ -38,6 +36,7 @@ from dispy_core.protocol.messages import (
     SharedSubmit,
 )
 from dispy_core.results import iter_replies, read_reply
+from harness.ports import LOOPBACK
 
 Node = tuple[str, int]
 

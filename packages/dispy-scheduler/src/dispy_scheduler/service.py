@@ -113,6 +113,7 @@ class Scheduler(Shell):
         self._routes: dict[int, _FileRoute] = {}
         self._req = 0
         self._clients: set[Connection] = set()
+        self._loops: list[asyncio.Task[None]] = []
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -136,8 +137,10 @@ class Scheduler(Shell):
             log.warning("--httpd: the web monitor is not available yet; scheduling goes on")
         self._sender = PingSender(s.ip_addrs)
         self.ping_all()
-        self.tasks.start(self._discovery(), name="discovery")
-        self.tasks.start(self._ticks(), name="ticks")
+        self._loops = [
+            self.tasks.start(self._discovery(), name="discovery"),
+            self.tasks.start(self._ticks(), name="ticks"),
+        ]
         self._recover_found()
 
     async def _listen(self, accept: Any, port: int, tls: TLSConfig) -> int:
@@ -190,6 +193,8 @@ class Scheduler(Shell):
         self.closing = True
         for server in self._servers:
             server.close()
+        for task in self._loops:
+            task.cancel()
         goodbyes = [c.refuse("scheduler shutting down") for c in list(self._clients)]
         goodbyes += [n.conn.refuse("scheduler shutting down") for n in self.nodes.values()]
         await asyncio.gather(*goodbyes, return_exceptions=True)
