@@ -95,7 +95,8 @@ def test_two_clients_interleave_on_the_same_nodes(node_factory, scheduler_factor
             b.submit({job_id: args(job_id * 10)})
         await a.wait_done(40)
         await b.wait_done(40)
-        assert not a.ended and not b.ended
+        assert not a.ended
+        assert not b.ended
         for job_id in range(1, 41):
             assert a.results[job_id].value == square_plus(job_id)
             assert b.results[job_id].value[1] == job_id * 10 + 1
@@ -152,7 +153,8 @@ def test_exclusive_computations_take_their_turns_in_order(node_factory, schedule
         await first.close()
         await excl.wait(lambda: excl.state == "active", 20, "exclusive's turn")
         await excl.wait_done(4)
-        assert late.state == "waiting" and not late.results
+        assert late.state == "waiting"
+        assert not late.results
         await excl.close()
         await late.wait(lambda: late.state == "active", 20, "late's turn")
         await late.wait_done(4)
@@ -179,7 +181,8 @@ def test_a_client_with_the_wrong_cluster_secret_is_refused(node_factory, schedul
         return "accepted"
 
     reason = _run(wrong())
-    assert "authentication failed" in reason and "secret" in reason
+    assert "authentication failed" in reason
+    assert "secret" in reason
     sched.wait_log("client at 127.0.0.1:")
     sched.wait_log("refused: it does not use this scheduler's --cluster_secret")
 

@@ -65,7 +65,8 @@ def test_serve_runs_the_service_with_the_checked_settings(served: list[Settings]
     assert settings.pulse_interval == 3
     assert settings.httpd is True
     assert settings.node_secret == settings.cluster_secret == "s"
-    assert not settings.node_tls.enabled and not settings.cluster_tls.enabled
+    assert not settings.node_tls.enabled
+    assert not settings.cluster_tls.enabled
 
 
 @pytest.mark.parametrize(
