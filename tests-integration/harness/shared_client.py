@@ -119,9 +119,7 @@ class FakeSharedClient:
             )
         )
         for path, data in (files or {}).items():
-            self.conn.send_nowait(
-                FilePut(comp_id=self.comp_id, path=path, size=len(data)), data
-            )
+            self.conn.send_nowait(FilePut(comp_id=self.comp_id, path=path, size=len(data)), data)
         bundle = serialize.dumps(
             {"computation": function, "setup": None, "cleanup": None, "depends": []}
         )
@@ -195,9 +193,7 @@ class FakeSharedClient:
             self.offers.append(msg)
             cpus = self.allocate(msg)
             self.conn.send_nowait(
-                NodeAllocation(
-                    comp_id=self.comp_id, ip_addr=msg.ip_addr, port=msg.port, cpus=cpus
-                )
+                NodeAllocation(comp_id=self.comp_id, ip_addr=msg.ip_addr, port=msg.port, cpus=cpus)
             )
         elif msg.type == "sched.node":
             self.nodes[msg.ip_addr, msg.port] = msg.status

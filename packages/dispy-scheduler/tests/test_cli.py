@@ -16,7 +16,6 @@ from dispy_scheduler.service import Settings
 runner = CliRunner()
 
 
-
 @pytest.fixture
 def captured(monkeypatch: pytest.MonkeyPatch) -> list[cli.ServeOptions]:
     """Replace the service call with a recorder so option parsing can be checked."""
