@@ -252,6 +252,67 @@ def test_node_killed_jobs_move_or_end_cancelled(node_factory, scheduler_factory,
     _run(scenario())
 
 
+def test_a_silent_node_is_declared_dead_by_pulses(node_factory, scheduler_factory):
+    """A stopped node (SIGSTOP: its connection stays open) misses its pulses: after
+    5 x --pulse_interval the scheduler declares it dead and its jobs move."""
+    frozen, alive = node_factory(2, cpus=1, name="pulse")
+    sched = scheduler_factory([frozen, alive], "--pulse_interval", "1")
+
+    async def scenario() -> None:
+        client = await FakeSharedClient.connect(sched.scheduler_port, sched.cluster_secret)
+        await client.open("silent", interval, reentrant=True)
+        await client.wait(lambda: len(client.nodes) == 2, 20, "both nodes")
+        client.submit({i: args(1.0) for i in range(1, 5)})
+        await client.wait(
+            lambda: frozen.address in client.running.values(), 20, "a job on the frozen node"
+        )
+        frozen.kill(signal.SIGSTOP)
+        try:
+            await client.wait_done(4, timeout=40)
+            await client.wait(
+                lambda: client.nodes.get(frozen.address) == "abandoned", 20, "frozen abandoned"
+            )
+        finally:
+            frozen.kill(signal.SIGCONT)
+        assert not client.ended
+        assert client.requeued
+        assert {r.node for r in client.results.values()} == {alive.address}
+        await client.close()
+
+    _run(scenario())
+    sched.wait_log(f"node {LOOPBACK}:{frozen.port} declared dead: no pulse for")
+
+
+def test_a_gone_client_leaves_its_jobs_running_and_others_unaffected(
+    node_factory, scheduler_factory
+):
+    nodes = node_factory(2, cpus=1, name="orphan")
+    sched = scheduler_factory(nodes)
+
+    async def scenario() -> int:
+        gone = await FakeSharedClient.connect(sched.scheduler_port, sched.cluster_secret)
+        other = await FakeSharedClient.connect(sched.scheduler_port, sched.cluster_secret)
+        await gone.open("orphaned", interval)
+        await other.open("other", square_plus)
+        await gone.wait(lambda: len(gone.nodes) == 2, 20, "nodes for gone")
+        await other.wait(lambda: len(other.nodes) == 2, 20, "nodes for other")
+        gone.submit({i: args(0.5) for i in range(1, 7)})
+        await gone.wait(lambda: gone.running, 20, "a job running")
+        await gone.disconnect()
+        other.submit({i: args(i) for i in range(1, 21)})
+        await other.wait_done(20)
+        assert all(other.results[i].value == square_plus(i) for i in range(1, 21))
+        await other.close()
+        return gone.sched_id
+
+    sched_id = _run(scenario())
+    sched.wait_log("of computation orphaned is gone")
+    sched.wait_log("its 6 job(s) go on")
+    # its jobs went on to their end, then it was closed on the nodes and dropped
+    sched.wait_log(f"computation orphaned ({sched_id}) done", timeout=30)
+    assert "shutting down" not in sched.log_text()
+
+
 @pytest.mark.parametrize(
     ("option", "text"),
     [

@@ -298,15 +298,18 @@ class Shell:
                 return
             except ConnectionClosed:
                 pass  # the client's end comes as its own event; store these now
-        self._store(comp, reports, b"".join(parts))
-        ids = [r.job_id for r in reports]
-        for chunk in _chunks(ids, MAX_IDS):
-            link.send(JobAck(comp_id=comp.sched_id, job_ids=chunk))
+        if self._store(comp, reports, b"".join(parts)):
+            ids = [r.job_id for r in reports]
+            for chunk in _chunks(ids, MAX_IDS):
+                link.send(JobAck(comp_id=comp.sched_id, job_ids=chunk))
 
-    def _store(self, comp: SharedComp, reports: list[JobReport], payload: bytes) -> None:
+    def _store(self, comp: SharedComp, reports: list[JobReport], payload: bytes) -> bool:
+        """Write results to the store; False (logged) if it failed: the node keeps them
+        then, unacknowledged, until its own store expires them or they are recovered."""
         try:
             comp.record.store(reports, payload)
             comp.stored = True
+            return True
         except OSError as exc:
             log.error(
                 "computation %s: cannot store the results of job(s) %s: %s",
@@ -314,6 +317,7 @@ class Shell:
                 ", ".join(str(r.job_id) for r in reports),
                 exc,
             )
+            return False
 
     def client_acked(self, comp: SharedComp, job_ids: Sequence[int]) -> None:
         """The client has these results: the nodes may forget them."""
@@ -337,9 +341,9 @@ class Shell:
         for key, report, data in held.values():
             by_node[key].append((report, data))
         for key, items in by_node.items():
-            self._store(comp, [r for r, _ in items], b"".join(d for _, d in items))
+            stored = self._store(comp, [r for r, _ in items], b"".join(d for _, d in items))
             link = self.nodes.get(key)
-            if link is not None:
+            if link is not None and stored:
                 for chunk in _chunks([r.job_id for r, _ in items], MAX_IDS):
                     link.send(JobAck(comp_id=comp.sched_id, job_ids=chunk))
 
