@@ -29,6 +29,7 @@ from harness import (
     computations,
 )
 from harness.procs import check_no_leaks, dispy_children
+from harness.scheduler import SchedulerFactory
 
 import dispy
 
@@ -223,3 +224,22 @@ def cluster_factory(
             problems.append(f"client threads still running after close: {leaked}")
     if problems:
         pytest.fail("cluster teardown:\n  " + "\n  ".join(problems))
+
+
+@pytest.fixture
+def cluster_secret() -> str:
+    """The secret between SharedJobClusters and the scheduler (not the nodes' ``secret``)."""
+    return "cluster-" + secrets.token_hex(8)
+
+
+@pytest.fixture
+def scheduler_factory(
+    tmp_path: Path, secret: str, cluster_secret: str, node_factory: NodeFactory
+) -> Iterator[SchedulerFactory]:
+    """``dispy-scheduler serve`` processes (node secret ``secret``, cluster secret
+    ``cluster_secret``); depends on ``node_factory`` so schedulers stop before nodes."""
+    factory = SchedulerFactory(tmp_path, secret, cluster_secret)
+    yield factory
+    problems = factory.teardown()
+    if problems:
+        pytest.fail("scheduler teardown:\n  " + "\n  ".join(problems))

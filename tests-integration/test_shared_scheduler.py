@@ -8,69 +8,19 @@ by message. The node secret and the cluster secret differ in every test.
 from __future__ import annotations
 
 import asyncio
-import secrets
 import signal
 import subprocess
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 from harness.computations import pid_and_value, square_plus
 from harness.features import interval
 from harness.ports import LOOPBACK
-from harness.scheduler import SchedulerProcess
 from harness.shared_client import FakeSharedClient, args
 
 from dispy_core.protocol.errors import ProtocolError
 
 pytestmark = pytest.mark.timeout(180)
-
-
-@pytest.fixture
-def cluster_secret() -> str:
-    return "cluster-" + secrets.token_hex(8)
-
-
-class SchedulerFactory:
-    def __init__(self, tmp_path: Path, node_secret: str, cluster_secret: str) -> None:
-        self.tmp = tmp_path
-        self.node_secret = node_secret
-        self.cluster_secret = cluster_secret
-        self.started: list[SchedulerProcess] = []
-
-    def __call__(self, nodes: list[Any], *extra: str, also: list[Any] = ()) -> SchedulerProcess:
-        """A scheduler pinging ``nodes`` (waits until they joined) and ``also``."""
-        sched = SchedulerProcess(
-            self.tmp / f"scheduler-{len(self.started) + 1}",
-            node_secret=self.node_secret,
-            cluster_secret=self.cluster_secret,
-            nodes=[f"{LOOPBACK}:{n.port}" for n in (*nodes, *also)],
-            extra_args=extra,
-        )
-        self.started.append(sched)
-        sched.start()
-        for node in nodes:
-            sched.wait_log(f"node {node.name} ({LOOPBACK}:{node.port}) with", timeout=20)
-        return sched
-
-
-@pytest.fixture
-def scheduler_factory(
-    tmp_path: Path, secret: str, cluster_secret: str
-) -> Iterator[SchedulerFactory]:
-    factory = SchedulerFactory(tmp_path, secret, cluster_secret)
-    yield factory
-    problems = []
-    for sched in factory.started:
-        code = sched.stop()
-        if code not in (0, None, -signal.SIGKILL) and sched.starts:
-            problems.append(f"scheduler exited with status {code} on SIGINT")
-        if "Traceback" in sched.log_text():
-            problems.append(f"traceback in the scheduler's log:\n{sched.log_text()[-5000:]}")
-        sched.cleanup()
-    if problems:
-        pytest.fail("\n".join(problems))
 
 
 def _run(coro: Any) -> Any:

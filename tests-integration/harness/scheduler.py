@@ -16,6 +16,7 @@ import subprocess
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from harness.polling import wait_for
 from harness.ports import LOOPBACK, free_port
@@ -159,3 +160,45 @@ class SchedulerProcess:
             timeout,
             lambda: f"the scheduler never logged {text!r}; log:\n{self.log_text()}",
         )
+
+
+class SchedulerFactory:
+    """Starts ``dispy-scheduler serve`` processes for one test; stops and checks them."""
+
+    def __init__(self, tmp_path: Path, node_secret: str, cluster_secret: str) -> None:
+        self.tmp = tmp_path
+        self.node_secret = node_secret
+        self.cluster_secret = cluster_secret
+        self.started: list[SchedulerProcess] = []
+
+    def __call__(
+        self, nodes: Sequence[Any], *extra: str, also: Sequence[Any] = (), wait: bool = True
+    ) -> SchedulerProcess:
+        """A scheduler pinging ``nodes`` (by default waits until they joined) and ``also``
+        (``NodeProcess``es); ``extra``: more options for ``serve``."""
+        sched = SchedulerProcess(
+            self.tmp / f"scheduler-{len(self.started) + 1}",
+            node_secret=self.node_secret,
+            cluster_secret=self.cluster_secret,
+            nodes=[f"{LOOPBACK}:{n.port}" for n in (*nodes, *also)],
+            extra_args=extra,
+        )
+        self.started.append(sched)
+        sched.start()
+        if wait:
+            for node in nodes:
+                sched.wait_log(f"node {node.name} ({LOOPBACK}:{node.port}) with", timeout=20)
+        return sched
+
+    def teardown(self) -> list[str]:
+        """Stop every scheduler (SIGINT); problems: a bad exit status, a traceback."""
+        problems = []
+        for sched in self.started:
+            killed = sched.proc is not None and sched.proc.poll() == -signal.SIGKILL
+            code = sched.stop()
+            if code not in (0, None) and not killed:
+                problems.append(f"scheduler exited with status {code} on SIGINT")
+            if "Traceback" in sched.log_text():
+                problems.append(f"traceback in the scheduler's log:\n{sched.log_text()[-5000:]}")
+            sched.cleanup()
+        return problems

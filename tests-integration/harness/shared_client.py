@@ -26,6 +26,7 @@ from dispy_core.aio.connection import Connection, ConnectionClosed, PeerRefused,
 from dispy_core.protocol.messages import (
     CloseComputation,
     ComputationStart,
+    FileAck,
     FilePut,
     JobAck,
     JobCancel,
@@ -33,6 +34,7 @@ from dispy_core.protocol.messages import (
     NodeAllocation,
     NodeOffer,
     SharedComputation,
+    SharedFilePut,
     SharedSubmit,
 )
 from dispy_core.results import iter_replies, read_reply
@@ -72,6 +74,10 @@ class FakeSharedClient:
         self.requeued: list[int] = []
         self.nodes: dict[Node, str] = {}  # node -> its last sched.node status
         self.offers: list[NodeOffer] = []
+        self.provisional: list[tuple[int, Any]] = []
+        self.files: dict[str, bytes] = {}  # sent by jobs (file.put), by path
+        self.file_acks: dict[int, str | None] = {}  # req -> error of our sched.file
+        self.notices: list[str] = []
         self.closed = asyncio.Event()
         self.lost: BaseException | None = None
         self.allocate: Callable[[NodeOffer], int] = lambda offer: offer.cpus
@@ -132,6 +138,20 @@ class FakeSharedClient:
         pins = [(job_id, host, port) for job_id, (host, port) in (pinned or {}).items()]
         self.conn.send_nowait(
             SharedSubmit(comp_id=self.comp_id, jobs=spec, pinned=pins), b"".join(jobs.values())
+        )
+
+    def send_file(self, node: Node, path: str, data: bytes, req: int) -> None:
+        """``cluster.send_file``: the answer lands in ``file_acks[req]``."""
+        self.conn.send_nowait(
+            SharedFilePut(
+                comp_id=self.comp_id,
+                ip_addr=node[0],
+                port=node[1],
+                path=path,
+                size=len(data),
+                req=req,
+            ),
+            data,
         )
 
     def cancel(self, job_ids: list[int]) -> None:
@@ -220,5 +240,15 @@ class FakeSharedClient:
         elif msg.type == "sched.ended":
             for job_id, status, reason in msg.jobs:
                 self.ended[job_id] = (status, reason)
+        elif msg.type == "jobs.provisional":
+            self.provisional.append((msg.job_id, serialize.loads(bytes(payload))))
+        elif msg.type == "file.put":
+            self.files[msg.path] = bytes(payload)
+            if msg.req:
+                self.conn.send_nowait(FileAck(comp_id=self.comp_id, req=msg.req))
+        elif msg.type == "file.ack":
+            self.file_acks[msg.req] = msg.error
+        elif msg.type == "notice":
+            self.notices.append(msg.text)
         elif msg.type == "computation.closed":
             self.closed.set()
