@@ -116,7 +116,8 @@ def test_pinned_jobs_and_cancel(node_factory, scheduler_factory):
         client = await FakeSharedClient.connect(sched.scheduler_port, sched.cluster_secret)
         await client.open("pins", interval)
         await client.wait(lambda: len(client.nodes) == 2, 20, "both nodes")
-        client.submit({i: args(0.05) for i in range(1, 7)}, pinned={i: two.address for i in range(1, 7)})
+        pins = {i: two.address for i in range(1, 7)}
+        client.submit({i: args(0.05) for i in range(1, 7)}, pinned=pins)
         await client.wait_done(6)
         assert {r.node for r in client.results.values()} == {two.address}
         # two long jobs run, two wait: cancel all four
