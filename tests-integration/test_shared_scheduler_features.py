@@ -171,9 +171,7 @@ def test_provisional_results_and_files_both_ways(node_factory, scheduler_factory
             name="files-2",
             extra_args=["--scheduler_node", LOOPBACK, "--scheduler_port", str(sched.port)],
         )
-        async with asyncio.timeout(20):
-            while late.address not in reader.nodes:
-                await asyncio.sleep(0.05)
+        await reader.wait(lambda: late.address in reader.nodes, 20, "the late node set up")
         await asyncio.to_thread(sched.wait_log, f"node files-2 ({LOOPBACK}:{late.port}) with", 20)
         reader.send_file(late.address, "sent.txt", b"sent by the client", req=7)
         await reader.wait(lambda: 7 in reader.file_acks, 20, "file.ack")
