@@ -19,6 +19,7 @@ from harness.ports import LOOPBACK
 from harness.shared_client import FakeSharedClient, args
 
 from dispy_core.protocol.errors import ProtocolError
+from dispy_core.protocol.messages import SharedSubmit
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -285,3 +286,36 @@ def test_cli_option_errors_exit_2_with_one_line(option, text, tmp_path):
     assert proc.returncode == 2, proc.stderr
     assert text in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_bad_input_gets_a_clear_error_and_others_are_served(node_factory, scheduler_factory):
+    node = node_factory.one(cpus=1, name="sturdy")
+    sched = scheduler_factory([node])
+
+    async def scenario() -> None:
+        good = await FakeSharedClient.connect(sched.scheduler_port, sched.cluster_secret)
+        sloppy = await FakeSharedClient.connect(sched.scheduler_port, sched.cluster_secret)
+        await good.open("good", square_plus)
+        await sloppy.open("sloppy", square_plus)
+        await sloppy.wait(lambda: sloppy.nodes, 20, "node")
+        # arguments shorter than the sizes announced; a computation never opened
+        sloppy.conn.send_nowait(SharedSubmit(comp_id=sloppy.comp_id, jobs=[(1, 50)]), b"x")
+        sloppy.conn.send_nowait(SharedSubmit(comp_id=12345, jobs=[(1, 1)]), b"x")
+        await sloppy.wait(lambda: len(sloppy.notices) == 2, 10, "two notices")
+        assert "does not match the jobs' sizes" in sloppy.notices[0]
+        assert "did not open" in sloppy.notices[1]
+        # still served after that
+        sloppy.submit({2: args(2)})
+        await sloppy.wait_done(1)
+        assert sloppy.results[2].value == square_plus(2)
+        # bytes that are no frame end that connection only
+        sloppy.conn._transport.write(b"\x00garbage that is not a dispy frame" * 4)
+        await sloppy.wait(lambda: sloppy.lost is not None, 10, "the connection's end")
+        assert "not a dispy frame" in str(sloppy.lost)
+        good.submit({i: args(i) for i in range(1, 6)})
+        await good.wait_done(5)
+        assert all(good.results[i].value == square_plus(i) for i in range(1, 6))
+        await good.close()
+
+    _run(scenario())
+    sched.wait_log("not a dispy frame")

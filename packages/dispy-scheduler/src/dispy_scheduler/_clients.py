@@ -154,6 +154,8 @@ def _on_message(
     elif isinstance(msg, JobAck):
         sched.client_acked(comp, msg.job_ids)
     elif isinstance(msg, FilePut):
+        if not _size_ok(sched, link, msg.path, msg.size):
+            return None
         if msg.job_id is not None:
             comp.job_files.setdefault(msg.job_id, []).append((msg, bytes(payload)))
             return None
@@ -166,7 +168,10 @@ def _on_message(
         if comp.opened:
             sched.handle(CancelRequested(comp.sched_id, tuple(msg.job_ids)))
     elif isinstance(msg, SharedFilePut):
-        sched.file_to_node(link, comp, msg, payload)
+        if _size_ok(sched, link, msg.path, msg.size):
+            sched.file_to_node(link, comp, msg, payload)
+        else:
+            link.send(FileAck(comp_id=comp.comp_id, req=msg.req, error="over --max_file_size"))
     elif isinstance(msg, FileAck):
         sched.file_acked_by_client(msg)
     elif isinstance(msg, CloseComputation):
@@ -189,7 +194,7 @@ def _open(sched: Scheduler, link: ClientLink, msg: SharedComputation) -> None:
     if sched.closing:
         link.notice("scheduler is shutting down")
         return
-    taken = set(sched.comps) | {cs.sched_id for cs in sched.store.found()}
+    taken = set(sched.comps) | sched.previous_ids
     sched_id = new_sched_id(taken)
     try:
         record = sched.store.open(
@@ -226,13 +231,6 @@ def _open(sched: Scheduler, link: ClientLink, msg: SharedComputation) -> None:
 async def _dependency(
     sched: Scheduler, link: ClientLink, comp: SharedComp, msg: FilePut, payload: Payload
 ) -> None:
-    limit = sched.settings.max_file_size
-    if limit and msg.size > limit:
-        link.notice(
-            f"file {msg.path!r} of {msg.size} bytes is over the scheduler's "
-            f"--max_file_size of {limit} bytes: not sent to the nodes"
-        )
-        return
     try:
         target = safe_join(str(comp.record.files_dir), msg.path, "the computation's directory")
         await asyncio.to_thread(store_file, target, payload, msg.mode, msg.mtime)
@@ -241,6 +239,17 @@ async def _dependency(
         return
     comp.files = [f for f in comp.files if f.path != msg.path]
     comp.files.append(DepFile(msg.path, msg.size, msg.mode, msg.mtime))
+
+
+def _size_ok(sched: Scheduler, link: ClientLink, path: str, size: int) -> bool:
+    limit = sched.settings.max_file_size
+    if limit and size > limit:
+        link.notice(
+            f"file {path!r} of {size} bytes is over the scheduler's --max_file_size of "
+            f"{limit} bytes: not sent to the nodes"
+        )
+        return False
+    return True
 
 
 async def _start(sched: Scheduler, link: ClientLink, comp: SharedComp, payload: Payload) -> None:

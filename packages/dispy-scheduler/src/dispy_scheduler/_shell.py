@@ -116,6 +116,7 @@ class Shell:
 
     def apply(self, commands: list[Command]) -> None:
         ended: dict[int, list[tuple[int, str, str]]] = defaultdict(list)
+        requeued: dict[int, list[int]] = defaultdict(list)
         touched: set[int] = set()
         for cmd in commands:
             if isinstance(cmd, SendJobs):
@@ -136,9 +137,7 @@ class Shell:
                 ended[cmd.comp_id].append((cmd.job_id, name, clip(cmd.reason)))
                 touched.add(cmd.comp_id)
             elif isinstance(cmd, JobRequeued):
-                comp = self.comps.get(cmd.comp_id)
-                if comp is not None and comp.client is not None:
-                    comp.client.send(SharedRequeued(comp_id=comp.comp_id, job_ids=[cmd.job_id]))
+                requeued[cmd.comp_id].append(cmd.job_id)
             elif isinstance(cmd, SendCancel):
                 link = self.nodes.get(cmd.node)
                 if link is not None:
@@ -160,6 +159,11 @@ class Shell:
                     comp.client.send(SharedStatus(comp_id=comp.comp_id, state=state))
                     log.info("computation %s: %s", comp.name, state)
             # ResultsAccepted is consumed by results() itself.
+        for sched_id, job_ids in requeued.items():
+            comp = self.comps.get(sched_id)
+            if comp is not None and comp.client is not None:
+                for chunk in _chunks(job_ids, MAX_IDS):
+                    comp.client.send(SharedRequeued(comp_id=comp.comp_id, job_ids=chunk))
         for sched_id, jobs in ended.items():
             self._jobs_ended(sched_id, jobs)
         for sched_id in touched:

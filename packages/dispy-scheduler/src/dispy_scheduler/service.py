@@ -114,6 +114,8 @@ class Scheduler(Shell):
         self._req = 0
         self._clients: set[Connection] = set()
         self._loops: list[asyncio.Task[None]] = []
+        # sched_ids of the computations a previous run left in the store: never reused
+        self.previous_ids: set[int] = {record.sched_id for record in self.store.found()}
 
     # -- lifecycle --------------------------------------------------------------------------
 
