@@ -18,11 +18,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from dispy_core.aio.connection import Connection, ConnectionClosed, PeerRefused
+from dispy_core.config import dead_after
 from dispy_core.engine import (
     CancelRequested,
     ComputationClosed,
@@ -70,6 +72,7 @@ class ClientLink:
 
     conn: Connection
     comps: dict[int, SharedComp] = field(default_factory=dict)
+    last_heard: float = field(default_factory=time.monotonic)
 
     @property
     def name(self) -> str:
@@ -138,6 +141,7 @@ def _gone(sched: Scheduler, link: ClientLink, reason: str) -> None:
 def _on_message(
     sched: Scheduler, link: ClientLink, msg: Message, payload: Payload
 ) -> Awaitable[None] | None:
+    link.last_heard = time.monotonic()
     if isinstance(msg, Pulse):
         return None
     if isinstance(msg, SharedComputation):
@@ -326,6 +330,13 @@ def _submit(
 
 
 async def _keepalive(link: ClientLink) -> None:
+    # A client whose host vanished leaves a connection that never ends by itself: its
+    # silence ends it, as a node's does (its computation then goes on without it).
+    limit = dead_after(CLIENT_PULSE)
     while True:
         await asyncio.sleep(CLIENT_PULSE)
+        silent = time.monotonic() - link.last_heard
+        if silent > limit:
+            link.conn.fail(ConnectionClosed(f"client silent for {silent:.0f} s"))
+            return
         link.send(Pulse())

@@ -213,6 +213,7 @@ class Scheduler(Shell):
             reader,
             writer,
             logger=log,
+            refused_level=logging.INFO,
             dropped_level=logging.INFO,
             on_failure=lambda exc: self._refused("node", writer, exc),
             secret=self.settings.node_secret,
@@ -230,6 +231,7 @@ class Scheduler(Shell):
             reader,
             writer,
             logger=log,
+            refused_level=logging.INFO,
             dropped_level=logging.INFO,
             on_failure=lambda exc: self._refused("client", writer, exc),
             secret=self.settings.cluster_secret,
@@ -256,11 +258,17 @@ class Scheduler(Shell):
             self._clients.discard(conn)
 
     def _refused(self, who: str, writer: asyncio.StreamWriter, exc: BaseException) -> None:
-        if isinstance(exc, ProtocolError) and WRONG_SECRET in str(exc):
-            peer = writer.get_extra_info("peername") or ("?", 0)
+        # One warning per refused peer, naming the option to check (the admission's own
+        # line is at info level).
+        if not isinstance(exc, ProtocolError):
+            return
+        peer = writer.get_extra_info("peername") or ("?", 0)
+        if WRONG_SECRET in str(exc):
             secret = "--cluster_secret" if who == "client" else "--node_secret"
             log.warning("%s at %s:%s refused: it does not use this scheduler's %s",
                         who, peer[0], peer[1], secret)  # fmt: skip
+        else:
+            log.warning("%s at %s:%s refused: %s", who, peer[0], peer[1], exc)
 
     async def _serve_recover(self, conn: Connection) -> None:
         module = store_module()
@@ -299,7 +307,7 @@ class Scheduler(Shell):
     async def _discovery(self) -> None:
         def warn() -> None:
             pinged = ", ".join(p.describe() for p in self._sent) or "nothing"
-            log.warning("no dispy node has connected yet; pinged %s, listening on port %d",
+            log.warning("no dispy node is connected; pinged %s, listening for nodes on port %d",
                         pinged, self.port)  # fmt: skip
 
         def presence() -> Presence:
