@@ -273,7 +273,7 @@ def test_a_gone_client_leaves_its_jobs_running_and_others_unaffected(
         (["--node_keyfile", "/etc/hostname"], "--node_keyfile given without --node_certfile"),
     ],
 )
-def test_cli_option_errors_exit_2_with_one_line(option, text, tmp_path):
+def test_cli_option_errors_exit_2_with_a_clear_message(option, text, tmp_path):
     proc = subprocess.run(
         ["dispy-scheduler", "serve", "-i", LOOPBACK, *option],
         capture_output=True,
@@ -319,3 +319,26 @@ def test_bad_input_gets_a_clear_error_and_others_are_served(node_factory, schedu
 
     _run(scenario())
     sched.wait_log("not a dispy frame")
+
+
+def test_httpd_is_not_available_yet_and_sigterm_stops_cleanly(node_factory, scheduler_factory):
+    node = node_factory.one(cpus=1, name="plain")
+    sched = scheduler_factory([node], "--httpd")
+    sched.wait_log("--httpd: the web monitor is not available yet")
+
+    async def scenario() -> None:
+        client = await FakeSharedClient.connect(sched.scheduler_port, sched.cluster_secret)
+        await client.open("still-serving", square_plus)
+        await client.wait(lambda: client.nodes, 20, "node")
+        client.submit({1: args(1)})
+        await client.wait_done(1)
+        sched.kill(signal.SIGTERM)
+        # the client is told, and the scheduler ends by itself
+        await client.wait(lambda: client.lost is not None, 20, "the scheduler's goodbye")
+        assert "scheduler shutting down" in str(client.lost)
+
+    _run(scenario())
+    assert sched.proc is not None
+    assert sched.proc.wait(20) == 0
+    sched.wait_log("dispy-scheduler shutting down")
+    node.wait_log("scheduler shutting down")
