@@ -26,6 +26,7 @@ from harness.features import (
 from harness.ports import LOOPBACK
 from harness.shared_client import FakeSharedClient, args
 
+from dispy_core.protocol.messages import CloseComputation, ComputationStart, SharedComputation
 from dispy_core.security import client_context
 
 pytestmark = pytest.mark.timeout(180)
@@ -184,5 +185,38 @@ def test_provisional_results_and_files_both_ways(node_factory, scheduler_factory
         assert reader.results[2].value == "sent by the client"
         assert reader.results[3].value == dep.decode()
         await reader.close()
+
+    _run(scenario())
+
+
+def test_a_failed_setup_is_told_to_its_client_and_others_go_on(node_factory, scheduler_factory):
+    node = node_factory.one(cpus=1, name="setup")
+    sched = scheduler_factory([node])
+
+    async def scenario() -> None:
+        broken = await FakeSharedClient.connect(sched.scheduler_port, sched.cluster_secret)
+        fine = await FakeSharedClient.connect(sched.scheduler_port, sched.cluster_secret)
+        broken.conn.send_nowait(
+            SharedComputation(comp_id=broken.comp_id, name="broken", kind="function")
+        )
+        await broken.conn.send(
+            ComputationStart(comp_id=broken.comp_id), b"this is no pickled bundle"
+        )
+        await broken.wait(lambda: broken.nodes, 30, "the node's status")
+        assert broken.nodes[node.address] == "setup_failed"
+        status = next(m for m in broken.events if m.type == "sched.node")
+        assert status.reason
+        broken.submit({1: args(1)})
+        await fine.open("fine", square_plus)
+        await fine.wait(lambda: fine.nodes, 20, "node")
+        fine.submit({1: args(3)})
+        await fine.wait_done(1)
+        assert fine.results[1].value == square_plus(3)
+        await fine.close()
+        # the broken one's job has no node; closing ends it
+        await broken.conn.send(CloseComputation(comp_id=broken.comp_id, terminate=True))
+        await broken.wait(broken.closed.is_set, 20, "computation.closed")
+        assert broken.ended[1][0] in ("cancelled", "abandoned")
+        await broken.disconnect()
 
     _run(scenario())

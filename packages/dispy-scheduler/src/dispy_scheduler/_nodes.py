@@ -214,7 +214,9 @@ def _on_message(
     elif isinstance(msg, ComputationFailed):
         comp = sched.comps.get(msg.comp_id)
         if comp is not None:
-            log.warning("node %s cannot run %s: %s", link.name, comp.name, msg.reason)
+            # The client gets the whole reason (a traceback, often); the log its last line.
+            last = next((ln for ln in reversed(msg.reason.splitlines()) if ln.strip()), "")
+            log.warning("node %s cannot run %s: %s", link.name, comp.name, last.strip())
             comp.setup.pop(link.key, None)
             comp.ready.discard(link.key)
             _tell(comp, link, "setup_failed", msg.reason)
