@@ -122,6 +122,9 @@ class Shell:
             if isinstance(cmd, SendJobs):
                 self._send_jobs(cmd)
             elif isinstance(cmd, JobsRunning):
+                if cmd.comp_id in requeued:
+                    # a requeued job placed again: the client hears of the requeue first
+                    self._requeued(cmd.comp_id, requeued.pop(cmd.comp_id))
                 comp = self.comps.get(cmd.comp_id)
                 if comp is not None and comp.client is not None:
                     comp.client.send(
@@ -160,14 +163,17 @@ class Shell:
                     log.info("computation %s: %s", comp.name, state)
             # ResultsAccepted is consumed by results() itself.
         for sched_id, job_ids in requeued.items():
-            comp = self.comps.get(sched_id)
-            if comp is not None and comp.client is not None:
-                for chunk in _chunks(job_ids, MAX_IDS):
-                    comp.client.send(SharedRequeued(comp_id=comp.comp_id, job_ids=chunk))
+            self._requeued(sched_id, job_ids)
         for sched_id, jobs in ended.items():
             self._jobs_ended(sched_id, jobs)
         for sched_id in touched:
             self.maybe_finish(sched_id)
+
+    def _requeued(self, sched_id: int, job_ids: list[int]) -> None:
+        comp = self.comps.get(sched_id)
+        if comp is not None and comp.client is not None:
+            for chunk in _chunks(job_ids, MAX_IDS):
+                comp.client.send(SharedRequeued(comp_id=comp.comp_id, job_ids=chunk))
 
     # -- jobs out ---------------------------------------------------------------------------
 
