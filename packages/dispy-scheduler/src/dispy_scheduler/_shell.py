@@ -118,13 +118,21 @@ class Shell:
         ended: dict[int, list[tuple[int, str, str]]] = defaultdict(list)
         requeued: dict[int, list[int]] = defaultdict(list)
         touched: set[int] = set()
+
+        def flush(sched_id: int) -> None:
+            # Job ends and requeues go out batched, but never after a later message about
+            # the same computation.
+            if sched_id in requeued:
+                self._requeued(sched_id, requeued.pop(sched_id))
+            if sched_id in ended:
+                self._jobs_ended(sched_id, ended.pop(sched_id))
+
         for cmd in commands:
             if isinstance(cmd, SendJobs):
                 self._send_jobs(cmd)
             elif isinstance(cmd, JobsRunning):
-                if cmd.comp_id in requeued:
-                    # a requeued job placed again: the client hears of the requeue first
-                    self._requeued(cmd.comp_id, requeued.pop(cmd.comp_id))
+                # a requeued job placed again: the client hears of the requeue first
+                flush(cmd.comp_id)
                 comp = self.comps.get(cmd.comp_id)
                 if comp is not None and comp.client is not None:
                     comp.client.send(
@@ -147,6 +155,7 @@ class Shell:
                     for chunk in _chunks(cmd.job_ids, MAX_IDS):
                         link.send(JobCancel(comp_id=cmd.comp_id, job_ids=chunk))
             elif isinstance(cmd, NodeStatusChanged):
+                flush(cmd.comp_id)  # the node's jobs first, as the engine ordered them
                 self._node_status(cmd)
                 touched.add(cmd.comp_id)
             elif isinstance(cmd, NodeDeclaredDead):
