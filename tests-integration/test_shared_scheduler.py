@@ -342,3 +342,25 @@ def test_httpd_is_not_available_yet_and_sigterm_stops_cleanly(node_factory, sche
     assert sched.proc.wait(20) == 0
     sched.wait_log("dispy-scheduler shutting down")
     node.wait_log("scheduler shutting down")
+
+
+def test_four_clients_with_many_jobs_each_all_correct(node_factory, scheduler_factory):
+    nodes = node_factory(2, cpus=2, name="many")
+    sched = scheduler_factory(nodes)
+    count = 5000
+
+    async def one(index: int) -> None:
+        client = await FakeSharedClient.connect(sched.scheduler_port, sched.cluster_secret)
+        await client.open(f"many-{index}", square_plus)
+        await client.wait(lambda: len(client.nodes) == 2, 20, "both nodes")
+        for start in range(0, count, 1000):
+            client.submit({j: args(j, index) for j in range(start, start + 1000)})
+        await client.wait_done(count, timeout=120)
+        assert not client.ended
+        assert all(client.results[j].value == square_plus(j, index) for j in range(count))
+        await client.close()
+
+    async def scenario() -> None:
+        await asyncio.gather(*(one(i) for i in range(4)))
+
+    _run(scenario())
