@@ -29,13 +29,14 @@ from harness import (
     computations,
 )
 from harness.procs import check_no_leaks, dispy_children
-from harness.scheduler import SchedulerFactory
+from harness.scheduler import SchedulerFactory, SchedulerProcess
 
 import dispy
 
 computations.ship_by_value()
 
 NODES = pytest.StashKey[list[NodeProcess]]()
+SCHEDULERS = pytest.StashKey[list[SchedulerProcess]]()
 CLIENT_LOG = pytest.StashKey[LogCapture]()
 LOG_TAIL = 30_000
 CLOSE_TIMEOUT = 30.0
@@ -50,6 +51,11 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
             if len(text) > LOG_TAIL:
                 text = f"... ({len(text) - LOG_TAIL} characters cut)\n" + text[-LOG_TAIL:]
             report.sections.append((f"dispy-node {node.name} log ({node.log_path})", text))
+        for sched in item.stash.get(SCHEDULERS, []):
+            text = sched.log_text()
+            if len(text) > LOG_TAIL:
+                text = f"... ({len(text) - LOG_TAIL} characters cut)\n" + text[-LOG_TAIL:]
+            report.sections.append((f"dispy-scheduler log ({sched.log_path})", text))
         capture = item.stash.get(CLIENT_LOG, None)
         if capture is not None and capture.records:
             report.sections.append(("dispy client log", capture.text()))
@@ -234,11 +240,16 @@ def cluster_secret() -> str:
 
 @pytest.fixture
 def scheduler_factory(
-    tmp_path: Path, secret: str, cluster_secret: str, node_factory: NodeFactory
+    tmp_path: Path,
+    secret: str,
+    cluster_secret: str,
+    node_factory: NodeFactory,
+    request: pytest.FixtureRequest,
 ) -> Iterator[SchedulerFactory]:
     """``dispy-scheduler serve`` processes (node secret ``secret``, cluster secret
     ``cluster_secret``); depends on ``node_factory`` so schedulers stop before nodes."""
     factory = SchedulerFactory(tmp_path, secret, cluster_secret)
+    request.node.stash[SCHEDULERS] = factory.started
     yield factory
     problems = factory.teardown()
     if problems:
