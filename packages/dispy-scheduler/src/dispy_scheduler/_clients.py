@@ -320,7 +320,7 @@ def _submit(
             link.notice(f"job id {job_id} is already in use: job ignored")
             at += size
             continue
-        comp.args[job_id] = bytes(view[at : at + size])
+        comp.args[job_id] = view[at : at + size]
         at += size
         specs.append(JobSpec(job_id, size, pinned.get(job_id)))
     try:

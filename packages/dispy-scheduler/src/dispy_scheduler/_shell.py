@@ -192,7 +192,7 @@ class Shell:
         if comp is None or link is None:
             return  # the node's loss or the computation's drop follows as an event
         spec: list[tuple[int, int]] = []
-        parts: list[bytes] = []
+        parts: list[Payload] = []
         size = 0
         try:
             for job_id in cmd.job_ids:
@@ -215,7 +215,7 @@ class Shell:
         link: NodeLink,
         comp: SharedComp,
         spec: list[tuple[int, int]],
-        parts: list[bytes],
+        parts: list[Payload],
         ahead: frozenset[int],
     ) -> None:
         notify = [job_id for job_id, _ in spec if job_id in ahead]

@@ -195,7 +195,8 @@ class SharedComp:
     files: list[DepFile] = field(default_factory=list)
     start: bytes | None = None  # computation.start's payload, once received
     opened: bool = False  # in the engine
-    args: dict[int, bytes] = field(default_factory=dict)
+    # each job's arguments: a view of the sched.submit payload they came in (not copied)
+    args: dict[int, Payload] = field(default_factory=dict)
     job_files: dict[int, list[tuple[FilePut, bytes]]] = field(default_factory=dict)
     offered: set[NodeKey] = field(default_factory=set)
     setup: dict[NodeKey, int] = field(default_factory=dict)  # nodes set up: cpus asked
