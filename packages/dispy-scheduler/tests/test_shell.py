@@ -103,7 +103,7 @@ def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
 
 
 def _setup(clock: Clock, *, reentrant: bool = False, nodes: Sequence[Any] = (NODE_A,)) -> Any:
-    shell = Shell(store=None, pulse_interval=1.0)  # type: ignore[arg-type]
+    shell = Shell(store=None)  # type: ignore[arg-type]
     client = FakeClient()
     record = Record()
     comp = SharedComp(

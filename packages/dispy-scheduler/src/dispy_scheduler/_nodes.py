@@ -18,7 +18,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from dispy_core.aio.connection import Connection, ConnectionClosed, PeerRefused
@@ -60,7 +60,6 @@ class NodeLink:
     key: NodeKey
     conn: Connection
     info: NodeInfo
-    closed: asyncio.Event = field(default_factory=asyncio.Event)
 
     @property
     def name(self) -> str:
@@ -115,7 +114,6 @@ async def serve_node(sched: Scheduler, conn: Connection) -> None:
     finally:
         keepalive.cancel()
         await conn.close()
-        link.closed.set()
         _lost(sched, link, reason)
 
 

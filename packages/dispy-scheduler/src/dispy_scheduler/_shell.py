@@ -99,10 +99,9 @@ _NODE_NAMES = {
 class Shell:
     """The engine and what the scheduler keeps beside it (see the module docstring)."""
 
-    def __init__(self, store: StoreLike, pulse_interval: float | None) -> None:
+    def __init__(self, store: StoreLike) -> None:
         self.engine = Engine()
         self.store = store
-        self.pulse_interval = pulse_interval
         self.nodes: dict[NodeKey, NodeLink] = {}
         self.comps: dict[int, SharedComp] = {}
 
@@ -110,9 +109,6 @@ class Shell:
 
     def handle(self, event: Event) -> None:
         self.apply(self.engine.handle(event, time.monotonic()))
-
-    def handle_many(self, events: Iterable[Event]) -> None:
-        self.apply(self.engine.handle_many(events, time.monotonic()))
 
     def apply(self, commands: list[Command]) -> None:
         ended: dict[int, list[tuple[int, str, str]]] = defaultdict(list)

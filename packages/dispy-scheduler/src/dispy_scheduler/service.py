@@ -96,8 +96,7 @@ class Scheduler(Shell):
     """See the module docstring."""
 
     def __init__(self, settings: Settings) -> None:
-        super().__init__(open_store(settings.store_root, clean=settings.clean),
-                         settings.pulse_interval)  # fmt: skip
+        super().__init__(open_store(settings.store_root, clean=settings.clean))
         self.settings = settings
         self.tasks = TaskOwner("scheduler", log=log)
         self.admission = Admission()
