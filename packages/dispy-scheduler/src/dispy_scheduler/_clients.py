@@ -228,8 +228,7 @@ def _open(sched: Scheduler, link: ClientLink, msg: SharedComputation) -> None:
         link.name,
         " (exclusive)" if msg.exclusive else "",
     )
-    if msg.hosts:
-        sched.ping_hosts(msg.hosts)
+    sched.ping_hosts(msg.hosts)
 
 
 async def _dependency(

@@ -7,8 +7,9 @@ for nodes on ``--port`` (role ``scheduler`` toward them, the node secret and nod
 files) and for clients on ``--scheduler_port`` (the cluster secret and cluster TLS files;
 role ``client`` for a SharedJobCluster, ``recover`` for ``recover_jobs``). It finds nodes as
 a client does (PROTOCOL.md 6.2): a broadcast on the LAN, unicast pings to ``--nodes`` and
-to the hosts clients name, again on core's re-ping schedule and every ``--ping_interval``;
-nodes started with ``--scheduler_node`` connect by themselves. A tick every second lets the
+to the hosts clients name, again on core's re-ping schedule, every ``--ping_interval`` (60 s
+without it) and whenever a computation opens; nodes started with ``--scheduler_node``
+connect by themselves. A tick every second lets the
 engine declare silent nodes dead. Files that jobs send and that clients send to one node
 are forwarded with their ``req`` renumbered, so acknowledgements find their way back.
 
@@ -47,6 +48,9 @@ from dispy_scheduler._state import NodeKey, SharedComp, open_store, store_module
 log = logging.getLogger("dispy_scheduler")
 
 TICK = 1.0
+# Without --ping_interval a scheduler still pings this often: it runs for days, and nodes
+# started on the LAN meanwhile must find it (a client runs briefly and needs no such default).
+DEFAULT_PING_INTERVAL = 60.0
 NO_NODE_WARNING = 30.0
 
 
@@ -297,11 +301,10 @@ class Scheduler(Shell):
         self._sender.send_all(self._sent)
 
     def ping_hosts(self, hosts: list[str]) -> None:
-        """Ping the nodes a client listed, now and from now on."""
-        new = [h for h in hosts if h not in self._hosts]
-        if new:
-            self._hosts.extend(new)
-            self.ping_all()
+        """A computation opens: ping again (nodes started since the last ping join now),
+        with the nodes its client listed, from now on."""
+        self._hosts.extend(h for h in hosts if h not in self._hosts)
+        self.ping_all()
 
     async def _discovery(self) -> None:
         def warn() -> None:
@@ -313,7 +316,7 @@ class Scheduler(Shell):
             return Presence(connected=bool(self.nodes), waiting=not self.nodes)
 
         await keep_pinging(
-            ping_interval=self.settings.ping_interval,
+            ping_interval=self.settings.ping_interval or DEFAULT_PING_INTERVAL,
             ping=self.ping_all,
             warn=warn,
             presence=presence,
