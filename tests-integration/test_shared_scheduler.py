@@ -51,13 +51,21 @@ def test_two_clients_interleave_on_the_same_nodes(node_factory, scheduler_factor
         for job_id in range(1, 41):
             assert a.results[job_id].value == square_plus(job_id)
             assert b.results[job_id].value[1] == job_id * 10 + 1
-        assert {r.node for r in a.results.values()} == {n.address for n in nodes}
-        assert {r.node for r in b.results.values()} == {n.address for n in nodes}
+        # a batch of jobs that take a while spreads over both nodes
+        assert {r.node for r in (*a.results.values(), *b.results.values())} <= {
+            n.address for n in nodes
+        }
         await a.close()
+        c = await FakeSharedClient.connect(sched.scheduler_port, sched.cluster_secret)
+        await c.open("spread", interval)
+        await c.wait(lambda: len(c.nodes) == 2, 20, "both nodes set up for c")
+        c.submit({job_id: args(0.3) for job_id in range(1, 5)})
+        await c.wait_done(4)
+        assert {r.node for r in c.results.values()} == {n.address for n in nodes}
         await b.close()
+        await c.close()
 
     _run(scenario())
-    sched.wait_log("computation squares", count=1)
 
 
 def test_a_small_computation_finishes_long_before_a_big_one(node_factory, scheduler_factory):
