@@ -18,6 +18,7 @@ import logging
 import os
 import secrets
 import shutil
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +26,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from dispy_core.protocol.framing import Payload
 from dispy_core.protocol.messages import FilePut, JobReport
+from dispy_core.secret import user_name
 
 if TYPE_CHECKING:
     from dispy_scheduler._clients import ClientLink
@@ -152,10 +154,6 @@ def open_store(root: Path, *, clean: bool) -> StoreLike:
 
 def default_root() -> Path:
     """``<tmp>/dispy-<user>/scheduler``: per user, like the node's directories."""
-    import tempfile
-
-    from dispy_core.secret import user_name
-
     return Path(tempfile.gettempdir()) / f"dispy-{user_name()}" / "scheduler"
 
 
