@@ -30,12 +30,14 @@ from harness import (
     netns,
 )
 from harness.procs import check_no_leaks, dispy_children
+from harness.scheduler import SchedulerFactory, SchedulerProcess
 
 import dispy
 
 computations.ship_by_value()
 
 NODES = pytest.StashKey[list[NodeProcess]]()
+SCHEDULERS = pytest.StashKey[list[SchedulerProcess]]()
 CLIENT_LOG = pytest.StashKey[LogCapture]()
 LOG_TAIL = 30_000
 CLOSE_TIMEOUT = 30.0
@@ -50,6 +52,11 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
             if len(text) > LOG_TAIL:
                 text = f"... ({len(text) - LOG_TAIL} characters cut)\n" + text[-LOG_TAIL:]
             report.sections.append((f"dispy-node {node.name} log ({node.log_path})", text))
+        for sched in item.stash.get(SCHEDULERS, []):
+            text = sched.log_text()
+            if len(text) > LOG_TAIL:
+                text = f"... ({len(text) - LOG_TAIL} characters cut)\n" + text[-LOG_TAIL:]
+            report.sections.append((f"dispy-scheduler log ({sched.log_path})", text))
         capture = item.stash.get(CLIENT_LOG, None)
         if capture is not None and capture.records:
             report.sections.append(("dispy client log", capture.text()))
@@ -244,3 +251,27 @@ def topology() -> Iterator[netns.Topology]:
         print(f"removed namespaces left by an earlier run: {swept}")
     with netns.Topology() as topo:
         yield topo
+
+
+@pytest.fixture
+def cluster_secret() -> str:
+    """The secret between SharedJobClusters and the scheduler (not the nodes' ``secret``)."""
+    return "cluster-" + secrets.token_hex(8)
+
+
+@pytest.fixture
+def scheduler_factory(
+    tmp_path: Path,
+    secret: str,
+    cluster_secret: str,
+    node_factory: NodeFactory,
+    request: pytest.FixtureRequest,
+) -> Iterator[SchedulerFactory]:
+    """``dispy-scheduler serve`` processes (node secret ``secret``, cluster secret
+    ``cluster_secret``); depends on ``node_factory`` so schedulers stop before nodes."""
+    factory = SchedulerFactory(tmp_path, secret, cluster_secret)
+    request.node.stash[SCHEDULERS] = factory.started
+    yield factory
+    problems = factory.teardown()
+    if problems:
+        pytest.fail("scheduler teardown:\n  " + "\n  ".join(problems))

@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterable
 
 import psutil
 
-DISPY_MARKERS = ("dispy-node", "dispy_node._template", "dispy_node")
+DISPY_MARKERS = ("dispy-node", "dispy_node._template", "dispy_node", "dispy-scheduler")
 
 
 def describe(proc: psutil.Process) -> str:

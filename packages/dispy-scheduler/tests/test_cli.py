@@ -11,12 +11,9 @@ from typer.testing import CliRunner
 
 import dispy_scheduler
 from dispy_scheduler import cli
+from dispy_scheduler.service import Settings
 
 runner = CliRunner()
-
-NOT_IMPLEMENTED = (
-    "dispy-scheduler serve: not implemented yet (the shared scheduler lands in a later release)"
-)
 
 
 @pytest.fixture
@@ -46,12 +43,47 @@ def test_serve_help_exits_0() -> None:
     assert "--scheduler" in result.stdout
 
 
-def test_serve_reports_not_implemented_and_exits_2() -> None:
-    result = runner.invoke(cli.app, ["serve"], env={"DISPY_SECRET": "s"})
+@pytest.fixture
+def served(monkeypatch: pytest.MonkeyPatch) -> list[Settings]:
+    """Replace the service itself (never started by unit tests) with a recorder."""
+    seen: list[Settings] = []
+    monkeypatch.setattr(cli, "_serve", seen.append)
+    return seen
+
+
+def test_serve_runs_the_service_with_the_checked_settings(served: list[Settings]) -> None:
+    result = runner.invoke(
+        cli.app,
+        ["serve", "--max_file_size", "2k", "--pulse_interval", "3", "--httpd"],
+        env={"DISPY_SECRET": "s"},
+    )
+    assert result.exit_code == 0, result.output
+    assert "Traceback" not in result.output
+    (settings,) = served
+    assert settings.max_file_size == 2048
+    assert settings.pulse_interval == 3
+    assert settings.httpd is True
+    assert settings.node_secret == settings.cluster_secret == "s"
+    assert not settings.node_tls.enabled
+    assert not settings.cluster_tls.enabled
+
+
+@pytest.mark.parametrize(
+    ("args", "text"),
+    [
+        (["--max_file_size", "ten"], "invalid size 'ten'"),
+        (["--cluster_keyfile", __file__], "--cluster_keyfile given without --cluster_certfile"),
+        (["--node_certfile", __file__], "cannot use certfile"),
+    ],
+)
+def test_serve_rejects_what_the_parser_cannot_check_with_exit_2(
+    args: list[str], text: str, served: list[Settings]
+) -> None:
+    result = runner.invoke(cli.app, ["serve", *args], env={"DISPY_SECRET": "s"})
     assert result.exit_code == 2
-    assert result.stderr.strip() == NOT_IMPLEMENTED
-    assert result.stdout == ""
-    assert isinstance(result.exception, SystemExit)  # a clean exit, no traceback
+    assert served == []
+    assert text in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
     assert "Traceback" not in result.output
 
 
@@ -184,11 +216,13 @@ def _file(tmp_path: Path, name: str, text: str) -> str:
     return str(path)
 
 
-def test_serve_without_secrets_warns_once_naming_ports_and_remedy(no_env_secrets: None) -> None:
+def test_serve_without_secrets_warns_once_naming_ports_and_remedy(
+    no_env_secrets: None, served: list[Settings]
+) -> None:
     args = ["serve", "--ip-addr", "127.0.0.1", "--port", "4001", "--scheduler-port", "4002"]
     result = runner.invoke(cli.app, args)
-    assert result.exit_code == 2
-    warning, not_implemented = result.stderr.strip().splitlines()
+    assert result.exit_code == 0
+    (warning,) = result.stderr.strip().splitlines()
     assert warning == (
         "dispy-scheduler: warning: dispy-scheduler has no cluster or node secret: anyone who "
         "can reach 127.0.0.1 port 4002 can submit computations, which run any code as the "
@@ -197,10 +231,11 @@ def test_serve_without_secrets_warns_once_naming_ports_and_remedy(no_env_secrets
         "results. Set the secrets with DISPY_SECRET (or DISPY_CLUSTER_SECRET / "
         "DISPY_NODE_SECRET), --secret-file PATH, or --cluster-secret / --node-secret."
     )
-    assert not_implemented == NOT_IMPLEMENTED
 
 
-def test_serve_with_only_a_node_secret_warns_about_clients(no_env_secrets: None) -> None:
+def test_serve_with_only_a_node_secret_warns_about_clients(
+    no_env_secrets: None, served: list[Settings]
+) -> None:
     result = runner.invoke(cli.app, ["serve"], env={"DISPY_NODE_SECRET": "n"})
     warning = result.stderr.strip().splitlines()[0]
     assert "has no cluster secret: anyone who can reach any address of this host port 51349" in (

@@ -2,21 +2,30 @@
 
 The options mirror the reference `dispyscheduler.py` (both the documented
 underscore spellings such as `--ip_addr` and dash spellings such as `--ip-addr`
-are accepted). The shared scheduler itself is not implemented yet: `serve`
-validates its options and then exits with status 2 and a one-line message.
+are accepted). `serve` validates its options (a bad one: one line, exit status 2) and
+runs the service (:mod:`dispy_scheduler.service`) until SIGINT or SIGTERM.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import TYPE_CHECKING, Annotated
 
 import typer
+from rich.console import Console
+from rich.logging import RichHandler
 
-from dispy_core.config import CLIENT_PORT, NODE_PORT, SCHEDULER_PORT
+from dispy_core.config import CLIENT_PORT, NODE_PORT, SCHEDULER_PORT, parse_size
 from dispy_core.secret import SECRET_ENV, Secret, SecretError, resolve_secret
+from dispy_core.security import TLSConfig, TLSConfigError
 from dispy_scheduler import __version__
+from dispy_scheduler._state import default_root
+
+if TYPE_CHECKING:
+    from dispy_scheduler.service import Settings
 
 PROG = "dispy-scheduler"
 
@@ -326,18 +335,72 @@ def no_secret_warning(options: ServeOptions) -> str | None:
     )
 
 
-def _run(options: ServeOptions) -> NoReturn:
-    # The service will start here: warn first, as every role does.
+def _run(options: ServeOptions) -> None:
+    """Check what the parser cannot, warn, then serve until SIGINT or SIGTERM."""
+    from dispy_scheduler.service import Settings
+
+    try:
+        max_file_size = parse_size(options.max_file_size)
+        node_tls = _tls("node", options.node_certfile, options.node_keyfile)
+        cluster_tls = _tls("cluster", options.cluster_certfile, options.cluster_keyfile)
+    except (ValueError, TLSConfigError) as exc:
+        typer.echo(f"{PROG} serve: {exc}", err=True)
+        raise typer.Exit(code=2) from None
     for warning in options.secret_warnings:
         typer.echo(f"{PROG}: warning: {warning}", err=True)
     exposure = no_secret_warning(options)
     if exposure:
         typer.echo(f"{PROG}: warning: {exposure}", err=True)
-    typer.echo(
-        f"{PROG} serve: not implemented yet (the shared scheduler lands in a later release)",
-        err=True,
+    settings = Settings(
+        nodes=options.nodes,
+        ip_addrs=options.ip_addrs,
+        ext_ip_addrs=options.ext_ip_addrs,
+        port=options.port,
+        scheduler_port=options.scheduler_port,
+        node_port=options.node_port,
+        node_secret=options.node_secret,
+        cluster_secret=options.cluster_secret,
+        node_tls=node_tls,
+        cluster_tls=cluster_tls,
+        httpd=options.httpd,
+        pulse_interval=options.pulse_interval,
+        ping_interval=options.ping_interval,
+        max_file_size=max_file_size,
+        clean=options.clean,
+        msg_timeout=options.msg_timeout,
+        store_root=default_root(),
     )
-    raise typer.Exit(code=2)
+    _setup_logging(options.debug)
+    _serve(settings)
+
+
+def _tls(peer: str, certfile: Path | None, keyfile: Path | None) -> TLSConfig:
+    if certfile is None and keyfile is not None:
+        raise TLSConfigError(f"--{peer}_keyfile given without --{peer}_certfile")
+    return TLSConfig(str(certfile) if certfile else None, str(keyfile) if keyfile else None)
+
+
+def _setup_logging(debug: bool) -> None:
+    handler = RichHandler(console=Console(stderr=True), show_path=False, rich_tracebacks=True)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    for name in ("dispy_scheduler", "dispy_core"):
+        logger = logging.getLogger(name)
+        logger.handlers[:] = [handler]
+        logger.setLevel(logging.DEBUG if debug else logging.INFO)
+        logger.propagate = False
+
+
+def _serve(settings: Settings) -> None:
+    from dispy_scheduler.service import run
+
+    try:
+        asyncio.run(run(settings))
+    except OSError as exc:
+        # A port taken, an address not of this host: one line, status 2.
+        typer.echo(f"{PROG} serve: cannot listen: {exc}", err=True)
+        raise typer.Exit(code=2) from None
+    except KeyboardInterrupt:
+        pass
 
 
 def main() -> None:

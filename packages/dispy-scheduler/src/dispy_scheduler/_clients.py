@@ -1,0 +1,341 @@
+"""One SharedJobCluster's connection to the scheduler (PROTOCOL.md section 13).
+
+A client connects to ``--scheduler_port`` (role ``client``, the cluster secret and TLS
+files) and keeps that one connection for everything: it opens its computation
+(``sched.computation``, dependency files, ``computation.start``), answers node offers
+(``sched.allocate``), submits jobs (``sched.submit``: the arguments are held here, as bytes,
+until each job ends, since a reentrant job may be sent again), acknowledges results,
+cancels, sends files and closes. Each message becomes an engine event or a forward through
+the scheduler (:mod:`dispy_scheduler.service`), in the loop turn it arrives in.
+
+When the connection ends while its computation still has jobs, the computation stays open:
+its jobs keep running and their results go to the store. Results the client was sent but
+had not acknowledged are stored at once (their replies are kept until acknowledged).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from dispy_core.aio.connection import Connection, ConnectionClosed, PeerRefused
+from dispy_core.config import dead_after
+from dispy_core.engine import (
+    CancelRequested,
+    ComputationClosed,
+    ComputationOpened,
+    EngineError,
+    JobSpec,
+    JobsSubmitted,
+)
+from dispy_core.files import store_file
+from dispy_core.paths import UnsafePathError, safe_join
+from dispy_core.protocol.errors import ProtocolError
+from dispy_core.protocol.framing import Outgoing, Payload
+from dispy_core.protocol.messages import (
+    CloseComputation,
+    ComputationStart,
+    FileAck,
+    FilePut,
+    JobAck,
+    JobCancel,
+    Message,
+    NodeAllocation,
+    Notice,
+    Pulse,
+    SharedComputation,
+    SharedFilePut,
+    SharedStatus,
+    SharedSubmit,
+    _Message,
+    clip,
+)
+from dispy_scheduler._nodes import set_up
+from dispy_scheduler._state import DepFile, SharedComp, new_sched_id
+
+if TYPE_CHECKING:
+    from dispy_scheduler.service import Scheduler
+
+log = logging.getLogger("dispy_scheduler")
+
+CLIENT_PULSE = 10.0  # PROTOCOL.md 13, "Silence": both sides pulse at least this often
+
+
+@dataclass(eq=False)
+class ClientLink:
+    """One client's connection and its computations (by the client's comp_id)."""
+
+    conn: Connection
+    comps: dict[int, SharedComp] = field(default_factory=dict)
+    last_heard: float = field(default_factory=time.monotonic)
+
+    @property
+    def name(self) -> str:
+        return f"{self.conn.peer_name} at {self.conn.peer[0]}:{self.conn.peer[1]}"
+
+    def send(self, message: _Message, payload: Outgoing = b"") -> None:
+        # The connection's end is handled where serve() returns.
+        with contextlib.suppress(ConnectionClosed):
+            self.conn.send_nowait(message, payload)
+
+    def forget(self, comp: SharedComp) -> None:
+        if self.comps.get(comp.comp_id) is comp:
+            del self.comps[comp.comp_id]
+
+    def notice(self, text: str) -> None:
+        log.warning("client %s: %s", self.name, text)
+        self.send(Notice(level="error", text=clip(text)))
+
+
+async def serve_client(sched: Scheduler, conn: Connection) -> None:
+    """Serve one SharedJobCluster until its connection ends."""
+    link = ClientLink(conn)
+    log.info("client %s connected", link.name)
+    pulses = sched.tasks.start(_keepalive(link), name=f"pulses to {link.name}")
+    reason = "closed the connection"
+    try:
+        await conn.serve(lambda msg, payload: _on_message(sched, link, msg, payload))
+    except ConnectionClosed as exc:
+        reason = str(exc)
+    except PeerRefused as exc:
+        reason = exc.reason
+    except ProtocolError as exc:
+        reason = str(exc)
+        await conn.refuse(clip(reason, 1000))
+    except Exception as exc:
+        log.exception("client %s: error while handling its messages", link.name)
+        reason = f"scheduler error: {type(exc).__name__}: {exc}"
+        await conn.refuse(clip(reason, 1000))
+    finally:
+        pulses.cancel()
+        await conn.close()
+        _gone(sched, link, reason)
+
+
+def _gone(sched: Scheduler, link: ClientLink, reason: str) -> None:
+    for comp in list(link.comps.values()):
+        comp.client = None
+        if comp.start is None:
+            sched.drop(comp, "client gone before starting its computation")
+            continue
+        if not comp.closing:
+            log.warning(
+                "client %s of computation %s is gone (%s): its %d job(s) go on, their "
+                "results are kept for recover_jobs",
+                link.name,
+                comp.name,
+                reason,
+                sched.engine.live(comp.sched_id),
+            )
+        sched.store_unacked(comp)
+        sched.maybe_finish(comp.sched_id)
+    link.comps.clear()
+    log.info("client %s disconnected", link.name)
+
+
+def _on_message(
+    sched: Scheduler, link: ClientLink, msg: Message, payload: Payload
+) -> Awaitable[None] | None:
+    link.last_heard = time.monotonic()
+    if isinstance(msg, Pulse):
+        return None
+    if isinstance(msg, SharedComputation):
+        _open(sched, link, msg)
+        return None
+    comp = link.comps.get(getattr(msg, "comp_id", -1))
+    if comp is None:
+        if isinstance(msg, JobAck | FileAck):
+            return None  # for a computation that ended meanwhile
+        link.notice(f"{msg.type} names a computation this client did not open")
+        return None
+    if isinstance(msg, SharedSubmit):
+        _submit(sched, link, comp, msg, payload)
+    elif isinstance(msg, JobAck):
+        sched.client_acked(comp, msg.job_ids)
+    elif isinstance(msg, FilePut):
+        if not _size_ok(sched, link, msg.path, msg.size):
+            return None
+        if msg.job_id is not None:
+            comp.job_files.setdefault(msg.job_id, []).append((msg, bytes(payload)))
+            return None
+        return _dependency(sched, link, comp, msg, payload)
+    elif isinstance(msg, ComputationStart):
+        return _start(sched, link, comp, payload)
+    elif isinstance(msg, NodeAllocation):
+        _allocate(sched, link, comp, msg)
+    elif isinstance(msg, JobCancel):
+        if comp.opened:
+            sched.handle(CancelRequested(comp.sched_id, tuple(msg.job_ids)))
+    elif isinstance(msg, SharedFilePut):
+        if _size_ok(sched, link, msg.path, msg.size):
+            sched.file_to_node(link, comp, msg, payload)
+        else:
+            link.send(FileAck(comp_id=comp.comp_id, req=msg.req, error="over --max_file_size"))
+    elif isinstance(msg, FileAck):
+        sched.file_acked_by_client(msg)
+    elif isinstance(msg, CloseComputation):
+        comp.closing = True
+        comp.terminate = comp.terminate or msg.terminate
+        if comp.opened:
+            sched.handle(ComputationClosed(comp.sched_id, msg.terminate))
+        if comp.start is None:
+            sched.drop(comp, "closed before it started")
+        sched.maybe_finish(comp.sched_id)
+    else:
+        link.notice(f"unexpected message {msg.type} from a client")
+    return None
+
+
+def _open(sched: Scheduler, link: ClientLink, msg: SharedComputation) -> None:
+    if msg.comp_id in link.comps:
+        link.notice(f"computation {msg.comp_id} is already open on this connection")
+        return
+    if sched.closing:
+        link.notice("scheduler is shutting down")
+        return
+    taken = set(sched.comps) | sched.previous_ids
+    sched_id = new_sched_id(taken)
+    try:
+        record = sched.store.open(
+            sched_id, msg.comp_id, msg.name, msg.kind, f"{link.conn.peer[0]}:{link.conn.peer[1]}"
+        )
+    except OSError as exc:
+        link.notice(f"scheduler cannot record computation {msg.name!r}: {exc}")
+        return
+    comp = SharedComp(
+        sched_id=sched_id,
+        comp_id=msg.comp_id,
+        name=msg.name,
+        kind=msg.kind,
+        dest_path=msg.dest_path,
+        cleanup=msg.cleanup,
+        reentrant=msg.reentrant,
+        exclusive=msg.exclusive,
+        client=link,
+        record=record,
+    )
+    sched.comps[sched_id] = comp
+    link.comps[msg.comp_id] = comp
+    log.info(
+        "computation %s (%d) of client %s opened%s",
+        msg.name,
+        sched_id,
+        link.name,
+        " (exclusive)" if msg.exclusive else "",
+    )
+    sched.ping_hosts(msg.hosts)
+
+
+async def _dependency(
+    sched: Scheduler, link: ClientLink, comp: SharedComp, msg: FilePut, payload: Payload
+) -> None:
+    try:
+        target = safe_join(str(comp.record.files_dir), msg.path, "the computation's directory")
+        await asyncio.to_thread(store_file, target, payload, msg.mode, msg.mtime)
+    except (UnsafePathError, OSError) as exc:
+        link.notice(f"scheduler refused file {msg.path!r}: {exc}")
+        return
+    comp.files = [f for f in comp.files if f.path != msg.path]
+    comp.files.append(DepFile(msg.path, msg.size, msg.mode, msg.mtime))
+
+
+def _size_ok(sched: Scheduler, link: ClientLink, path: str, size: int) -> bool:
+    limit = sched.settings.max_file_size
+    if limit and size > limit:
+        link.notice(
+            f"file {path!r} of {size} bytes is over the scheduler's --max_file_size of "
+            f"{limit} bytes: not sent to the nodes"
+        )
+        return False
+    return True
+
+
+async def _start(sched: Scheduler, link: ClientLink, comp: SharedComp, payload: Payload) -> None:
+    if comp.start is not None:
+        link.notice(f"computation {comp.name!r} was already started")
+        return
+    start = bytes(payload)
+    try:
+        await asyncio.to_thread(comp.record.save_start, start)
+    except OSError as exc:
+        link.notice(f"scheduler cannot record computation {comp.name!r}: {exc}")
+        return
+    if comp.dropped:
+        return
+    comp.start = start
+    link.send(
+        SharedStatus(
+            comp_id=comp.comp_id,
+            state="accepted",
+            sched_id=comp.sched_id,
+            pulse_interval=sched.settings.pulse_interval,
+        )
+    )
+    comp.opened = True
+    sched.handle(
+        ComputationOpened(
+            comp.sched_id, comp.reentrant, sched.settings.pulse_interval, comp.exclusive
+        )
+    )
+    sched.offer_comp(comp)
+
+
+def _allocate(sched: Scheduler, link: ClientLink, comp: SharedComp, msg: NodeAllocation) -> None:
+    key = (msg.ip_addr, msg.port)
+    node = sched.nodes.get(key)
+    if msg.cpus == 0 or comp.closing or comp.start is None:
+        return
+    if node is None:
+        link.notice(f"node {key[0]}:{key[1]} is not connected to the scheduler")
+        return
+    if key in comp.setup:
+        return  # already set up: its CPUs stay as they are (set_node_cpus, documented)
+    set_up(sched, comp, node, msg.cpus)
+
+
+def _submit(
+    sched: Scheduler, link: ClientLink, comp: SharedComp, msg: SharedSubmit, payload: Payload
+) -> None:
+    total = sum(size for _, size in msg.jobs)
+    if total != len(payload) or not comp.opened or comp.closing:
+        why = (
+            "its payload does not match the jobs' sizes"
+            if total != len(payload)
+            else "the computation is not started or is closing"
+        )
+        link.notice(f"sched.submit of {len(msg.jobs)} job(s) refused: {why}")
+        return
+    pinned = {job_id: (host, port) for job_id, host, port in msg.pinned}
+    view = memoryview(payload)
+    specs = []
+    at = 0
+    for job_id, size in msg.jobs:
+        if job_id in comp.args:
+            link.notice(f"job id {job_id} is already in use: job ignored")
+            at += size
+            continue
+        comp.args[job_id] = view[at : at + size]
+        at += size
+        specs.append(JobSpec(job_id, size, pinned.get(job_id)))
+    try:
+        sched.handle(JobsSubmitted(comp.sched_id, tuple(specs)))
+    except EngineError as exc:
+        link.notice(f"jobs refused: {exc}")
+
+
+async def _keepalive(link: ClientLink) -> None:
+    # A client whose host vanished leaves a connection that never ends by itself: its
+    # silence ends it, as a node's does (its computation then goes on without it).
+    limit = dead_after(CLIENT_PULSE)
+    while True:
+        await asyncio.sleep(CLIENT_PULSE)
+        silent = time.monotonic() - link.last_heard
+        if silent > limit:
+            link.conn.fail(ConnectionClosed(f"client silent for {silent:.0f} s"))
+            return
+        link.send(Pulse())
