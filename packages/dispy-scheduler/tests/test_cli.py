@@ -133,6 +133,7 @@ def test_serve_accepts_reference_option_spellings(
         opt("max_file_size"), "10m",
         "--clean",
         opt("msg_timeout"), "7.5",
+        opt("dest_path_prefix"), str(tmp_path / "store"),
     ]  # fmt: skip
     result = runner.invoke(cli.app, args)
     assert result.exit_code == 0, result.output
@@ -157,6 +158,7 @@ def test_serve_accepts_reference_option_spellings(
             ping_interval=30.0,
             max_file_size="10m",
             clean=True,
+            dest_path_prefix=tmp_path / "store",
             msg_timeout=7.5,
         )
     ]

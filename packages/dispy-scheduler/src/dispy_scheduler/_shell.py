@@ -398,7 +398,7 @@ class Shell:
         if comp.client is not None:
             comp.client.forget(comp)
             comp.client.send(ComputationClosed(comp_id=comp.comp_id))
-        if not comp.stored:
+        if not comp.stored or comp.recovered:
             with contextlib.suppress(OSError):
                 comp.record.close()
         log.info("computation %s (%d) done", comp.name, comp.sched_id)

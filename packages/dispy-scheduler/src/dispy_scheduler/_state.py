@@ -8,16 +8,14 @@ again), results sent to the client and not yet acknowledged, and which nodes it 
 and set up on. Decisions about its jobs are the engine's; this is bookkeeping only.
 
 The store (``dispy_scheduler.store``, PROTOCOL.md section 13, "Undeliverable results") is
-used through the two protocols below, so this package does not depend on its details.
+used through the two protocols below, so the shell's tests can give it a fake.
 """
 
 from __future__ import annotations
 
-import importlib
 import logging
 import os
 import secrets
-import shutil
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -27,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from dispy_core.protocol.framing import Payload
 from dispy_core.protocol.messages import FilePut, JobReport
 from dispy_core.secret import user_name
+from dispy_scheduler.store import Store
 
 if TYPE_CHECKING:
     from dispy_scheduler._clients import ClientLink
@@ -63,93 +62,8 @@ class StoreLike(Protocol):
     def get(self, sched_id: int) -> Any: ...
 
 
-class _TransientRecord:
-    """A record that keeps files but no results: used only while ``dispy_scheduler.store``
-    is not installed (it is built separately); undeliverable results are then lost, and
-    every one is logged as such."""
-
-    def __init__(
-        self, root: Path, sched_id: int, client_comp_id: int, name: str, kind: str
-    ) -> None:
-        self.sched_id = sched_id
-        self.client_comp_id = client_comp_id
-        self.name = name
-        self.kind = kind
-        self.files_dir = root / str(sched_id) / "files"
-        self.files_dir.mkdir(parents=True, mode=0o700, exist_ok=True)
-        self._start = b""
-        self._nodes: list[NodeKey] = []
-
-    def save_start(self, payload: bytes) -> None:
-        self._start = payload
-
-    def start_payload(self) -> bytes:
-        return self._start
-
-    def node_used(self, node: tuple[str, int]) -> None:
-        if node not in self._nodes:
-            self._nodes.append(node)
-
-    def nodes(self) -> list[tuple[str, int]]:
-        return list(self._nodes)
-
-    def store(self, reports: Sequence[JobReport], payload: Payload) -> None:
-        log.error(
-            "computation %s: results of job(s) %s lost: the client is gone and the "
-            "scheduler's store is not installed",
-            self.name,
-            ", ".join(str(r.job_id) for r in reports),
-        )
-
-    def stored(self) -> list[tuple[JobReport, bytes]]:
-        return []
-
-    def forget(self, job_ids: Sequence[int]) -> None:
-        return None
-
-    def close(self) -> None:
-        shutil.rmtree(self.files_dir.parent, ignore_errors=True)
-
-
-class _TransientStore:
-    def __init__(self, root: Path, *, clean: bool = False) -> None:
-        self.root = root / "transient"
-        if clean:
-            shutil.rmtree(self.root, ignore_errors=True)
-        self.root.mkdir(parents=True, mode=0o700, exist_ok=True)
-
-    def open(
-        self, sched_id: int, client_comp_id: int, name: str, kind: str, client: str
-    ) -> ComputationStoreLike:
-        return _TransientRecord(self.root, sched_id, client_comp_id, name, kind)
-
-    def found(self) -> list[Any]:
-        return []
-
-    def get(self, sched_id: int) -> Any:
-        return None
-
-
-def store_module() -> Any:
-    """``dispy_scheduler.store`` if installed, else None."""
-    try:
-        return importlib.import_module("dispy_scheduler.store")
-    except ModuleNotFoundError as exc:
-        if exc.name != "dispy_scheduler.store":
-            raise
-        return None
-
-
-def open_store(root: Path, *, clean: bool) -> StoreLike:
-    module = store_module()
-    if module is None:
-        log.warning(
-            "the scheduler's store (dispy_scheduler.store) is not installed: results a "
-            "client cannot take are lost, and recover_jobs through the scheduler is refused"
-        )
-        return _TransientStore(root, clean=clean)
-    store: StoreLike = module.Store(root, clean=clean)
-    return store
+def open_store(root: Path, *, clean: bool) -> Store:
+    return Store(root, clean=clean)
 
 
 def default_root() -> Path:
@@ -206,6 +120,7 @@ class SharedComp:
     closing_on: set[NodeKey] = field(default_factory=set)  # computation.close sent there
     dropped: bool = False
     stored: bool = False  # results went to the store: keep the record
+    recovered: bool = False  # a recover_jobs closed it: remove the record when it ends
 
     def __repr__(self) -> str:
         return f"<SharedComp {self.name} {self.sched_id}>"

@@ -75,6 +75,7 @@ class ServeOptions:
     ping_interval: float | None
     max_file_size: str
     clean: bool
+    dest_path_prefix: Path | None
     msg_timeout: float
 
 
@@ -257,6 +258,16 @@ def serve(
             help="Timeout in seconds for socket I/O with clients and nodes.",
         ),
     ] = 5.0,
+    dest_path_prefix: Annotated[
+        Path | None,
+        typer.Option(
+            "--dest-path-prefix",
+            help="Directory for the files clients send and the results kept for them "
+            "[default: <tmp>/dispy-<user>/scheduler].",
+            file_okay=False,
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Run the shared scheduler until interrupted.
 
@@ -289,6 +300,7 @@ def serve(
             ping_interval=ping_interval,
             max_file_size=max_file_size,
             clean=clean,
+            dest_path_prefix=dest_path_prefix,
             msg_timeout=msg_timeout,
         )
     )
@@ -368,7 +380,7 @@ def _run(options: ServeOptions) -> None:
         max_file_size=max_file_size,
         clean=options.clean,
         msg_timeout=options.msg_timeout,
-        store_root=default_root(),
+        store_root=(options.dest_path_prefix or default_root()).absolute(),
     )
     _setup_logging(options.debug)
     _serve(settings)

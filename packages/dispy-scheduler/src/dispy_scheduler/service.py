@@ -24,6 +24,7 @@ import contextlib
 import logging
 import os
 import signal
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,7 +34,7 @@ from dispy_core.aio.admission import Admission, start_server
 from dispy_core.aio.connection import Connection
 from dispy_core.aio.fanout import PingSender, Presence, keep_pinging
 from dispy_core.aio.tasks import TaskOwner
-from dispy_core.engine import Tick
+from dispy_core.engine import CancelRequested, ComputationClosed, Tick
 from dispy_core.protocol.errors import ProtocolError
 from dispy_core.protocol.fanout import PingSend, Target, plan_pings
 from dispy_core.protocol.framing import Payload
@@ -42,8 +43,9 @@ from dispy_core.protocol.messages import FileAck, FilePut, NodeOffer, SharedFile
 from dispy_core.security import TLSConfig
 from dispy_scheduler._clients import ClientLink, serve_client
 from dispy_scheduler._nodes import NodeLink, serve_node
+from dispy_scheduler._recover import LiveComputation, recover_from_nodes, serve_recover
 from dispy_scheduler._shell import Shell
-from dispy_scheduler._state import NodeKey, SharedComp, open_store, store_module
+from dispy_scheduler._state import NodeKey, SharedComp, open_store
 
 log = logging.getLogger("dispy_scheduler")
 
@@ -100,7 +102,9 @@ class Scheduler(Shell):
     """See the module docstring."""
 
     def __init__(self, settings: Settings) -> None:
-        super().__init__(open_store(settings.store_root, clean=settings.clean))
+        store = open_store(settings.store_root, clean=settings.clean)
+        super().__init__(store)
+        self.disk = store  # the store as itself (the shell sees it through StoreLike)
         self.settings = settings
         self.tasks = TaskOwner("scheduler", log=log)
         self.admission = Admission()
@@ -165,14 +169,11 @@ class Scheduler(Shell):
         return port
 
     def _recover_found(self) -> None:
-        module = store_module()
-        if module is None:
-            return
         for record in self.store.found():
             log.info("computation %s (%d) left by a previous run: recovering its results",
                      record.name, record.sched_id)  # fmt: skip
             self.tasks.start(
-                module.recover_from_nodes(
+                recover_from_nodes(
                     record,
                     node_secret=self.settings.node_secret,
                     tls=self.settings.node_tls,
@@ -274,13 +275,11 @@ class Scheduler(Shell):
             log.warning("%s at %s:%s refused: %s", who, peer[0], peer[1], exc)
 
     async def _serve_recover(self, conn: Connection) -> None:
-        module = store_module()
-        if module is None:
-            await conn.refuse("recovery through this scheduler is not available")
-            return
-        await module.serve_recover(conn, self.store, self.comps.get)
+        await serve_recover(conn, self.disk, self._live)
 
-    # -- discovery --------------------------------------------------------------------------
+    def _live(self, sched_id: int) -> LiveComputation | None:
+        comp = self.comps.get(sched_id)
+        return None if comp is None or comp.dropped else _Live(self, comp)
 
     def ping_all(self) -> None:
         if self._sender is None:
@@ -406,6 +405,38 @@ class Scheduler(Shell):
         if route is None or route.client is None:
             return
         route.client.send(FileAck(comp_id=route.comp_id, req=route.req, error=msg.error))
+
+
+class _Live:
+    """A computation this scheduler still runs, as a recover connection sees it (its client
+    gone; see ``_recover.LiveComputation``)."""
+
+    def __init__(self, sched: Scheduler, comp: SharedComp) -> None:
+        self._sched = sched
+        self._comp = comp
+
+    @property
+    def client_connected(self) -> bool:
+        return self._comp.client is not None
+
+    def pending(self) -> list[int]:
+        return list(self._comp.args)  # arguments are held until the job ends
+
+    def cancel(self, job_ids: Sequence[int]) -> None:
+        if not self._comp.dropped:
+            self._sched.handle(CancelRequested(self._comp.sched_id, tuple(job_ids)))
+
+    def close(self, terminate: bool) -> None:
+        comp = self._comp
+        comp.recovered = True
+        if comp.dropped:
+            comp.record.close()
+            return
+        if not comp.closing:
+            comp.closing = True
+            comp.terminate = terminate
+            self._sched.handle(ComputationClosed(comp.sched_id, terminate))
+        self._sched.maybe_finish(comp.sched_id)
 
 
 async def run(settings: Settings) -> None:
