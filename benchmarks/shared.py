@@ -87,6 +87,17 @@ class Scheduler:
             stderr=subprocess.DEVNULL,
         )
 
+    def wait_listening(self, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", self.scheduler_port), 1).close()
+                return
+            except OSError:
+                if time.monotonic() > deadline or self.proc.poll() is not None:
+                    raise RuntimeError("dispy-scheduler did not start") from None
+                time.sleep(0.05)
+
     def cluster(self, **kwargs: Any) -> dispy.SharedJobCluster:
         return dispy.SharedJobCluster(
             noop,
@@ -229,6 +240,7 @@ def main() -> int:
     shared_node = Node(2, prefix + "-node")
     sched = Scheduler(shared_node, prefix + "-scheduler")
     try:
+        sched.wait_listening()
         with cf.ProcessPoolExecutor(2) as pool:
             for n in range(repeat):
                 print(f"run {n + 1}/{repeat}", file=sys.stderr)
