@@ -92,6 +92,6 @@ def test_node_refuses_a_prefix_owned_by_another_user(node_factory, tmp_path):
     assert node.log_contains(
         f"dispy-node: --dest_path_prefix {prefix} belongs to uid 54321, not to 'root' who "
         "runs this node: that user could read clients' files and results; choose another "
-        "prefix (or change its owner)"
+        "directory (or change its owner)"
     )
     assert "Traceback" not in node.log_text()

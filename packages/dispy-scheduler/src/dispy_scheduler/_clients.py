@@ -52,7 +52,6 @@ from dispy_core.protocol.messages import (
     SharedFilePut,
     SharedStatus,
     SharedSubmit,
-    _Message,
     clip,
 )
 from dispy_scheduler._nodes import set_up
@@ -78,7 +77,7 @@ class ClientLink:
     def name(self) -> str:
         return f"{self.conn.peer_name} at {self.conn.peer[0]}:{self.conn.peer[1]}"
 
-    def send(self, message: _Message, payload: Outgoing = b"") -> None:
+    def send(self, message: Message, payload: Outgoing = b"") -> None:
         # The connection's end is handled where serve() returns.
         with contextlib.suppress(ConnectionClosed):
             self.conn.send_nowait(message, payload)

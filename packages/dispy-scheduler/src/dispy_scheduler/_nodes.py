@@ -42,7 +42,6 @@ from dispy_core.protocol.messages import (
     Notice,
     Pulse,
     SharedNode,
-    _Message,
     clip,
 )
 from dispy_scheduler._state import NodeKey, SharedComp
@@ -65,7 +64,7 @@ class NodeLink:
     def name(self) -> str:
         return f"{self.info.name} ({self.key[0]}:{self.key[1]})"
 
-    def send(self, message: _Message, payload: Outgoing = b"") -> None:
+    def send(self, message: Message, payload: Outgoing = b"") -> None:
         # The connection's end is an event of its own (NodeLost): nothing to do here.
         with contextlib.suppress(ConnectionClosed):
             self.conn.send_nowait(message, payload)
