@@ -91,6 +91,23 @@ def _json_id(value: Any) -> Any:
     return repr(value)
 
 
+# One encoder for every record: json.dumps() with options builds a new one per call.
+_encode = json.JSONEncoder(separators=(",", ":")).encode
+
+
+def _id_text(value: Any) -> str:
+    """``_encode(_json_id(value))``, without the encoder for the usual ids (None, an int)."""
+    if value is None:
+        return "null"
+    if type(value) is int:
+        return str(value)
+    return _encode(_json_id(value))
+
+
+def _uids(jobs: list[DispyJob]) -> str:
+    return ",".join([str(job._uid) for job in jobs])  # uids are ints: their JSON is str()
+
+
 class RecoveryLog:
     """Appends what ``recover_jobs`` needs; every method is cheap and never raises.
 
@@ -109,7 +126,10 @@ class RecoveryLog:
         self._lock = threading.Lock()  # the program's thread writes id records too
 
     def _write(self, record: dict[str, Any]) -> None:
-        self._fh.write(json.dumps(record, separators=(",", ":")) + "\n")
+        self._write_text(_encode(record))
+
+    def _write_text(self, text: str) -> None:
+        self._fh.write(text + "\n")
 
     def created(self, jobs: list[DispyJob]) -> None:
         with self._lock:
@@ -124,16 +144,16 @@ class RecoveryLog:
         for kind, node, jobs in pending:
             for job in jobs:
                 job._logged = True
+            # Written by hand, as _encode would (byte for byte): once per job and record,
+            # the encoder's own cost shows in the latency of one job.
             if kind == "c":
-                self._guarded({"c": [[j._uid, _json_id(j.id)] for j in jobs]})
+                pairs = ",".join([f"[{j._uid},{_id_text(j.id)}]" for j in jobs])
+                self._guarded_text(f'{{"c":[{pairs}]}}')
             else:
                 assert node is not None
-                self._guarded(
-                    {
-                        "s": list(node),
-                        "j": [j._uid for j in jobs],
-                        "i": [_json_id(j.id) for j in jobs],
-                    }
+                ids = ",".join([_id_text(j.id) for j in jobs])
+                self._guarded_text(
+                    f'{{"s":[{_encode(node[0])},{int(node[1])}],"j":[{_uids(jobs)}],"i":[{ids}]}}'
                 )
 
     def node(self, key: tuple[str, int]) -> None:
@@ -152,13 +172,16 @@ class RecoveryLog:
     def done(self, uids: list[int]) -> None:
         with self._lock:
             self._write_pending()  # a job's "sent" record precedes its "done"
-            self._guarded({"d": uids})
+            self._guarded_text(f'{{"d":[{",".join([str(uid) for uid in uids])}]}}')
 
     def _guarded(self, record: dict[str, Any]) -> None:
+        self._guarded_text(_encode(record))
+
+    def _guarded_text(self, text: str) -> None:
         if self._broken:
             return
         try:
-            self._write(record)
+            self._write_text(text)
         except (OSError, ValueError) as exc:
             self._broken = True
             log.warning("recover file %s can no longer be written: %s", self.path, exc)
