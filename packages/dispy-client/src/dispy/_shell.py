@@ -326,12 +326,13 @@ class JobShell:
         key = session.key
         reports = msg.jobs
         commands: list[Command] = []
+        ended: list[tuple[DispyJob, JobStatus]] = []
         if self.sessions.get(key) is session:
             commands = self._handle(JobsDone(key, self.comp_id, reports))
             for command in commands:
                 if type(command) is ResultsAccepted and command.node == key:
                     if command.job_ids:
-                        self._results(session, msg, payload, command.ignored)
+                        ended = self._results(session, msg, payload, command.ignored)
                         alloc = self.engine.allocation(self.comp_id, key)
                         session.node.busy = alloc.busy if alloc is not None else 0
                     break
@@ -341,14 +342,22 @@ class JobShell:
         self.recovery.done(done)
         session.acks.extend(done)
         self._housekeeping_soon()
+        # After the bookkeeping: a program waiting for one of these jobs wakes now and needs
+        # the GIL, which this thread gives up only when the loop waits again; the less it
+        # does after the wake-up, the less often that thread wakes just to wait for the GIL.
+        node = session.node
+        for job, status in ended:
+            self._finish(job, status, node=node)
         if commands:
             self._apply(commands)
 
     def _results(
         self, session: NodeSession, msg: JobDone, payload: Payload, ignored: frozenset[int]
-    ) -> None:
-        """End the accepted jobs of one ``jobs.done`` (not those in ``ignored``)."""
+    ) -> list[tuple[DispyJob, JobStatus]]:
+        """Read the accepted jobs' replies of one ``jobs.done`` (not those in ``ignored``)
+        into their jobs; the caller ends them (``_finish``)."""
         node, host, jobs = session.node, session.key[0], self.jobs
+        ended: list[tuple[DispyJob, JobStatus]] = []
         for report, data in iter_replies(msg, payload):
             uid = report.job_id
             if uid in ignored:
@@ -364,7 +373,8 @@ class JobShell:
             job.ip_addr = host
             node.jobs_done += 1
             node.cpu_time += max(0.0, report.end - report.start)
-            self._finish(job, status, node=node)
+            ended.append((job, status))
+        return ended
 
     def _provisional(self, session: NodeSession, msg: JobProvisional, payload: Payload) -> None:
         job = self.jobs.get(msg.job_id)
