@@ -314,7 +314,7 @@ class JobShell:
             notify = [uid for uid, _ in batch if uid in ahead] if ahead else []
             try:
                 submit = JobSubmitMsg(comp_id=self.comp_id, jobs=batch, notify=notify)
-                session.conn.send_nowait(submit, parts)
+                session.conn.send_nowait(submit, parts[0] if len(parts) == 1 else parts)
             except ConnectionClosed:
                 return
 

@@ -67,7 +67,10 @@ def nbytes(payload: Outgoing) -> int:
         return len(payload)
     if isinstance(payload, memoryview):
         return payload.nbytes
-    return sum(memoryview(p).nbytes for p in payload)
+    total = 0
+    for part in payload:
+        total += len(part) if type(part) is bytes else memoryview(part).nbytes
+    return total
 
 
 @dataclass(frozen=True, slots=True)
