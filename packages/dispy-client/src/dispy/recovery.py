@@ -122,7 +122,9 @@ class RecoveryLog:
         self._write({"format": FORMAT, **header})
         self._fh.flush()
         self._broken = False
-        self._pending: list[tuple[str, tuple[str, int] | None, list[DispyJob]]] = []
+        # Records not written yet, in order: ("c", None, jobs), ("s", node, jobs) or ("d",
+        # None, uids); formatted at the next flush, off the path of the jobs they describe.
+        self._pending: list[tuple[str, tuple[str, int] | None, list[Any]]] = []
         self._lock = threading.Lock()  # the program's thread writes id records too
 
     def _write(self, record: dict[str, Any]) -> None:
@@ -142,6 +144,9 @@ class RecoveryLog:
     def _write_pending(self) -> None:
         pending, self._pending = self._pending, []
         for kind, node, jobs in pending:
+            if kind == "d":  # uids whose results the client has
+                self._guarded_text(f'{{"d":[{",".join([str(uid) for uid in jobs])}]}}')
+                continue
             for job in jobs:
                 job._logged = True
             # Written by hand, as _encode would (byte for byte): once per job and record,
@@ -171,8 +176,7 @@ class RecoveryLog:
 
     def done(self, uids: list[int]) -> None:
         with self._lock:
-            self._write_pending()  # a job's "sent" record precedes its "done"
-            self._guarded_text(f'{{"d":[{",".join([str(uid) for uid in uids])}]}}')
+            self._pending.append(("d", None, uids))  # after the job's "sent" record
 
     def _guarded(self, record: dict[str, Any]) -> None:
         self._guarded_text(_encode(record))
@@ -206,6 +210,8 @@ class RecoveryLog:
 
     def close(self, remove: bool) -> None:
         with self._lock:
+            if not remove:
+                self._write_pending()
             self._broken = True  # later writes (a timer firing after close) are no-ops
             with contextlib.suppress(OSError, ValueError):
                 self._fh.close()
