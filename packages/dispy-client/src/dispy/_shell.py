@@ -154,12 +154,14 @@ class JobShell:
         session = self.sessions[key]
         jobs = self.jobs
         sent = [jobs[uid] for uid in command.job_ids]
+        # Sent first: the rest is bookkeeping, done while the node runs them (the record
+        # reaches the file at the next flush either way).
+        self._send_jobs(session, sent, command.ahead)
         host = key[0]
         for job in sent:
             job.ip_addr = host
         self.recovery.sent(key, sent)
         self._housekeeping_soon()
-        self._send_jobs(session, sent, command.ahead)
 
     def _on_running(self, command: JobsRunning) -> None:
         node = self.known_nodes[command.node]
