@@ -153,7 +153,7 @@ def dumps(obj: Any, *, plain_first: bool = False) -> Pickled:
         if plain_first or _plain(obj):
             try:  # (not contextlib.suppress: its cost shows on a job's latency)
                 return pickle.dumps(obj, protocol=PROTOCOL)
-            except Exception:  # noqa: S110 - cloudpickle below takes it, or says why not
+            except Exception:  # cloudpickle below takes it, or says why not
                 pass
         try:
             data: bytes = cloudpickle.dumps(obj, protocol=PROTOCOL)

@@ -325,8 +325,7 @@ class ComputationSession(ReplyPath):
         announced = jobs[0][1] if whole else sum(size for _, size in jobs)
         if announced != len(payload):
             raise RemoteProtocolError(
-                f"jobs.submit announces {announced} bytes of arguments "
-                f"but carries {len(payload)}"
+                f"jobs.submit announces {announced} bytes of arguments but carries {len(payload)}"
             )
         offset = 0
         view = memoryview(payload)

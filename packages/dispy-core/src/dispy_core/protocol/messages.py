@@ -409,9 +409,10 @@ def decode(header: bytes) -> Message:
         RemoteProtocolError: the header is not valid JSON or no known message.
     """
     try:
-        return _validate_json(header)
+        message: Message = _validate_json(header)
     except ValidationError as exc:
         raise RemoteProtocolError(f"malformed message header: {_first_error(exc)}") from None
+    return message
 
 
 def _first_error(exc: ValidationError) -> str:
