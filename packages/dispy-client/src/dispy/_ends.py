@@ -75,17 +75,19 @@ class JobEnds:
         if post is not None:
             self.callbacks.post(post, status, node, job)
 
-    def _end_replies(
+    def _read_replies(
         self,
         node: DispyNode,
         msg: JobDone,
         payload: Payload,
         ignored: frozenset[int] = frozenset(),
-    ) -> list[int]:
-        """End the jobs of one ``jobs.done`` (or ``sched.done``) with their replies, except
-        those in ``ignored`` and those already ended; returns the ids ended."""
+    ) -> list[tuple[DispyJob, JobStatus]]:
+        """Read the replies of one ``jobs.done`` (or ``sched.done``) into their jobs, except
+        those in ``ignored`` and those already ended; the caller ends them (``_finish``),
+        after its bookkeeping: a program waiting for one of them wakes then and needs the
+        GIL, which the loop's thread gives up only when it waits again."""
         host, jobs = node.ip_addr, self.jobs
-        ended: list[int] = []
+        ended: list[tuple[DispyJob, JobStatus]] = []
         for report, data in iter_replies(msg, payload):
             uid = report.job_id
             if uid in ignored:
@@ -101,9 +103,21 @@ class JobEnds:
             job.ip_addr = host
             node.jobs_done += 1
             node.cpu_time += max(0.0, report.end - report.start)
-            ended.append(uid)
-            self._finish(job, status, node=node)
+            ended.append((job, status))
         return ended
+
+    def _end_replies(
+        self,
+        node: DispyNode,
+        msg: JobDone,
+        payload: Payload,
+        ignored: frozenset[int] = frozenset(),
+    ) -> list[int]:
+        """Read and end the jobs of one ``jobs.done`` (or ``sched.done``); returns their ids."""
+        ended = self._read_replies(node, msg, payload, ignored)
+        for job, status in ended:
+            self._finish(job, status, node=node)
+        return [job._uid for job, _ in ended]
 
     def _load_provisional(self, job: DispyJob, payload: Payload) -> tuple[bool, Any]:
         """``(True, result)`` of a ``jobs.provisional``, or ``(False, None)`` (logged)."""

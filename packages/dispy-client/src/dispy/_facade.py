@@ -197,7 +197,9 @@ class ClusterFacade:
         job_depends = kwargs.pop("dispy_job_depends", None)
         job = DispyJob(next(self._ids), args, kwargs)
         try:
-            objects, job._files = split_depends(job_depends, program=self._program)
+            objects: list[Any] = []
+            if job_depends is not None:
+                objects, job._files = split_depends(job_depends, program=self._program)
             job._payload = self._job_payload(args, kwargs, objects)
         except (serialize.SerializationError, DependencyError, ValueError) as exc:
             log.error("submit: job not created: %s", exc)
@@ -222,7 +224,7 @@ class ClusterFacade:
             payload = serialize.dumps((args, kwargs, objects) if objects else (args, kwargs))
         except serialize.SerializationError as exc:
             raise serialize.SerializationError(f"the arguments {exc}") from None
-        size = nbytes(payload)
+        size = len(payload) if type(payload) is bytes else nbytes(payload)
         if size > DEFAULT_MAX_MESSAGE:
             raise serialize.SerializationError(
                 f"the arguments are {size} bytes pickled, over the {DEFAULT_MAX_MESSAGE} bytes "

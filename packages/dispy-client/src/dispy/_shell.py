@@ -177,12 +177,14 @@ class JobShell(JobEnds):
         session = self.sessions[key]
         jobs = self.jobs
         sent = [jobs[uid] for uid in command.job_ids]
+        # Sent first: the rest is bookkeeping, done while the node runs them (the record
+        # reaches the file at the next flush either way).
+        self._send_jobs(session, sent, command.ahead)
         host = key[0]
         for job in sent:
             job.ip_addr = host
         self.recovery.sent(key, sent)
         self._housekeeping_soon()
-        self._send_jobs(session, sent, command.ahead)
 
     def _on_running(self, command: JobsRunning) -> None:
         node = self.known_nodes[command.node]
@@ -320,7 +322,7 @@ class JobShell(JobEnds):
             notify = [uid for uid, _ in batch if uid in ahead] if ahead else []
             try:
                 submit = JobSubmitMsg(comp_id=self.comp_id, jobs=batch, notify=notify)
-                session.conn.send_nowait(submit, parts)
+                session.conn.send_nowait(submit, parts[0] if len(parts) == 1 else parts)
             except ConnectionClosed:
                 return
 
@@ -332,12 +334,13 @@ class JobShell(JobEnds):
         key = session.key
         reports = msg.jobs
         commands: list[Command] = []
+        ended: list[tuple[DispyJob, JobStatus]] = []
         if self.sessions.get(key) is session:
             commands = self._handle(JobsDone(key, self.comp_id, reports))
             for command in commands:
                 if type(command) is ResultsAccepted and command.node == key:
                     if command.job_ids:
-                        self._end_replies(session.node, msg, payload, command.ignored)
+                        ended = self._read_replies(session.node, msg, payload, command.ignored)
                         alloc = self.engine.allocation(self.comp_id, key)
                         session.node.busy = alloc.busy if alloc is not None else 0
                     break
@@ -347,6 +350,12 @@ class JobShell(JobEnds):
         self.recovery.done(done)
         session.acks.extend(done)
         self._housekeeping_soon()
+        # After the bookkeeping: a program waiting for one of these jobs wakes now and needs
+        # the GIL, which this thread gives up only when the loop waits again; the less it
+        # does after the wake-up, the less often that thread wakes just to wait for the GIL.
+        node = session.node
+        for job, status in ended:
+            self._finish(job, status, node=node)
         if commands:
             self._apply(commands)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from _thread import LockType, allocate_lock
 from collections.abc import Callable
 from typing import Any
 
@@ -35,6 +36,7 @@ class DispyJob:
         "_payload",
         "_pinned",
         "_uid",
+        "_waiter",
         "args",
         "end_time",
         "exception",
@@ -69,6 +71,7 @@ class DispyJob:
         self._files: list[Any] | None = None
         self._done = False
         self._event: threading.Event | None = None
+        self._waiter: LockType | None = None  # held while job() waits without an Event
 
     @property
     def id(self) -> Any:
@@ -99,13 +102,32 @@ class DispyJob:
     def _mark_done(self) -> None:
         with DispyJob._event_lock:
             self._done = True
-            event = self._event
+            event, waiter = self._event, self._waiter
+        if waiter is not None:
+            waiter.release()
         if event is not None:
             event.set()
 
     def __call__(self, clear: bool = False) -> Any:
         """Wait for the job to end and return its result (None if it failed)."""
-        self.finish.wait()
+        # A bare lock rather than the ``finish`` Event when none was asked for: a program
+        # that waits for each job in turn pays an Event's Condition twice per job (made,
+        # then set from the loop thread) on the latency of that job.
+        event: threading.Event | None = None
+        waiter: LockType | None = None
+        with DispyJob._event_lock:
+            if not self._done:
+                event = self._event
+                if event is None:
+                    waiter = self._waiter
+                    if waiter is None:
+                        waiter = self._waiter = allocate_lock()
+                        waiter.acquire()  # released once, by _mark_done
+        if waiter is not None:
+            waiter.acquire()
+            waiter.release()  # for any other thread waiting on this job
+        elif event is not None:
+            event.wait()
         result = self.result
         if clear:
             self.result = None

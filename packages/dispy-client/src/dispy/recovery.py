@@ -97,6 +97,23 @@ def _json_id(value: Any) -> Any:
     return repr(value)
 
 
+# One encoder for every record: json.dumps() with options builds a new one per call.
+_encode = json.JSONEncoder(separators=(",", ":")).encode
+
+
+def _id_text(value: Any) -> str:
+    """``_encode(_json_id(value))``, without the encoder for the usual ids (None, an int)."""
+    if value is None:
+        return "null"
+    if type(value) is int:
+        return str(value)
+    return _encode(_json_id(value))
+
+
+def _uids(jobs: list[DispyJob]) -> str:
+    return ",".join([str(job._uid) for job in jobs])  # uids are ints: their JSON is str()
+
+
 class RecoveryLog:
     """Appends what ``recover_jobs`` needs; every method is cheap and never raises.
 
@@ -111,11 +128,16 @@ class RecoveryLog:
         self._write({"format": FORMAT, **header})
         self._fh.flush()
         self._broken = False
-        self._pending: list[tuple[str, tuple[str, int] | None, list[DispyJob]]] = []
+        # Records not written yet, in order: ("c", None, jobs), ("s", node, jobs) or ("d",
+        # None, uids); formatted at the next flush, off the path of the jobs they describe.
+        self._pending: list[tuple[str, tuple[str, int] | None, list[Any]]] = []
         self._lock = threading.Lock()  # the program's thread writes id records too
 
     def _write(self, record: dict[str, Any]) -> None:
-        self._fh.write(json.dumps(record, separators=(",", ":")) + "\n")
+        self._write_text(_encode(record))
+
+    def _write_text(self, text: str) -> None:
+        self._fh.write(text + "\n")
 
     def created(self, jobs: list[DispyJob]) -> None:
         with self._lock:
@@ -128,18 +150,21 @@ class RecoveryLog:
     def _write_pending(self) -> None:
         pending, self._pending = self._pending, []
         for kind, node, jobs in pending:
+            if kind == "d":  # uids whose results the client has
+                self._guarded_text(f'{{"d":[{",".join([str(uid) for uid in jobs])}]}}')
+                continue
             for job in jobs:
                 job._logged = True
+            # Written by hand, as _encode would (byte for byte): once per job and record,
+            # the encoder's own cost shows in the latency of one job.
             if kind == "c":
-                self._guarded({"c": [[j._uid, _json_id(j.id)] for j in jobs]})
+                pairs = ",".join([f"[{j._uid},{_id_text(j.id)}]" for j in jobs])
+                self._guarded_text(f'{{"c":[{pairs}]}}')
             else:
                 assert node is not None
-                self._guarded(
-                    {
-                        "s": list(node),
-                        "j": [j._uid for j in jobs],
-                        "i": [_json_id(j.id) for j in jobs],
-                    }
+                ids = ",".join([_id_text(j.id) for j in jobs])
+                self._guarded_text(
+                    f'{{"s":[{_encode(node[0])},{int(node[1])}],"j":[{_uids(jobs)}],"i":[{ids}]}}'
                 )
 
     def node(self, key: tuple[str, int]) -> None:
@@ -157,14 +182,16 @@ class RecoveryLog:
 
     def done(self, uids: list[int]) -> None:
         with self._lock:
-            self._write_pending()  # a job's "sent" record precedes its "done"
-            self._guarded({"d": uids})
+            self._pending.append(("d", None, uids))  # after the job's "sent" record
 
     def _guarded(self, record: dict[str, Any]) -> None:
+        self._guarded_text(_encode(record))
+
+    def _guarded_text(self, text: str) -> None:
         if self._broken:
             return
         try:
-            self._write(record)
+            self._write_text(text)
         except (OSError, ValueError) as exc:
             self._broken = True
             log.warning("recover file %s can no longer be written: %s", self.path, exc)
@@ -189,6 +216,8 @@ class RecoveryLog:
 
     def close(self, remove: bool) -> None:
         with self._lock:
+            if not remove:
+                self._write_pending()
             self._broken = True  # later writes (a timer firing after close) are no-ops
             with contextlib.suppress(OSError, ValueError):
                 self._fh.close()

@@ -320,17 +320,18 @@ class ComputationSession(ReplyPath):
         if comp is None or comp.comp_id != msg.comp_id:
             self._send(Notice(level="error", text=UNKNOWN_COMPUTATION))
             return
-        if sum(size for _, size in msg.jobs) != len(payload):
+        jobs = msg.jobs
+        whole = len(jobs) == 1  # one job at a time is the common case when latency matters
+        announced = jobs[0][1] if whole else sum(size for _, size in jobs)
+        if announced != len(payload):
             raise RemoteProtocolError(
-                f"jobs.submit announces {sum(s for _, s in msg.jobs)} bytes of arguments "
-                f"but carries {len(payload)}"
+                f"jobs.submit announces {announced} bytes of arguments but carries {len(payload)}"
             )
         offset = 0
         view = memoryview(payload)
         failed = self._failed_job_files
-        notify = set(msg.notify)
-        whole = len(msg.jobs) == 1
-        for job_id, size in msg.jobs:
+        notify = set(msg.notify) if msg.notify else ()
+        for job_id, size in jobs:
             # A job's arguments are the payload itself or, batched, a slice of it: a large
             # one as a view (no copy), small ones copied so the batch need not stay alive.
             if whole:

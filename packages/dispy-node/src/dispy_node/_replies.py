@@ -97,11 +97,11 @@ class ReplyPath:
     def _schedule_flush(self) -> None:
         if not self._flush_scheduled:
             self._flush_scheduled = True
-            loop = asyncio.get_running_loop()
             comp = self.computation
             if comp is not None and comp.queued > 0 and len(self._outbox) < MAX_BATCH:
                 # More results are about to follow: wait a moment to send them in one frame.
-                loop.call_later(BATCH_DELAY, self._flush)
+                # (The loop only here: get_running_loop() costs a getpid() call each time.)
+                asyncio.get_running_loop().call_later(BATCH_DELAY, self._flush)
             else:
                 self._flush()
         elif len(self._outbox) >= MAX_BATCH:

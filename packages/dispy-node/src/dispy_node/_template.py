@@ -232,10 +232,13 @@ class _Worker:  # pragma: no cover - runs in a forked child
         real_out, real_err = sys.stdout, sys.stderr
         # reused from job to job: cleared, not rebuilt, per job
         out, err = CapturedText(self.max_output), CapturedText(self.max_output)
+        out_tail, err_tail = out.tail, err.tail
         while True:
             _op, self.job_id, payload = self.read_frame()
-            out.tail.clear()
-            err.tail.clear()
+            if out_tail.total:
+                out_tail.clear()
+            if err_tail.total:
+                err_tail.clear()
             start = time.time()
             outcome = _wire.OUTCOME_FINISHED
             result: Any = None
@@ -254,16 +257,20 @@ class _Worker:  # pragma: no cover - runs in a forked child
                 result = None
             finally:
                 sys.stdout, sys.stderr = real_out, real_err
-                _uninstall(installed)
+                if installed:
+                    _uninstall(installed)
             end = time.time()
-            stdout, stderr = finish(
-                out.tail.value(),
-                out.tail.dropped,
-                err.tail.value(),
-                err.tail.dropped,
-                self.max_output,
-                "characters",
-            )
+            if out_tail.total or err_tail.total:
+                stdout, stderr = finish(
+                    out_tail.value(),
+                    out_tail.dropped,
+                    err_tail.value(),
+                    err_tail.dropped,
+                    self.max_output,
+                    "characters",
+                )
+            else:  # the usual job prints nothing: no output to join or to cut
+                stdout = stderr = ""
             outcome, data = pack_reply(outcome, result, stdout, stderr, exc_text)
             self.send(_wire.OP_DONE, outcome, start, end, data)
 

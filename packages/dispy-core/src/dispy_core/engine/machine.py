@@ -42,7 +42,7 @@ from dispy_core.engine.events import (
     ProvisionalReceived,
     Tick,
 )
-from dispy_core.engine.placement import place
+from dispy_core.engine.placement import place, place_lone
 from dispy_core.engine.records import Allocation, Computation, EngineError, Job, Node, move
 from dispy_core.engine.sharing import admitted, place_shared
 from dispy_core.protocol.jobs import JobStatus, NodeStatus
@@ -328,6 +328,15 @@ class Engine:
     def _on_submitted(self, ev: JobsSubmitted, now: float) -> None:
         comp = self._comp(ev.comp_id)
         jobs, queue, allocs = comp.jobs, comp.queue, comp.allocs
+        if (
+            len(ev.jobs) == 1
+            and not queue
+            and not comp.dirty_pins
+            and comp.active
+            and not self._shared
+            and place_lone(comp, ev.jobs[0], self._out)
+        ):
+            return
         average = comp.job_bytes
         for spec in ev.jobs:
             jid = spec.job_id
@@ -381,7 +390,7 @@ class Engine:
         comp = alloc.comp
         jobs, placed = comp.jobs, alloc.placed
         accepted: list[int] = []
-        ignored: set[int] = set()
+        ignored: set[int] | None = None
         job_time = alloc.job_time
         for report in ev.reports:
             jid = report.job_id
@@ -390,7 +399,10 @@ class Engine:
             job_time = 0.8 * job_time + 0.2 * took if job_time else took
             job = jobs.get(jid)
             if job is None or job.alloc is not alloc:
-                ignored.add(jid)  # a node this job is no longer on: it ended or moved
+                # a node this job is no longer on: it ended or moved
+                if ignored is None:
+                    ignored = set()
+                ignored.add(jid)
                 continue
             if job.status is _CREATED:  # started and ended before its jobs.started came
                 move(job, _RUNNING)
@@ -401,7 +413,10 @@ class Engine:
             del jobs[jid]
             accepted.append(jid)
         alloc.job_time = job_time
-        self._set_depth(alloc)
+        # _set_depth, inlined (once per jobs.done, often one job's)
+        comp.depth_bytes = comp.job_bytes
+        if job_time:
+            alloc.depth = alloc.cpus * policy.depth_per_cpu(job_time, comp.job_bytes)
         comp.touch(alloc)
         stale = frozenset(ignored) if ignored else _NONE
         self._out.append(ResultsAccepted(ev.node, ev.comp_id, tuple(accepted), stale))

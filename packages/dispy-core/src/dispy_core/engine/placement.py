@@ -9,11 +9,13 @@ from __future__ import annotations
 
 from heapq import heappop, heapreplace
 
+from dispy_core.engine import policy
 from dispy_core.engine.commands import Command, JobsRunning, SendJobs
-from dispy_core.engine.records import Allocation, Computation, move
+from dispy_core.engine.events import JobSpec
+from dispy_core.engine.records import Allocation, Computation, Job, move
 from dispy_core.protocol.jobs import JobStatus
 
-__all__ = ["place", "send", "take_pinned"]
+__all__ = ["place", "place_lone", "send", "take_pinned"]
 
 _RUNNING = JobStatus.Running
 _NONE: frozenset[int] = frozenset()
@@ -60,6 +62,54 @@ def place(comp: Computation, out: list[Command]) -> None:
     for alloc, ids in by_alloc.items():
         if ids:
             send(alloc, ids, alloc.cpus - alloc.busy, out)
+
+
+def place_lone(comp: Computation, spec: JobSpec, out: list[Command]) -> bool:
+    """One unpinned job submitted while nothing else waits (no queue, no pinned job ready
+    to place): place it as :func:`place` would, without the queue and the batching, or
+    return False (nothing changed) for the general path to take it.
+
+    A job at a time (a program that waits for each result) is the common case that needs
+    latency; the general path's per-batch work is most of the engine's cost then.
+    """
+    jid = spec.job_id
+    jobs = comp.jobs
+    if spec.pinned is not None or jid in jobs:
+        return False
+    average = comp.job_bytes
+    if spec.size is not None:
+        average = policy.job_bytes(average, spec.size)
+        if policy.outgrown(average, comp.depth_bytes):
+            return False  # the general path sizes the nodes' queues again first
+    target = comp.best()  # only drops stale heap entries, as place() would
+    if target is None:
+        return False
+    comp.job_bytes = average
+    job = jobs[jid] = Job(jid)
+    job.alloc = target
+    placed = target.placed
+    placed.add(jid)
+    heap = comp.heap
+    # As in place(): the target is on top of the heap; one sift files it again.
+    target.version += 1
+    capacity = target.cpus + target.depth
+    room = capacity - len(placed)
+    if room > 0:
+        heapreplace(heap, (-room / capacity, target.seq, target.version, target))
+    else:
+        heappop(heap)
+    if len(heap) > 4 * len(comp.allocs) + 64:
+        comp.compact()
+    # send(), for one job: it starts now if a CPU is free, else waits on the node.
+    key, comp_id, ids = target.node.key, comp.comp_id, (jid,)
+    if target.cpus > target.busy:
+        move(job, _RUNNING)
+        target.busy += 1
+        out.append(SendJobs(key, comp_id, ids, _NONE))
+        out.append(JobsRunning(key, comp_id, ids))
+    else:
+        out.append(SendJobs(key, comp_id, ids, frozenset(ids)))
+    return True
 
 
 def take_pinned(comp: Computation, alloc: Allocation, room: int, ids: list[int]) -> int:

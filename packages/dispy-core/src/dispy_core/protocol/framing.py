@@ -67,7 +67,10 @@ def nbytes(payload: Outgoing) -> int:
         return len(payload)
     if isinstance(payload, memoryview):
         return payload.nbytes
-    return sum(memoryview(p).nbytes for p in payload)
+    total = 0
+    for part in payload:
+        total += len(part) if type(part) is bytes else memoryview(part).nbytes
+    return total
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,6 +159,13 @@ class MessageAuthenticator:
         return mac
 
     def sign(self, parts: Sequence[Buffer], payload_len: int) -> bytes:
+        if payload_len < GMAC_PAYLOAD:
+            # One call over the joined bytes: the same keyed BLAKE3 as begin() and update()
+            # piece by piece, at a third less per frame (small frames are most frames).
+            seq = self._seq
+            self._seq = seq + 1
+            data = b"".join((seq.to_bytes(12, "big"), *parts))
+            return blake3(data, key=self._blake3_key).digest(length=MAC_SIZE)
         return self._over(parts, payload_len).digest()
 
     @staticmethod
@@ -166,6 +176,16 @@ class MessageAuthenticator:
             )
 
     def verify(self, parts: Sequence[Buffer], payload_len: int, received: Buffer) -> None:
+        if payload_len < GMAC_PAYLOAD:  # as in sign()
+            seq = self._seq
+            self._seq = seq + 1
+            data = b"".join((seq.to_bytes(12, "big"), *parts))
+            mac = blake3(data, key=self._blake3_key).digest(length=MAC_SIZE)
+            if not hmac.compare_digest(mac, bytes(received)):
+                raise RemoteProtocolError(
+                    "frame authentication failed (tampered, replayed or reordered frame)"
+                )
+            return
         self.check(self._over(parts, payload_len), received)
 
 
@@ -184,8 +204,12 @@ class FrameEncoder:
             raise LocalProtocolError("a frame needs a header")
         if len(header) > MAX_HEADER:
             raise LocalProtocolError(f"header of {len(header)} bytes exceeds {MAX_HEADER}")
-        parts = parts_of(payload)
-        size = nbytes(parts)
+        if type(payload) is bytes:  # the usual payload: no parts to walk
+            size = len(payload)
+            parts: Sequence[Buffer] = (payload,) if size else ()
+        else:
+            parts = parts_of(payload)
+            size = nbytes(parts)
         if size > 0xFFFFFFFF:
             raise LocalProtocolError(f"payload of {size} bytes is too large for one message")
         prefix = _PREFIX.pack(MAGIC, 0, len(header), size)
@@ -354,13 +378,12 @@ class FrameDecoder:
                 self._go_direct(pos, hstart, pstart, plen)
                 return self._finish_direct()
             return None
-        header = bytes(buf[hstart:pstart])
         with memoryview(buf) as view:
+            header = bytes(view[hstart:pstart])
             if self.authenticator is not None:
+                # prefix, header and payload lie next to each other: one part to hash
                 self.authenticator.verify(
-                    [view[pos:hstart], header, view[pstart : pstart + plen]],
-                    plen,
-                    view[end - MAC_SIZE : end],
+                    (view[pos : pstart + plen],), plen, view[end - MAC_SIZE : end]
                 )
             payload = bytes(view[pstart : pstart + plen])
         if end == self._end:
