@@ -216,31 +216,43 @@ class PeakRSS:
 # -- the measurements -------------------------------------------------------------------
 
 
-def dispy_latency(node: Node, sizes: Sizes) -> tuple[float, float]:
+def interleaved_latency(
+    runners: dict[str, Callable[[int], Any]], sizes: Sizes
+) -> dict[str, tuple[float, float]]:
+    """p50 and p99 (ms) of one job's round trip for each runner (a function that submits job
+    ``i``, waits for it and returns its result), timed in turns: job i of every runner, then
+    job i + 1 of every runner. Load on the machine changes by the second on a shared host;
+    in turns, every runner meets the same load, so their ratio is what differs, not when
+    each happened to run."""
+    for i in range(sizes.warmup):
+        for run_one in runners.values():
+            assert run_one(i) == i
+    times: dict[str, list[float]] = {name: [] for name in runners}
+    for i in range(sizes.latency):
+        for name, run_one in runners.items():
+            t0 = time.perf_counter()
+            assert run_one(i) == i
+            times[name].append(time.perf_counter() - t0)
+    return {
+        name: (percentile(values, 50) * 1e3, percentile(values, 99) * 1e3)
+        for name, values in times.items()
+    }
+
+
+def latency(
+    node: Node, pool: cf.ProcessPoolExecutor, sizes: Sizes
+) -> dict[str, tuple[float, float]]:
     cluster = node.cluster(noop)
     try:
-        for i in range(sizes.warmup):
-            cluster.submit(i)()
-        times = []
-        for i in range(sizes.latency):
-            t0 = time.perf_counter()
-            job = cluster.submit(i)
-            assert job() == i
-            times.append(time.perf_counter() - t0)
+        return interleaved_latency(
+            {
+                "dispy": lambda i: cluster.submit(i)(),  # type: ignore[union-attr]
+                "pool": lambda i: pool.submit(noop, i).result(),
+            },
+            sizes,
+        )
     finally:
         cluster.close()
-    return percentile(times, 50) * 1e3, percentile(times, 99) * 1e3
-
-
-def pool_latency(pool: cf.ProcessPoolExecutor, sizes: Sizes) -> tuple[float, float]:
-    for i in range(sizes.warmup):
-        pool.submit(noop, i).result()
-    times = []
-    for i in range(sizes.latency):
-        t0 = time.perf_counter()
-        assert pool.submit(noop, i).result() == i
-        times.append(time.perf_counter() - t0)
-    return percentile(times, 50) * 1e3, percentile(times, 99) * 1e3
 
 
 def dispy_throughput(node: Node, count: int) -> tuple[float, int]:
@@ -431,12 +443,11 @@ def main() -> int:
             for run in range(repeat):
                 print(f"run {run + 1}/{repeat}", file=sys.stderr)
                 if want("latency"):
-                    p50, p99 = dispy_latency(node, SIZES)
-                    metrics["latency_p50"].dispy.append(p50)
-                    metrics["latency_p99"].dispy.append(p99)
-                    p50, p99 = pool_latency(pool, SIZES)
-                    metrics["latency_p50"].pool.append(p50)
-                    metrics["latency_p99"].pool.append(p99)
+                    took = latency(node, pool, SIZES)
+                    metrics["latency_p50"].dispy.append(took["dispy"][0])
+                    metrics["latency_p99"].dispy.append(took["dispy"][1])
+                    metrics["latency_p50"].pool.append(took["pool"][0])
+                    metrics["latency_p99"].pool.append(took["pool"][1])
                 if want("throughput"):
                     rate, _ = dispy_throughput(node, SIZES.throughput)
                     metrics["throughput"].dispy.append(rate)

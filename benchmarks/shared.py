@@ -32,7 +32,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import run
 import workloads
-from run import Node, free_port, percentile, pool_latency, pool_throughput, wait_ready
+from run import Node, free_port, interleaved_latency, pool_throughput, wait_ready
 from workloads import noop
 
 import dispy
@@ -119,18 +119,24 @@ class Scheduler:
             self.proc.wait()
 
 
-def latency(cluster: Any, sizes: Sizes) -> float:
+def latency(
+    sched: Scheduler, own: Node, pool: cf.ProcessPoolExecutor, sizes: Sizes
+) -> dict[str, float]:
+    """p50 (ms) of the three, their jobs timed in turns (see run.interleaved_latency)."""
+    shared, mine = sched.cluster(), own.cluster(noop)
     try:
-        for i in range(sizes.warmup):
-            assert cluster.submit(i)() == i
-        times = []
-        for i in range(sizes.latency):
-            t0 = time.perf_counter()
-            assert cluster.submit(i)() == i
-            times.append(time.perf_counter() - t0)
+        took = interleaved_latency(
+            {
+                "shared": lambda i: shared.submit(i)(),
+                "jobcluster": lambda i: mine.submit(i)(),
+                "pool": lambda i: pool.submit(noop, i).result(),
+            },
+            run.Sizes(latency=sizes.latency, warmup=sizes.warmup),
+        )
     finally:
-        cluster.close()
-    return percentile(times, 50) * 1e3
+        shared.close()
+        mine.close()
+    return {name: p50 for name, (p50, _p99) in took.items()}
 
 
 def throughput(cluster: Any, count: int) -> float:
@@ -244,9 +250,8 @@ def main() -> int:
         with cf.ProcessPoolExecutor(2) as pool:
             for n in range(repeat):
                 print(f"run {n + 1}/{repeat}", file=sys.stderr)
-                rows["latency_p50"].runs["shared"].append(latency(sched.cluster(), sizes))
-                rows["latency_p50"].runs["jobcluster"].append(latency(own.cluster(noop), sizes))
-                rows["latency_p50"].runs["pool"].append(pool_latency(pool, run.SIZES)[0])
+                for name, p50 in latency(sched, own, pool, sizes).items():
+                    rows["latency_p50"].runs[name].append(p50)
                 for key, count in (("throughput", sizes.throughput), ("scale", sizes.scale)):
                     rows[key].runs["shared"].append(throughput(sched.cluster(), count))
                     rows[key].runs["jobcluster"].append(throughput(own.cluster(noop), count))
