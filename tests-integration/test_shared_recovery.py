@@ -1,0 +1,144 @@
+"""Nothing is lost through the shared scheduler (issue 11; PROTOCOL.md 13, "Undeliverable
+results", "Recovery", "Scheduler lost").
+
+Real processes only: ``dispy-scheduler serve``, two ``dispy-node``s and real
+``dispy.SharedJobCluster`` clients, each in its own process
+(:func:`harness.shared_proc.shared_submitter`) so a test can ``kill -9`` it. Jobs are
+:func:`harness.executions.recorded`, which leave a file per execution, so each test also
+counts how often every job ran; gates (files the test creates) say exactly which jobs run
+when a process is killed. ``dispy.recover_jobs`` runs in the test process.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+from harness.client_proc import ClientProcess, recover_file_plan
+from harness.executions import ExecutionLog, Gate, expected, recovery_problems
+from harness.polling import wait_for
+from harness.ports import LOOPBACK, free_port
+from harness.scheduler import SchedulerProcess
+from harness.shared_proc import job_lines, seconds_of, shared_submitter
+
+import dispy
+from dispy import DispyJob
+
+pytestmark = pytest.mark.timeout(90)
+
+# A client whose scheduler vanished must know within a few seconds (the connection breaks
+# at once on loopback), not after a silence timeout.
+LOST_WITHIN = 5.0
+
+
+@pytest.fixture
+def clients(tmp_path: Path, cluster_secret: str) -> Any:
+    """Start SharedJobCluster client processes; kill them at the end and show their output."""
+    started: list[ClientProcess] = []
+
+    def start(sched: SchedulerProcess, **kwargs: Any) -> ClientProcess:
+        name = kwargs.pop("name", f"client{len(started) + 1}")
+        kwargs.setdefault("secret", cluster_secret)
+        client = shared_submitter(
+            tmp_path / name, scheduler_port=sched.scheduler_port, name=name, **kwargs
+        )
+        started.append(client)
+        return client
+
+    yield start
+    for client in started:
+        client.kill()
+        print(f"----- {client.name} stdout:\n" + "\n".join(client.lines()))
+        print(f"----- {client.name} stderr:\n{client.stderr_text()}")
+
+
+def _store_files(store: Path) -> list[str]:
+    """Every file in the scheduler's store, relative to it."""
+    out = []
+    for folder, _dirs, names in os.walk(store):
+        out += [os.path.relpath(os.path.join(folder, name), store) for name in names]
+    return sorted(out)
+
+
+def _sched_id(recover_file: Path) -> int:
+    return int(recover_file_plan(recover_file)["header"]["sched_id"])
+
+
+def _kill_when_sent(client: ClientProcess, recover_file: Path, count: int) -> None:
+    """Once the recover file lists ``count`` jobs sent to the scheduler, ``kill -9`` it."""
+    client.wait_line("submitted", 30)
+    wait_for(
+        lambda: len(set(recover_file_plan(recover_file)["sent"])) >= count,
+        10,
+        lambda: f"the recover file should list {count} jobs sent: "
+        f"{recover_file_plan(recover_file)}",
+    )
+    client.kill()
+
+
+def _check_recovered(recovered: list[DispyJob], numbers: list[int]) -> None:
+    problems = recovery_problems(numbers, [], recovered, allow_redelivery=False)
+    assert not problems, "\n".join(problems)
+    assert sorted(job.id for job in recovered) == sorted(numbers)
+
+
+def _finished_all(client: ClientProcess, numbers: list[int]) -> None:
+    seconds_of(client, "closed", 60)
+    results = job_lines(client)
+    assert sorted(results) == sorted(numbers), client.lines()
+    for n in numbers:
+        status, result, exc = results[n]
+        assert status == DispyJob.Finished, (n, status, exc)
+        assert tuple(result) == expected(n)
+
+
+def test_client_killed_its_jobs_run_on_and_are_recovered_through_the_scheduler(
+    node_factory, scheduler_factory, clients, tmp_path
+):
+    nodes = node_factory(2, cpus=1, name="kept")
+    store = tmp_path / "store"
+    sched = scheduler_factory(nodes, "--pulse_interval", "1", "--dest_path_prefix", str(store))
+    runs = ExecutionLog(tmp_path / "runs")
+    gate_a, gate_b = Gate(tmp_path / "gate-a"), Gate(tmp_path / "gate-b")
+    victim_file = tmp_path / "victim.recover"
+    # 6 jobs on 2 CPUs: some run, the others wait in the scheduler when the client dies.
+    victim_jobs = list(range(1, 7))
+    victim = clients(
+        sched,
+        name="victim",
+        recover_file=victim_file,
+        log_dir=runs,
+        jobs=[(n, 0.2, str(gate_a)) for n in victim_jobs],
+    )
+    bystander_jobs = list(range(101, 105))
+    bystander = clients(
+        sched,
+        name="bystander",
+        recover_file=tmp_path / "bystander.recover",
+        log_dir=runs,
+        jobs=[(n, 0.1, str(gate_b)) for n in bystander_jobs],
+        close=True,
+    )
+    bystander.wait_line("submitted", 30)
+    runs.wait_running(2, 20)
+    _kill_when_sent(victim, victim_file, len(victim_jobs))
+    sched_id = _sched_id(victim_file)
+    gate_a.open()
+    gate_b.open()
+
+    # The bystander was not disturbed: every result, then a clean close.
+    _finished_all(bystander, bystander_jobs)
+    # The scheduler ran every job of the dead client, queued ones too, each once.
+    wait_for(lambda: all(runs.ends()[n] == 1 for n in victim_jobs), 30, "victim's jobs end")
+    recovered = dispy.recover_jobs(str(victim_file), timeout=30)
+    _check_recovered(recovered, victim_jobs)
+    assert Counter(runs.starts()) == Counter({n: 1 for n in victim_jobs + bystander_jobs})
+    assert not victim_file.exists(), "recover_jobs got every job: its file is removed"
+    # The scheduler forgot the computation once recover_jobs had every result.
+    wait_for(lambda: not _store_files(store), 10, lambda: f"store: {_store_files(store)}")
+    assert not (store / str(sched_id)).exists()
