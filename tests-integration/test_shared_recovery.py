@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -55,6 +56,17 @@ def clients(tmp_path: Path, cluster_secret: str) -> Any:
         client.kill()
         print(f"----- {client.name} stdout:\n" + "\n".join(client.lines()))
         print(f"----- {client.name} stderr:\n{client.stderr_text()}")
+
+
+def _tagged_nodes(node_factory: Any, name: str, cpus: int) -> list[Any]:
+    """Two nodes whose jobs know which node ran them (``NODE_TAG``, the node's name)."""
+    nodes = [
+        node_factory.one(cpus=cpus, name=f"{name}-{i}", env={"NODE_TAG": f"{name}-{i}"}, wait=False)
+        for i in (1, 2)
+    ]
+    for node in nodes:
+        node.wait_ready()
+    return nodes
 
 
 def _store_files(store: Path) -> list[str]:
@@ -142,3 +154,82 @@ def test_client_killed_its_jobs_run_on_and_are_recovered_through_the_scheduler(
     # The scheduler forgot the computation once recover_jobs had every result.
     wait_for(lambda: not _store_files(store), 10, lambda: f"store: {_store_files(store)}")
     assert not (store / str(sched_id)).exists()
+
+
+def _lost_jobs(client: ClientProcess, sched: SchedulerProcess, numbers: list[int]) -> None:
+    """The client of a vanished scheduler: every unfinished job Abandoned, naming it."""
+    waited = seconds_of(client, "waited", LOST_WITHIN + 5)
+    closed = seconds_of(client, "closed", 20)
+    assert closed < 5, f"close() took {closed} s after the scheduler was lost"
+    assert client.wait(10) == 0
+    results = job_lines(client)
+    assert sorted(results) == sorted(numbers), client.lines()
+    lost = f"scheduler {LOOPBACK}:{sched.scheduler_port} lost"
+    for n in numbers:
+        status, _result, exc = results[n]
+        assert status == DispyJob.Abandoned, (n, status, exc)
+        assert exc is not None and lost in exc, exc
+    assert f"ERROR" in client.stderr_text() and lost in client.stderr_text()
+    assert waited < 60
+
+
+def test_scheduler_killed_results_come_back_through_the_restarted_one(
+    node_factory, scheduler_factory, clients, tmp_path
+):
+    nodes = _tagged_nodes(node_factory, "survivor", cpus=2)
+    store = tmp_path / "store"
+    sched = scheduler_factory(nodes, "--pulse_interval", "1", "--dest_path_prefix", str(store))
+    runs = ExecutionLog(tmp_path / "runs")
+    gate, late_gate = Gate(tmp_path / "gate"), Gate(tmp_path / "late-gate")
+    recover_file = tmp_path / "orphan.recover"
+    numbers = [1, 2, 3, 4]
+    client = clients(
+        sched,
+        name="orphan",
+        recover_file=recover_file,
+        log_dir=runs,
+        jobs=[(n, 0.1, str(gate)) for n in numbers[:3]] + [(4, 0.1, str(late_gate))],
+        close=True,
+    )
+    client.wait_line("submitted", 30)
+    # Submitted before the nodes are ready, all four go to the first one ready (2 CPUs and
+    # 2 sent ahead): two run there, waiting at the gate, and two wait in its queue.
+    runs.wait_running(2, 20)
+    sched.kill()
+    assert sched.proc is not None
+    sched.proc.wait(10)
+    killed_at = time.monotonic()
+    gate.open()  # they finish on the nodes while no scheduler is there
+
+    # The client is told at once: its jobs end Abandoned, wait() and close() return.
+    client.wait_line(lambda line: line.startswith("waited "), LOST_WITHIN)
+    assert time.monotonic() - killed_at < LOST_WITHIN
+    _lost_jobs(client, sched, numbers)
+    assert recover_file.exists(), "the recover file stays for recover_jobs"
+    wait_for(lambda: all(runs.ends()[n] == 1 for n in numbers[:3]), 20, "jobs end on nodes")
+    runs.wait_running(1, 10)  # job 4, at its gate
+
+    # Restarted on the same ports and store: it takes the results back from the nodes, the
+    # ones they hold and job 4's when it ends (recover_jobs comes meanwhile).
+    sched.start()
+    threading.Timer(1.0, late_gate.open).start()
+    recovered = dispy.recover_jobs(str(recover_file), timeout=30)
+    sched.wait_log("4 result(s) recovered from 2 node(s)")
+    _check_recovered(recovered, numbers)
+    assert not recover_file.exists()
+    assert Counter(runs.starts()) == Counter({n: 1 for n in numbers})
+    wait_for(lambda: not _store_files(store), 10, lambda: f"store: {_store_files(store)}")
+
+    # The nodes serve the restarted scheduler's new computations.
+    later = [11, 12, 13, 14, 15, 16]
+    fresh = clients(
+        sched,
+        name="fresh",
+        recover_file=tmp_path / "fresh.recover",
+        log_dir=runs,
+        jobs=[(n, 0.3, None) for n in later],
+        close=True,
+    )
+    _finished_all(fresh, later)
+    tags = {e.node for e in runs.executions() if e.n in later}
+    assert tags == {"survivor-1", "survivor-2"}, f"nodes that ran the new jobs: {tags}"
