@@ -233,3 +233,79 @@ def test_scheduler_killed_results_come_back_through_the_restarted_one(
     _finished_all(fresh, later)
     tags = {e.node for e in runs.executions() if e.n in later}
     assert tags == {"survivor-1", "survivor-2"}, f"nodes that ran the new jobs: {tags}"
+
+
+def _results_in(store: Path, sched_id: int) -> list[str]:
+    return [p for p in _store_files(store) if p.startswith(f".dispy-results/{sched_id}/")]
+
+
+def test_clean_empties_the_store_at_start_and_without_it_results_stay(
+    node_factory, scheduler_factory, clients, tmp_path
+):
+    nodes = node_factory(2, cpus=1, name="cleaned")
+    store = tmp_path / "store"
+    sched = scheduler_factory(nodes, "--pulse_interval", "1", "--dest_path_prefix", str(store))
+    runs = ExecutionLog(tmp_path / "runs")
+    gate = Gate(tmp_path / "gate")
+    recover_file = tmp_path / "gone.recover"
+    numbers = [1, 2, 3]
+    client = clients(
+        sched,
+        name="gone",
+        recover_file=recover_file,
+        log_dir=runs,
+        jobs=[(n, 0.0, str(gate)) for n in numbers],
+    )
+    _kill_when_sent(client, recover_file, len(numbers))
+    sched_id = _sched_id(recover_file)
+    gate.open()
+    # The client is gone: the scheduler keeps every result in its store.
+    wait_for(
+        lambda: len(_results_in(store, sched_id)) == len(numbers),
+        30,
+        lambda: f"3 results stored: {_store_files(store)}",
+    )
+    kept = _store_files(store)
+
+    # A restart without --clean keeps them (and a recover_jobs would get them) ...
+    assert sched.stop() == 0
+    sched.start()
+    sched.wait_log(f"({sched_id}) left by a previous run")
+    assert _store_files(store) == kept
+    # ... one with --clean removes them, and says so.
+    assert sched.stop() == 0
+    sched.extra_args.append("--clean")
+    sched.start()
+    sched.wait_log(
+        f"--clean: emptied the scheduler's store {store} (1 computation record(s) and "
+        f"{len(numbers)} kept result(s) of previous runs removed)"
+    )
+    assert _store_files(store) == []
+    assert sched.log_count(f"({sched_id}) left by a previous run") == 1
+    recovered = dispy.recover_jobs(str(recover_file), timeout=10)
+    assert sorted(job.id for job in recovered) == numbers
+    for job in recovered:
+        assert job.status == DispyJob.Abandoned, (job.id, job.status, job.exception)
+        assert "does not have this job" in str(job.exception)
+        assert "--clean" in str(job.exception)
+
+
+def test_no_scheduler_there_one_clear_error_at_once(cluster_secret):
+    port = free_port()  # nothing listens there
+    started = time.monotonic()
+    with pytest.raises(dispy.SchedulerError) as caught:
+        dispy.SharedJobCluster(
+            expected,
+            scheduler_node=LOOPBACK,
+            scheduler_port=port,
+            port=0,
+            secret=cluster_secret,
+        )
+    took = time.monotonic() - started
+    assert took < 5, f"SharedJobCluster() took {took:.1f} s to fail"
+    text = str(caught.value)
+    assert f"{LOOPBACK}:{port}" in text
+    assert "connection refused" in text
+    assert "secret" in text and "TLS" in text
+    assert "--cluster_secret" in text
+    assert not list(Path.cwd().glob("_dispy_*")), "no recover file for a cluster never opened"
