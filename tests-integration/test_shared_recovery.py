@@ -125,7 +125,7 @@ def test_client_killed_its_jobs_run_on_and_are_recovered_through_the_scheduler(
         name="victim",
         recover_file=victim_file,
         log_dir=runs,
-        jobs=[(n, 0.2, str(gate_a)) for n in victim_jobs],
+        jobs=[(n, 0.5, str(gate_a)) for n in victim_jobs],
     )
     bystander_jobs = list(range(101, 105))
     bystander = clients(
@@ -145,8 +145,8 @@ def test_client_killed_its_jobs_run_on_and_are_recovered_through_the_scheduler(
 
     # The bystander was not disturbed: every result, then a clean close.
     _finished_all(bystander, bystander_jobs)
-    # The scheduler ran every job of the dead client, queued ones too, each once.
-    wait_for(lambda: all(runs.ends()[n] == 1 for n in victim_jobs), 30, "victim's jobs end")
+    # The scheduler runs every job of the dead client, queued ones too, each once; what
+    # ended is in its store, the rest comes to recover_jobs as it ends.
     recovered = dispy.recover_jobs(str(victim_file), timeout=30)
     _check_recovered(recovered, victim_jobs)
     assert Counter(runs.starts()) == Counter({n: 1 for n in victim_jobs + bystander_jobs})
@@ -233,6 +233,48 @@ def test_scheduler_killed_results_come_back_through_the_restarted_one(
     _finished_all(fresh, later)
     tags = {e.node for e in runs.executions() if e.n in later}
     assert tags == {"survivor-1", "survivor-2"}, f"nodes that ran the new jobs: {tags}"
+
+
+def test_client_then_scheduler_killed_stored_and_held_results_all_come_back(
+    node_factory, scheduler_factory, clients, tmp_path
+):
+    nodes = node_factory(2, cpus=1, name="twice")
+    store = tmp_path / "store"
+    sched = scheduler_factory(nodes, "--pulse_interval", "1", "--dest_path_prefix", str(store))
+    runs = ExecutionLog(tmp_path / "runs")
+    first, second = Gate(tmp_path / "first"), Gate(tmp_path / "second")
+    recover_file = tmp_path / "twice.recover"
+    numbers = [1, 2, 3, 4]
+    client = clients(
+        sched,
+        name="twice",
+        recover_file=recover_file,
+        log_dir=runs,
+        jobs=[(n, 0.0, str(first if n <= 2 else second)) for n in numbers],
+    )
+    _kill_when_sent(client, recover_file, len(numbers))
+    sched_id = _sched_id(recover_file)
+    first.open()
+    # 1 and 2 end with their client gone: the scheduler stores them (and lets the nodes
+    # forget them); 3 and 4 are on the nodes (one CPU each and one job sent ahead: at
+    # least one waits at its gate, the other may wait behind it) when the scheduler dies.
+    wait_for(
+        lambda: len(_results_in(store, sched_id)) == 2,
+        30,
+        lambda: f"2 results stored: {_store_files(store)}",
+    )
+    runs.wait_running(1, 20)
+    sched.kill()
+    assert sched.proc is not None
+    sched.proc.wait(10)
+    second.open()
+    wait_for(lambda: all(runs.ends()[n] == 1 for n in numbers), 20, "jobs end on the nodes")
+
+    sched.start()
+    recovered = dispy.recover_jobs(str(recover_file), timeout=30)
+    _check_recovered(recovered, numbers)
+    assert Counter(runs.starts()) == Counter({n: 1 for n in numbers})
+    wait_for(lambda: not _store_files(store), 10, lambda: f"store: {_store_files(store)}")
 
 
 def _results_in(store: Path, sched_id: int) -> list[str]:
