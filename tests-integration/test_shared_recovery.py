@@ -192,6 +192,7 @@ def test_scheduler_killed_results_come_back_through_the_restarted_one(
         close=True,
     )
     client.wait_line("submitted", 30)
+    sched_id = _sched_id(recover_file)
     # Submitted before the nodes are ready, all four go to the first one ready (2 CPUs and
     # 2 sent ahead): two run there, waiting at the gate, and two wait in its queue.
     runs.wait_running(2, 20)
@@ -214,7 +215,7 @@ def test_scheduler_killed_results_come_back_through_the_restarted_one(
     sched.start()
     threading.Timer(1.0, late_gate.open).start()
     recovered = dispy.recover_jobs(str(recover_file), timeout=30)
-    sched.wait_log("4 result(s) recovered from 2 node(s)")
+    sched.wait_log(f"({sched_id}): 4 result(s) recovered from")
     _check_recovered(recovered, numbers)
     assert not recover_file.exists()
     assert Counter(runs.starts()) == Counter({n: 1 for n in numbers})
