@@ -352,3 +352,45 @@ def test_no_scheduler_there_one_clear_error_at_once(cluster_secret):
     assert "secret" in text and "TLS" in text
     assert "--cluster_secret" in text
     assert not list(Path.cwd().glob("_dispy_*")), "no recover file for a cluster never opened"
+
+
+def test_recover_in_two_steps_then_terminate_pending(
+    node_factory, scheduler_factory, clients, tmp_path
+):
+    # One node with 2 CPUs: 1 ends at once, then 2 and 3 run side by side (none waits
+    # behind a gated job in a node's queue).
+    node = node_factory.one(cpus=2, name="steps")
+    store = tmp_path / "store"
+    sched = scheduler_factory([node], "--pulse_interval", "1", "--dest_path_prefix", str(store))
+    runs = ExecutionLog(tmp_path / "runs")
+    gate, never = Gate(tmp_path / "gate"), Gate(tmp_path / "never")
+    recover_file = tmp_path / "steps.recover"
+    client = clients(
+        sched,
+        name="steps",
+        recover_file=recover_file,
+        log_dir=runs,
+        jobs=[(1, 0.0, None), (2, 0.0, str(gate)), (3, 0.0, str(never))],
+    )
+    _kill_when_sent(client, recover_file, 3)
+    sched_id = _sched_id(recover_file)
+    wait_for(lambda: runs.ends()[1] == 1, 20, "job 1 ends")
+    runs.wait_running(2, 20)
+
+    # First: job 1's result; 2 and 3 still run and stay on record for a later call.
+    first = {job.id: job for job in dispy.recover_jobs(str(recover_file), timeout=1)}
+    assert sorted(first) == [1, 2, 3]
+    assert first[1].status == DispyJob.Finished and first[1].result == expected(1)
+    assert first[2].status == first[3].status == DispyJob.Running
+    assert recover_file.exists(), "jobs still running: the file stays"
+
+    # Then: job 2 ends and comes back; job 3 is cancelled when the timeout passes.
+    gate.open()
+    second = {job.id: job for job in dispy.recover_jobs(str(recover_file), 3, True)}
+    assert sorted(second) == [2, 3], "job 1 was recovered once only"
+    assert second[2].status == DispyJob.Finished and second[2].result == expected(2)
+    assert second[3].status in (DispyJob.Cancelled, DispyJob.Terminated), second[3].exception
+    assert not recover_file.exists()
+    assert runs.ends()[3] == 0 and Counter(runs.starts()) == Counter({1: 1, 2: 1, 3: 1})
+    wait_for(lambda: not _store_files(store), 10, lambda: f"store: {_store_files(store)}")
+    sched.wait_log(f"computation recorded ({sched_id}) done")
