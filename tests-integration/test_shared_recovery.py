@@ -212,6 +212,14 @@ def test_scheduler_killed_results_come_back_through_the_restarted_one(
     wait_for(lambda: all(runs.ends()[n] == 1 for n in numbers[:3]), 20, "jobs end on nodes")
     runs.wait_running(1, 10)  # job 4, at its gate
 
+    # Asked while no scheduler runs there: nothing is given up, the file stays.
+    early = dispy.recover_jobs(str(recover_file), timeout=5)
+    assert sorted(job.id for job in early) == numbers
+    for job in early:
+        assert job.status == DispyJob.Abandoned
+        assert f"scheduler {LOOPBACK}:{sched.scheduler_port} could not be asked" in job.exception
+    assert recover_file.exists()
+
     # Restarted on the same ports and store: it takes the results back from the nodes, the
     # ones they hold and job 4's when it ends (recover_jobs comes meanwhile).
     sched.start()

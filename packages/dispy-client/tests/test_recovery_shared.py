@@ -146,6 +146,11 @@ def test_recover_jobs_names_the_scheduler_it_cannot_reach(
     jobs = recover_jobs(str(recover_file), timeout=5)
     assert {job.status for job in jobs} == {JobStatus.Abandoned}
     assert any(f"cannot reach scheduler 127.0.0.1:{port}" in r.getMessage() for r in caplog.records)
+    for job in jobs:
+        assert f"scheduler 127.0.0.1:{port} could not be asked" in job.exception
+        assert "call recover_jobs again" in job.exception
+    # The scheduler may be restarting: the file stays for the next call.
+    assert recover_file.exists()
 
 
 def test_a_damaged_scheduler_record_is_refused(tmp_path: Path) -> None:
