@@ -324,6 +324,7 @@ def test_clean_empties_the_store_at_start_and_without_it_results_stay(
     assert sched.stop() == 0
     sched.start()
     sched.wait_log(f"({sched_id}) left by a previous run")
+    sched.wait_log(f"({sched_id}): 0 result(s) recovered from")  # the nodes had none left
     assert _store_files(store) == kept
     # ... one with --clean removes them, and says so.
     assert sched.stop() == 0
