@@ -12,6 +12,7 @@ when a process is killed. ``dispy.recover_jobs`` runs in the test process.
 from __future__ import annotations
 
 import os
+import socket
 import threading
 import time
 from collections import Counter
@@ -410,3 +411,26 @@ def test_recover_in_two_steps_then_terminate_pending(
     assert Counter(runs.starts()) == Counter({1: 1, 2: 1, 3: 1})
     wait_for(lambda: not _store_files(store), 10, lambda: f"store: {_store_files(store)}")
     sched.wait_log(f"computation recorded ({sched_id}) done")
+
+
+def test_a_port_that_never_answers_fails_within_msg_timeout(cluster_secret):
+    # Something listens there (the kernel completes the connection) but never speaks.
+    with socket.socket() as silent:
+        silent.bind((LOOPBACK, 0))
+        silent.listen(4)
+        port = silent.getsockname()[1]
+        started = time.monotonic()
+        with pytest.raises(dispy.SchedulerError) as caught:
+            dispy.SharedJobCluster(
+                expected,
+                scheduler_node=LOOPBACK,
+                scheduler_port=port,
+                port=0,
+                secret=cluster_secret,
+                msg_timeout=2,
+            )
+        took = time.monotonic() - started
+    assert took < 8, f"SharedJobCluster() took {took:.1f} s to fail"
+    text = str(caught.value)
+    assert f"{LOOPBACK}:{port}" in text
+    assert "no answer within msg_timeout (2 s)" in text

@@ -511,6 +511,8 @@ async def _open_recovery(
             if conn is not None:
                 await conn.close()
             why = str(exc) or type(exc).__name__
+            if isinstance(exc, TimeoutError):  # it says nothing by itself
+                why = f"no answer within msg_timeout ({msg_timeout:g} s)"
             log.warning("recover: cannot reach %s %s: %s", kind, where, why)
             return why
 
