@@ -170,7 +170,8 @@ def test_a_scheduler_that_never_answers_is_named_with_the_timeout(tmp_path: Path
         silent.listen(4)
         port = silent.getsockname()[1]
         _recover_file(recover_file, port, free_port())
-        recover_file.write_text(recover_file.read_text().replace('"msg_timeout": 5.0', '"msg_timeout": 1.0'))
+        text = recover_file.read_text().replace('"msg_timeout": 5.0', '"msg_timeout": 1.0')
+        recover_file.write_text(text)
         jobs = recover_jobs(str(recover_file), timeout=5)
     for job in jobs:
         assert job.status == JobStatus.Abandoned
