@@ -434,3 +434,41 @@ def test_a_port_that_never_answers_fails_within_msg_timeout(cluster_secret):
     text = str(caught.value)
     assert f"{LOOPBACK}:{port}" in text
     assert "no answer within msg_timeout (2 s)" in text
+
+
+def test_client_killed_while_waiting_for_its_turn_its_jobs_run_when_it_comes(
+    node_factory, scheduler_factory, clients, tmp_path
+):
+    nodes = node_factory(2, cpus=1, name="turns")
+    store = tmp_path / "store"
+    sched = scheduler_factory(nodes, "--pulse_interval", "1", "--dest_path_prefix", str(store))
+    runs = ExecutionLog(tmp_path / "runs")
+    gate = Gate(tmp_path / "gate")
+    alone = clients(
+        sched,
+        name="alone",
+        recover_file=tmp_path / "alone.recover",
+        log_dir=runs,
+        jobs=[(n, 0.0, str(gate)) for n in (101, 102)],
+        close=True,
+        options={"exclusive": True},
+    )
+    alone.wait_line("submitted", 30)
+    runs.wait_running(1, 20)
+    recover_file = tmp_path / "waiter.recover"
+    numbers = [1, 2, 3]
+    waiter = clients(
+        sched,
+        name="waiter",
+        recover_file=recover_file,
+        log_dir=runs,
+        jobs=[(n, 0.0, None) for n in numbers],
+    )
+    _kill_when_sent(waiter, recover_file, len(numbers))
+    assert not any(runs.starts()[n] for n in numbers), "it waits for the exclusive one"
+    gate.open()
+    _finished_all(alone, [101, 102])
+    recovered = dispy.recover_jobs(str(recover_file), timeout=30)
+    _check_recovered(recovered, numbers)
+    assert Counter(runs.starts()) == Counter({n: 1 for n in [*numbers, 101, 102]})
+    wait_for(lambda: not _store_files(store), 10, lambda: f"store: {_store_files(store)}")
