@@ -472,3 +472,49 @@ def test_client_killed_while_waiting_for_its_turn_its_jobs_run_when_it_comes(
     _check_recovered(recovered, numbers)
     assert Counter(runs.starts()) == Counter({n: 1 for n in [*numbers, 101, 102]})
     wait_for(lambda: not _store_files(store), 10, lambda: f"store: {_store_files(store)}")
+
+
+def test_scheduler_killed_jobs_it_had_not_placed_are_reported_never_run(
+    node_factory, scheduler_factory, clients, tmp_path
+):
+    # One CPU and one job sent ahead: of four jobs, two are on the node, two wait in the
+    # scheduler (whose store keeps no job arguments) when it is killed.
+    node = node_factory.one(cpus=1, name="narrow")
+    store = tmp_path / "store"
+    sched = scheduler_factory([node], "--pulse_interval", "1", "--dest_path_prefix", str(store))
+    runs = ExecutionLog(tmp_path / "runs")
+    gate = Gate(tmp_path / "gate")
+    recover_file = tmp_path / "narrow.recover"
+    numbers = [1, 2, 3, 4]
+    client = clients(
+        sched,
+        name="narrow",
+        recover_file=recover_file,
+        log_dir=runs,
+        jobs=[(n, 0.0, str(gate)) for n in numbers],
+    )
+    _kill_when_sent(client, recover_file, len(numbers))
+    runs.wait_running(1, 20)
+    sched.kill()
+    assert sched.proc is not None
+    sched.proc.wait(10)
+    gate.open()
+    wait_for(lambda: sum(runs.ends().values()) == 2, 20, "the node's two jobs end")
+    sched.start()
+    recovered = {job.id: job for job in dispy.recover_jobs(str(recover_file), timeout=30)}
+    ran = sorted(runs.ends())
+    assert len(ran) == 2
+    assert sorted(recovered) == numbers
+    for n in numbers:
+        job = recovered[n]
+        if n in ran:
+            assert job.status == DispyJob.Finished, (n, job.exception)
+            assert job.result == expected(n)
+        else:
+            assert job.status == DispyJob.Abandoned
+            assert "does not have this job (it never reached a node" in job.exception
+            assert "killed before placing it" in job.exception
+    time.sleep(1)
+    assert sum(runs.starts().values()) == 2, "the restarted scheduler does not run them"
+    assert not recover_file.exists()
+    wait_for(lambda: not _store_files(store), 10, lambda: f"store: {_store_files(store)}")

@@ -384,8 +384,9 @@ async def _recover(
         elif plan.scheduler is not None:
             host, port = plan.scheduler
             job.exception = (
-                f"scheduler {host}:{port} does not have this job (it may not have reached the "
-                "scheduler before the client stopped, or the scheduler was started with --clean)"
+                f"scheduler {host}:{port} does not have this job (it never reached a node: the "
+                "client stopped before sending it, or the scheduler was killed before placing "
+                "it; or the scheduler was started with --clean)"
             )
         elif uid in plan.where:
             node = plan.where[uid]
