@@ -518,3 +518,58 @@ def test_scheduler_killed_jobs_it_had_not_placed_are_reported_never_run(
     assert sum(runs.starts().values()) == 2, "the restarted scheduler does not run them"
     assert not recover_file.exists()
     wait_for(lambda: not _store_files(store), 10, lambda: f"store: {_store_files(store)}")
+
+
+def test_two_computations_on_the_nodes_scheduler_killed_twice_nothing_lost(
+    node_factory, scheduler_factory, clients, tmp_path
+):
+    nodes = _tagged_nodes(node_factory, "both", cpus=2)
+    store = tmp_path / "store"
+    sched = scheduler_factory(nodes, "--pulse_interval", "1", "--dest_path_prefix", str(store))
+    runs = ExecutionLog(tmp_path / "runs")
+    gate = Gate(tmp_path / "gate")
+    plans = {"red": [1, 2], "blue": [11, 12]}
+    started = {
+        name: clients(
+            sched,
+            name=name,
+            recover_file=tmp_path / f"{name}.recover",
+            log_dir=runs,
+            jobs=[(n, 0.0, str(gate)) for n in numbers],
+            close=True,
+        )
+        for name, numbers in plans.items()
+    }
+    for client in started.values():
+        client.wait_line("submitted", 30)
+    runs.wait_running(4, 20)  # both computations run on the nodes
+    sched.kill()
+    assert sched.proc is not None
+    sched.proc.wait(10)
+    gate.open()
+    for name, client in started.items():
+        _lost_jobs(client, sched, plans[name])
+    wait_for(lambda: sum(runs.ends().values()) == 4, 20, "all four end on the nodes")
+
+    # Restarted, it takes every result from the nodes into its store; killed again before
+    # anyone recovers them, the next run still has them all.
+    sched.start()
+    sched.wait_log("2 result(s) recovered from", count=len(plans))
+    sched.kill()
+    sched.proc.wait(10)
+    sched.start()
+    for name, numbers in plans.items():
+        recovered = dispy.recover_jobs(str(tmp_path / f"{name}.recover"), timeout=30)
+        _check_recovered(recovered, numbers)
+    assert Counter(runs.starts()) == Counter({n: 1 for n in [1, 2, 11, 12]})
+    wait_for(lambda: not _store_files(store), 10, lambda: f"store: {_store_files(store)}")
+    later = [21, 22, 23, 24]
+    fresh = clients(
+        sched,
+        name="fresh",
+        recover_file=tmp_path / "fresh.recover",
+        log_dir=runs,
+        jobs=[(n, 0.3, None) for n in later],
+        close=True,
+    )
+    _finished_all(fresh, later)
