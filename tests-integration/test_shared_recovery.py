@@ -11,6 +11,7 @@ when a process is killed. ``dispy.recover_jobs`` runs in the test process.
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import threading
@@ -193,6 +194,7 @@ def test_scheduler_killed_results_come_back_through_the_restarted_one(
         log_dir=runs,
         jobs=[(n, 0.1, str(gate)) for n in numbers[:3]] + [(4, 0.1, str(late_gate))],
         close=True,
+        late=True,
     )
     client.wait_line("submitted", 30)
     sched_id = _sched_id(recover_file)
@@ -209,6 +211,10 @@ def test_scheduler_killed_results_come_back_through_the_restarted_one(
     client.wait_line(lambda line: line.startswith("waited "), LOST_WITHIN)
     assert time.monotonic() - killed_at < LOST_WITHIN
     _lost_jobs(client, sched, numbers)
+    # A job submitted afterwards ends at once, the same way.
+    late = json.loads(client.wait_line(lambda line: line.startswith("late "), 1)[5:])
+    assert late[0] == DispyJob.Abandoned
+    assert f"scheduler {LOOPBACK}:{sched.scheduler_port} lost" in late[1]
     assert recover_file.exists(), "the recover file stays for recover_jobs"
     wait_for(lambda: all(runs.ends()[n] == 1 for n in numbers[:3]), 20, "jobs end on nodes")
     runs.wait_running(1, 10)  # job 4, at its gate
@@ -573,3 +579,25 @@ def test_two_computations_on_the_nodes_scheduler_killed_twice_nothing_lost(
         close=True,
     )
     _finished_all(fresh, later)
+
+
+def test_client_killed_with_nothing_submitted_leaves_nothing_behind(
+    node_factory, scheduler_factory, clients, tmp_path
+):
+    nodes = node_factory(2, cpus=1, name="idle")
+    store = tmp_path / "store"
+    sched = scheduler_factory(nodes, "--pulse_interval", "1", "--dest_path_prefix", str(store))
+    recover_file = tmp_path / "idle.recover"
+    client = clients(
+        sched, name="idle", recover_file=recover_file, log_dir=tmp_path / "runs", jobs=[]
+    )
+    client.wait_line("submitted", 30)
+    sched_id = _sched_id(recover_file)
+    sched.wait_log("ready for recorded", count=2)
+    client.kill()
+    # Nothing to keep: the computation ends on the nodes and its record goes.
+    wait_for(lambda: not _store_files(store), 10, lambda: f"store: {_store_files(store)}")
+    sched.wait_log(f"computation recorded ({sched_id}) done")
+    recovered = dispy.recover_jobs(str(recover_file), timeout=10)
+    assert recovered == []
+    assert not recover_file.exists()

@@ -9,6 +9,7 @@ prints, one line each:
     submitted                       every job was submitted (ids are the test's numbers)
     done <n> <status>               from the callback, as each job ends
     job <json [n, status, result, exception]>   after wait(), for each job (``close``)
+    late <json [status, exception]>  a job submitted after wait() (``late``), once it ends
     waited <seconds>                how long wait() took
     closed <seconds>                how long close() took
 
@@ -80,6 +81,10 @@ say(f"waited {{time.monotonic() - started:.3f}}")
 for job in jobs:
     exc = job.exception
     say("job " + json.dumps([job.id, int(job.status), job.result, exc and str(exc)]))
+if cfg["late"]:
+    job = cluster.submit(0, cfg["log_dir"])
+    job()
+    say("late " + json.dumps([int(job.status), job.exception and str(job.exception)]))
 started = time.monotonic()
 cluster.close()
 say(f"closed {{time.monotonic() - started:.3f}}")
@@ -95,6 +100,7 @@ def shared_submitter(
     log_dir: Path | str,
     jobs: Sequence[tuple[int, float, str | None]],
     close: bool = False,
+    late: bool = False,
     options: dict[str, Any] | None = None,
     name: str = "shared-client",
 ) -> ClientProcess:
@@ -110,6 +116,7 @@ def shared_submitter(
                 "log_dir": str(log_dir),
                 "jobs": [list(j) for j in jobs],
                 "close": close,
+                "late": late,
                 "options": options or {},
             }
         )
