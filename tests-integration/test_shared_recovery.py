@@ -601,3 +601,46 @@ def test_client_killed_with_nothing_submitted_leaves_nothing_behind(
     recovered = dispy.recover_jobs(str(recover_file), timeout=10)
     assert recovered == []
     assert not recover_file.exists()
+
+
+def test_scheduler_restarted_a_job_longer_than_its_recovery_ends_cancelled_not_running(
+    node_factory, scheduler_factory, clients, tmp_path
+):
+    node = node_factory.one(cpus=1, name="long")
+    store = tmp_path / "store"
+    sched = scheduler_factory(
+        [node], "--pulse_interval", "1", "--msg_timeout", "2", "--dest_path_prefix", str(store)
+    )
+    runs = ExecutionLog(tmp_path / "runs")
+    never = Gate(tmp_path / "never")
+    recover_file = tmp_path / "long.recover"
+    client = clients(
+        sched,
+        name="long",
+        recover_file=recover_file,
+        log_dir=runs,
+        jobs=[(1, 0.0, str(never))],
+        close=True,
+    )
+    runs.wait_running(1, 20)
+    sched.kill()
+    assert sched.proc is not None
+    sched.proc.wait(10)
+    _lost_jobs(client, sched, [1])
+    sched.start()
+    # The restarted scheduler waits --msg_timeout for it, then cancels it to have its node
+    # back (PROTOCOL.md 13): the job ends Cancelled, never stays Running.
+    [job] = dispy.recover_jobs(str(recover_file), timeout=20)
+    assert job.status == DispyJob.Cancelled, (job.status, job.exception)
+    assert not recover_file.exists()
+    assert runs.ends()[1] == 0
+    later = [5, 6]
+    fresh = clients(
+        sched,
+        name="fresh",
+        recover_file=tmp_path / "fresh.recover",
+        log_dir=runs,
+        jobs=[(n, 0.0, None) for n in later],
+        close=True,
+    )
+    _finished_all(fresh, later)
