@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 from harness.client_proc import ClientProcess, recover_file_plan
 from harness.executions import ExecutionLog, Gate, expected, recovery_problems
+from harness.nemesis import Nemesis
 from harness.polling import wait_for
 from harness.ports import LOOPBACK, free_port
 from harness.scheduler import SchedulerProcess
@@ -644,3 +645,48 @@ def test_scheduler_restarted_a_job_longer_than_its_recovery_ends_cancelled_not_r
         close=True,
     )
     _finished_all(fresh, later)
+
+
+def test_a_node_down_while_the_scheduler_restarts_is_asked_again_later(
+    node_factory, scheduler_factory, clients, tmp_path
+):
+    node = node_factory.one(cpus=1, name="away")
+    store = tmp_path / "store"
+    sched = scheduler_factory([node], "--pulse_interval", "1", "--dest_path_prefix", str(store))
+    runs = ExecutionLog(tmp_path / "runs")
+    gate = Gate(tmp_path / "gate")
+    recover_file = tmp_path / "away.recover"
+    client = clients(
+        sched,
+        name="away",
+        recover_file=recover_file,
+        log_dir=runs,
+        jobs=[(1, 0.0, str(gate))],
+        close=True,
+    )
+    runs.wait_running(1, 20)
+    sched.kill()
+    assert sched.proc is not None
+    sched.proc.wait(10)
+    _lost_jobs(client, sched, [1])
+    gate.open()
+    wait_for(lambda: runs.ends()[1] == 1, 20, "job 1 ends on the node")
+    node.wait_log("free again", timeout=20)  # its result is on the node's disk
+    nemesis = Nemesis()
+    nemesis.kill(node)
+    sched.start()  # the node is down: it cannot be asked now
+    sched.wait_log(f"cannot reach node {LOOPBACK}:{node.port}", timeout=20)
+
+    # Asked meanwhile, the scheduler cannot answer for that node: nothing is given up.
+    [early] = dispy.recover_jobs(str(recover_file), timeout=10)
+    assert early.status == DispyJob.Abandoned
+    assert f"node {LOOPBACK}:{node.port}" in early.exception
+    assert recover_file.exists()
+
+    # Back (the same port and disk), the node is asked again and the result comes.
+    nemesis.restart(node)
+    [job] = dispy.recover_jobs(str(recover_file), timeout=20)
+    assert job.status == DispyJob.Finished, (job.status, job.exception)
+    assert job.result == expected(1)
+    assert not recover_file.exists()
+    wait_for(lambda: not _store_files(store), 10, lambda: f"store: {_store_files(store)}")

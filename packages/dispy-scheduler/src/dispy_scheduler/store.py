@@ -89,6 +89,9 @@ class ComputationStore:
         # the second.
         self.asking: asyncio.Event | None = None
         self.node_pending: set[int] = set()
+        # Nodes recover_from_nodes could not ask (down, unreachable): they may hold results
+        # still, so a recover connection asks them again before it is served.
+        self.unasked: set[tuple[str, int]] = set()
         self._sinks: list[ResultSink] = []
 
     def __repr__(self) -> str:
