@@ -159,6 +159,14 @@ def test_client_killed_its_jobs_run_on_and_are_recovered_through_the_scheduler(
     assert not (store / str(sched_id)).exists()
 
 
+def _lost_jobs_told(client: ClientProcess, numbers: list[int]) -> dict[int, Any]:
+    """What a client whose scheduler went away printed of its jobs, once it closed."""
+    seconds_of(client, "closed", LOST_WITHIN + 20)
+    results = job_lines(client)
+    assert sorted(results) == sorted(numbers), client.lines()
+    return results
+
+
 def _lost_jobs(client: ClientProcess, sched: SchedulerProcess, numbers: list[int]) -> None:
     """The client of a vanished scheduler: every unfinished job Abandoned, naming it."""
     waited = seconds_of(client, "waited", LOST_WITHIN + 5)
@@ -689,4 +697,51 @@ def test_a_node_down_while_the_scheduler_restarts_is_asked_again_later(
     assert job.status == DispyJob.Finished, (job.status, job.exception)
     assert job.result == expected(1)
     assert not recover_file.exists()
+    wait_for(lambda: not _store_files(store), 10, lambda: f"store: {_store_files(store)}")
+
+
+def test_scheduler_stopped_cleanly_keeps_what_its_gone_clients_had(
+    node_factory, scheduler_factory, clients, tmp_path
+):
+    nodes = node_factory(2, cpus=1, name="stopped")
+    store = tmp_path / "store"
+    sched = scheduler_factory(nodes, "--pulse_interval", "1", "--dest_path_prefix", str(store))
+    runs = ExecutionLog(tmp_path / "runs")
+    first, second = Gate(tmp_path / "first"), Gate(tmp_path / "second")
+    recover_file = tmp_path / "stopped.recover"
+    numbers = [1, 2, 3]
+    client = clients(
+        sched,
+        name="stopped",
+        recover_file=recover_file,
+        log_dir=runs,
+        jobs=[(1, 0.0, str(first)), (2, 0.0, str(second)), (3, 0.0, str(second))],
+    )
+    _kill_when_sent(client, recover_file, len(numbers))
+    sched_id = _sched_id(recover_file)
+    first.open()
+    wait_for(lambda: len(_results_in(store, sched_id)) == 1, 20, "job 1's result stored")
+    # ... and a client still there, its job running too.
+    alive_file = tmp_path / "alive.recover"
+    alive = clients(
+        sched,
+        name="alive",
+        recover_file=alive_file,
+        log_dir=runs,
+        jobs=[(7, 0.0, str(second))],
+        close=True,
+    )
+    alive.wait_line("submitted", 30)
+    wait_for(lambda: runs.starts()[7] == 1, 20, "job 7 runs")
+    assert sched.stop() == 0  # SIGINT, as an operator's restart does
+    # The client still there is told, and keeps its recover file.
+    [(status, _result, exc)] = _lost_jobs_told(alive, [7]).values()
+    assert status == DispyJob.Abandoned
+    assert "scheduler shutting down" in exc
+    second.open()
+    sched.start()
+    recovered = dispy.recover_jobs(str(recover_file), timeout=30)
+    _check_recovered(recovered, numbers)
+    _check_recovered(dispy.recover_jobs(str(alive_file), timeout=30), [7])
+    assert Counter(runs.starts()) == Counter({n: 1 for n in [*numbers, 7]})
     wait_for(lambda: not _store_files(store), 10, lambda: f"store: {_store_files(store)}")

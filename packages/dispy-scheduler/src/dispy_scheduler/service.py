@@ -203,7 +203,15 @@ class Scheduler(Shell):
         for task in self._loops:
             task.cancel()
         goodbyes = [c.refuse("scheduler shutting down") for c in list(self._clients)]
-        goodbyes += [n.conn.refuse("scheduler shutting down") for n in self.nodes.values()]
+        # While jobs remain, nodes get no goodbye: a node ends a session that says goodbye
+        # (its jobs killed), but keeps running the jobs of one that is just gone, its
+        # results kept for the next run to recover (PROTOCOL.md 13): a clean stop then
+        # loses no more than a kill -9. Idle nodes are told, and are free at once.
+        busy = any(comp.args for comp in self.comps.values() if not comp.dropped)
+        goodbyes += [
+            n.conn.close() if busy else n.conn.refuse("scheduler shutting down")
+            for n in self.nodes.values()
+        ]
         await asyncio.gather(*goodbyes, return_exceptions=True)
         if self._sender is not None:
             self._sender.close()
