@@ -25,6 +25,7 @@ from harness.ports import LOOPBACK, free_port
 from harness.shared_recovery import (
     SharedClients,
     check_recovered,
+    done_ids,
     finished_all,
     kill_when_sent,
     results_in,
@@ -294,3 +295,51 @@ def test_client_killed_with_nothing_submitted_leaves_nothing_behind(
     recovered = dispy.recover_jobs(str(recover_file), timeout=10)
     assert recovered == []
     assert not recover_file.exists()
+
+
+def test_client_killed_in_the_middle_of_many_jobs_each_runs_once_and_is_recovered_once(
+    node_factory, scheduler_factory, clients, tmp_path
+):
+    nodes = node_factory(2, cpus=2, name="many")
+    store = tmp_path / "store"
+    sched = scheduler_factory(nodes, "--pulse_interval", "1", "--dest_path_prefix", str(store))
+    runs = ExecutionLog(tmp_path / "runs")
+    recover_file = tmp_path / "many.recover"
+    numbers = list(range(1, 301))
+    client = clients(
+        sched,
+        name="many",
+        recover_file=recover_file,
+        log_dir=runs,
+        jobs=[(n, 0.01, None) for n in numbers],
+    )
+    # Killed while results flow back and jobs still wait: some results reached the
+    # client (and are done in its file), the others are the scheduler's to keep.
+    wait_for(lambda: sum(runs.ends().values()) >= 30, 30, "30 jobs end")
+    client.kill()
+    done_on_file = done_ids(recover_file)
+    recovered = dispy.recover_jobs(str(recover_file), timeout=60)
+    seen = [int(line.split()[1]) for line in client.lines() if line.startswith("done ")]
+    starts = runs.starts()
+    assert all(count == 1 for count in starts.values()), "a job ran twice"
+    finished = [job for job in recovered if job.status == DispyJob.Finished]
+    for job in finished:
+        assert job.result == expected(job.id)
+    others = [job for job in recovered if job.status != DispyJob.Finished]
+    # A job the scheduler never got (the kill cut its frame) never ran; nothing else fails.
+    for job in others:
+        assert job.status == DispyJob.Abandoned, (job.id, job.status, job.exception)
+        assert "does not have this job" in str(job.exception)
+        assert starts[job.id] == 0
+    assert len(seen) == len(set(seen)), "the client saw a job end twice"
+    recovered_ids = [job.id for job in recovered]
+    assert len(recovered_ids) == len(set(recovered_ids)), "a job recovered twice"
+    # At least once across the crash: a result the client had but had not yet recorded as
+    # done (the kill came between the two) is recovered again, and only such a one.
+    again = set(seen) & {job.id for job in finished}
+    assert not again & done_on_file, "a result recorded as done was recovered again"
+    got = set(seen) | {job.id for job in finished}
+    assert got | {job.id for job in others} == set(numbers)
+    assert set(got) == set(starts), "every job that ran came back, once"
+    assert not recover_file.exists()
+    wait_for(lambda: not store_files(store), 10, lambda: f"store: {store_files(store)}")

@@ -8,6 +8,7 @@ and restarted).
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -138,3 +139,23 @@ def kill_scheduler(sched: SchedulerProcess) -> None:
     sched.kill()
     assert sched.proc is not None
     sched.proc.wait(10)
+
+
+def done_ids(recover_file: Path) -> set[Any]:
+    """The ids (``job.id``) of the jobs the recover file records as done at the client."""
+    ids: dict[int, Any] = {}
+    done: set[int] = set()
+    for line in recover_file.read_text().splitlines()[1:]:
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue  # a line being written when the client died
+        if "c" in record:
+            ids.update((uid, ident) for uid, ident in record["c"])
+        if "j" in record and "i" in record:
+            ids.update((uid, ident) for uid, ident in zip(record["j"], record["i"], strict=False))
+        elif "i" in record:
+            ids.update((uid, ident) for uid, ident in record["i"])
+        if "d" in record:
+            done.update(record["d"])
+    return {ids.get(uid, uid) for uid in done}
