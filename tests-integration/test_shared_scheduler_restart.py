@@ -25,6 +25,7 @@ from harness.shared_recovery import (
     LOST_WITHIN,
     SharedClients,
     check_recovered,
+    done_ids,
     finished_all,
     kill_scheduler,
     kill_when_sent,
@@ -388,4 +389,54 @@ def test_scheduler_stopped_cleanly_keeps_what_its_gone_clients_had(
     check_recovered(recovered, numbers)
     check_recovered(dispy.recover_jobs(str(alive_file), timeout=30), [7])
     assert Counter(runs.starts()) == Counter({n: 1 for n in [*numbers, 7]})
+    wait_for(lambda: not store_files(store), 10, lambda: f"store: {store_files(store)}")
+
+
+def test_scheduler_killed_in_the_middle_of_many_jobs_every_job_that_ran_comes_back_once(
+    node_factory, scheduler_factory, clients, tmp_path
+):
+    nodes = node_factory(2, cpus=2, name="midway")
+    store = tmp_path / "store"
+    sched = scheduler_factory(nodes, "--pulse_interval", "1", "--dest_path_prefix", str(store))
+    runs = ExecutionLog(tmp_path / "runs")
+    recover_file = tmp_path / "midway.recover"
+    numbers = list(range(1, 301))
+    client = clients(
+        sched,
+        name="midway",
+        recover_file=recover_file,
+        log_dir=runs,
+        jobs=[(n, 0.01, None) for n in numbers],
+        close=True,
+    )
+    wait_for(lambda: sum(runs.ends().values()) >= 30, 30, "30 jobs end")
+    kill_scheduler(sched)
+    told = lost_jobs_told(client, numbers)
+    seen = {n for n, (status, _r, _e) in told.items() if status == DispyJob.Finished}
+    for n in seen:
+        assert tuple(told[n][1]) == expected(n)
+    assert {status for status, _r, _e in told.values()} <= {
+        DispyJob.Finished,
+        DispyJob.Abandoned,
+    }
+    assert seen, "some results came before the kill"
+    done_on_file = done_ids(recover_file)
+    # Jobs running on the nodes at the kill end there; the restarted scheduler gets them.
+    wait_for(lambda: not runs.running(), 20, "the nodes' jobs end")
+    sched.start()
+    recovered = dispy.recover_jobs(str(recover_file), timeout=30)
+    starts = runs.starts()
+    assert all(count == 1 for count in starts.values()), "a job ran twice"
+    finished = {job.id for job in recovered if job.status == DispyJob.Finished}
+    for job in recovered:
+        if job.status == DispyJob.Finished:
+            assert job.result == expected(job.id)
+        else:  # it was still queued in the scheduler: it never ran
+            assert job.status == DispyJob.Abandoned, (job.id, job.status, job.exception)
+            assert "killed before placing it" in str(job.exception)
+            assert starts[job.id] == 0
+    assert not finished & done_on_file, "a result recorded as done was recovered again"
+    assert seen | finished == set(starts), "every job that ran came back"
+    assert {job.id for job in recovered} == set(numbers) - done_on_file
+    assert not recover_file.exists()
     wait_for(lambda: not store_files(store), 10, lambda: f"store: {store_files(store)}")
