@@ -13,6 +13,7 @@ killed, stopped and restarted: test_shared_scheduler_restart.py.
 from __future__ import annotations
 
 import socket
+import subprocess
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -342,4 +343,48 @@ def test_client_killed_in_the_middle_of_many_jobs_each_runs_once_and_is_recovere
     assert got | {job.id for job in others} == set(numbers)
     assert set(got) == set(starts), "every job that ran came back, once"
     assert not recover_file.exists()
+    wait_for(lambda: not store_files(store), 10, lambda: f"store: {store_files(store)}")
+
+
+def _certificate(folder: Path, name: str) -> tuple[Path, Path]:
+    cert, key = folder / f"{name}-cert.pem", folder / f"{name}-key.pem"
+    subprocess.run(
+        [
+            "openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes",
+            "-keyout", str(key), "-out", str(cert), "-days", "1", "-subj", f"/CN={name}",
+        ],
+        check=True,
+        capture_output=True,
+        timeout=30,
+    )  # fmt: skip
+    return cert, key
+
+
+def test_client_killed_recovered_over_tls_to_the_scheduler(
+    node_factory, scheduler_factory, clients, tmp_path
+):
+    cert, key = _certificate(tmp_path, "clients")
+    nodes = node_factory(2, cpus=1, name="sealed")
+    store = tmp_path / "store"
+    sched = scheduler_factory(
+        nodes,
+        "--pulse_interval", "1", "--dest_path_prefix", str(store),
+        "--cluster_certfile", str(cert), "--cluster_keyfile", str(key),
+    )  # fmt: skip
+    runs = ExecutionLog(tmp_path / "runs")
+    gate = Gate(tmp_path / "gate")
+    recover_file = tmp_path / "sealed.recover"
+    numbers = [1, 2, 3]
+    client = clients(
+        sched,
+        name="sealed",
+        recover_file=recover_file,
+        log_dir=runs,
+        jobs=[(n, 0.0, str(gate)) for n in numbers],
+        options={"certfile": str(cert), "keyfile": str(key)},
+    )
+    kill_when_sent(client, recover_file, len(numbers))
+    gate.open()
+    # The recover file names the TLS files: recover_jobs uses them toward the scheduler.
+    check_recovered(dispy.recover_jobs(str(recover_file), timeout=30), numbers)
     wait_for(lambda: not store_files(store), 10, lambda: f"store: {store_files(store)}")
