@@ -26,3 +26,9 @@ def test_reference_names_are_exported():
 
 def test_version_is_a_string():
     assert isinstance(dispy.__version__, str)
+
+
+def test_the_shared_cluster_error_is_exported():
+    # SharedJobCluster() raises it (its docstring says so): a program catches it by name.
+    assert issubclass(dispy.SchedulerError, ConnectionError)
+    assert dispy.SchedulerError is dispy.shared.SchedulerError

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import socket
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -146,6 +147,11 @@ def test_recover_jobs_names_the_scheduler_it_cannot_reach(
     jobs = recover_jobs(str(recover_file), timeout=5)
     assert {job.status for job in jobs} == {JobStatus.Abandoned}
     assert any(f"cannot reach scheduler 127.0.0.1:{port}" in r.getMessage() for r in caplog.records)
+    for job in jobs:
+        assert f"scheduler 127.0.0.1:{port} could not be asked" in job.exception
+        assert "call recover_jobs again" in job.exception
+    # The scheduler may be restarting: the file stays for the next call.
+    assert recover_file.exists()
 
 
 def test_a_damaged_scheduler_record_is_refused(tmp_path: Path) -> None:
@@ -155,3 +161,19 @@ def test_a_damaged_scheduler_record_is_refused(tmp_path: Path) -> None:
     )
     with pytest.raises(ValueError, match="scheduler or sched_id is unreadable"):
         recover_jobs(str(recover_file))
+
+
+def test_a_scheduler_that_never_answers_is_named_with_the_timeout(tmp_path: Path) -> None:
+    recover_file = tmp_path / "_dispy_silent"
+    with socket.socket() as silent:  # accepts (in the kernel), never speaks
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(4)
+        port = silent.getsockname()[1]
+        _recover_file(recover_file, port, free_port())
+        text = recover_file.read_text().replace('"msg_timeout": 5.0', '"msg_timeout": 1.0')
+        recover_file.write_text(text)
+        jobs = recover_jobs(str(recover_file), timeout=5)
+    for job in jobs:
+        assert job.status == JobStatus.Abandoned
+        assert "(no answer within msg_timeout (1 s))" in job.exception
+    assert recover_file.exists()

@@ -215,3 +215,39 @@ async def test_waits_while_the_nodes_are_asked_and_reports_their_pending_jobs(
         await _close(client, 13)
         await served
     assert store.get(13) is None
+
+
+@async_test(timeout=20)
+async def test_a_node_not_asked_yet_is_asked_again_and_refused_while_unreachable(
+    tmp_path: Path,
+) -> None:
+    store = Store(tmp_path)
+    cs = store.open(78, 5, "c", "function", "me")
+    cs.store(*_results((1, "one")))
+    cs.unasked.add(("127.0.0.1", 9))  # down when the scheduler restarted
+    asked: list[list[tuple[str, int]]] = []
+
+    async def still_down(record: ComputationStore) -> None:
+        asked.append(sorted(record.unasked))
+
+    async with _pair() as (client, sched):
+        served = asyncio.create_task(serve_recover(sched, store, lambda _id: None, still_down))
+        await client.send(RecoverRequest(comp_id=78))
+        with pytest.raises(PeerRefused, match=r"node 127\.0\.0\.1:9, which ran this computation"):
+            async with asyncio.timeout(5):
+                await client.recv()
+        await served
+    assert asked == [[("127.0.0.1", 9)]]
+    assert cs.count() == 1, "nothing is given up while the node may hold results"
+
+    async def back(record: ComputationStore) -> None:
+        record.store(*_results((2, "two")))  # what the node held
+        record.unasked.clear()
+
+    async with _pair() as (client, sched):
+        served = asyncio.create_task(serve_recover(sched, store, lambda _id: None, back))
+        status = await _status(client, 78)
+        assert status.stored == 2
+        assert await _values(client) == {1: "one", 2: "two"}
+        await _close(client, 78)
+        await served

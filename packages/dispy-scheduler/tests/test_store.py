@@ -98,14 +98,23 @@ def test_the_store_is_private(tmp_path: Path) -> None:
     assert _mode(root / ".dispy-results" / "5" / "1.result") == 0o600
 
 
-def test_clean_empties_what_an_earlier_run_left(tmp_path: Path) -> None:
+def test_clean_empties_what_an_earlier_run_left_and_says_so(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     cs = Store(tmp_path / "s").open(1, 1, "c", "function", "me")
-    cs.store(*_results((1, "r")))
+    cs.store(*_results((1, "r"), (2, "s")))
     (tmp_path / "s" / "stray").write_text("x")
+    caplog.set_level(logging.INFO, "dispy_scheduler")
     store = Store(tmp_path / "s", clean=True)
     assert store.found() == []
     assert os.listdir(tmp_path / "s") == []
     assert _mode(tmp_path / "s") == 0o700
+    [said] = [r.getMessage() for r in caplog.records if "--clean" in r.getMessage()]
+    assert f"{tmp_path / 's'}" in said
+    assert "1 computation record(s) and 2 kept result(s)" in said
+    caplog.clear()
+    Store(tmp_path / "fresh", clean=True)  # nothing there: said all the same
+    assert any("(0 computation record(s) and 0" in r.getMessage() for r in caplog.records)
 
 
 def test_damaged_records_are_skipped_with_one_warning_each(

@@ -268,6 +268,9 @@ class SharedCore(SharedJobs):
                     local_addr=local_addr,
                     local_port=local_port,
                 )
+            except TimeoutError:
+                # Before OSError, of which it is a subclass: it says nothing by itself.
+                why = f"no answer within msg_timeout ({opts.msg_timeout:g} s)"
             except OSError as exc:
                 if local_port and exc.errno == errno.EADDRINUSE:
                     # Another client (or a JobCluster) has the port: any port does as well.
@@ -278,8 +281,6 @@ class SharedCore(SharedJobs):
                     why = "nothing accepts connections there (connection refused)"
                 else:
                     why = str(exc) or type(exc).__name__
-            except TimeoutError:
-                why = f"no answer within msg_timeout ({opts.msg_timeout:g} s)"
             except PeerRefused as exc:
                 why = f"it refused this client: {exc.reason}"
             except (ProtocolError, ConnectionClosed) as exc:

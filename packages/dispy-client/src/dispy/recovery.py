@@ -319,8 +319,11 @@ def recover_jobs(
         One DispyJob per job the client had submitted and not yet received: with its result
         (or exception) when a node had it; still ``Running`` if it did not finish within
         ``timeout``; ``Abandoned`` (with the reason in ``exception``) if it never reached a
-        node or no node has it any more. Nodes are released once nothing is left to wait
-        for.
+        node, no node has it any more, or the node (or scheduler) that has it cannot be
+        reached now. Nodes are released once nothing is left to wait for. The recover file
+        is removed once every job is accounted for; it stays while jobs run, or when a node
+        or scheduler could not be asked (call again once it is back: a scheduler being
+        restarted, a node on a network that is down).
     """
     plan = _Plan(recover_file)
     if not plan.secret:
@@ -335,8 +338,8 @@ def recover_jobs(
             user_name(),
             SECRET_ENV,
         )
-    jobs = asyncio.run(_recover(plan, timeout, terminate_pending, recover_file))
-    if all(j.status != JobStatus.Running for j in jobs):
+    jobs, unasked = asyncio.run(_recover(plan, timeout, terminate_pending, recover_file))
+    if not unasked and all(j.status != JobStatus.Running for j in jobs):
         with contextlib.suppress(OSError):
             os.remove(recover_file)
     return jobs
@@ -355,7 +358,8 @@ class _Wanted:
 
 async def _recover(
     plan: _Plan, timeout: float | None, terminate: bool, path: str
-) -> list[DispyJob]:
+) -> tuple[list[DispyJob], bool]:
+    """The jobs, and whether a peer that may hold some of them could not be asked."""
     header = {**plan.header, "secret": plan.secret}
     jobs: dict[int, DispyJob] = {}
     for uid in sorted(set(plan.ids) | set(plan.where)):
@@ -380,7 +384,7 @@ async def _recover(
     else:
         peers, peer_ran_it = sorted(plan.nodes), True
     with open(path, "a") as ledger:  # noqa: ASYNC230 - a few small appends, flushed
-        await asyncio.gather(
+        answers = await asyncio.gather(
             *(
                 _recover_node(
                     header,
@@ -394,14 +398,24 @@ async def _recover(
                 for peer in peers
             )
         )
+    # A peer that did not answer may hold results still: its jobs are not given up for good.
+    unasked = {peer: why for peer, why in zip(peers, answers, strict=True) if why is not None}
     for uid in sorted(wanted - pending):
         job = jobs[uid]
         job.status = JobStatus.Abandoned
-        if plan.scheduler is not None:
+        peer = plan.scheduler or plan.where.get(uid)
+        if peer is not None and peer in unasked:
+            kind = "node" if plan.scheduler is None else "scheduler"
+            job.exception = (
+                f"{kind} {peer[0]}:{peer[1]} could not be asked ({unasked[peer]}); the recover "
+                "file is kept: call recover_jobs again once it is back"
+            )
+        elif plan.scheduler is not None:
             host, port = plan.scheduler
             job.exception = (
-                f"scheduler {host}:{port} does not have this job (it may not have reached the "
-                "scheduler before the client stopped, or the scheduler was started with --clean)"
+                f"scheduler {host}:{port} does not have this job (it never reached a node: the "
+                "client stopped before sending it, or the scheduler was killed before placing "
+                "it; or the scheduler was started with --clean)"
             )
         elif uid in plan.where:
             node = plan.where[uid]
@@ -409,7 +423,7 @@ async def _recover(
         else:
             job.exception = "the client stopped before this job reached a node"
         job._mark_done()
-    return [jobs[uid] for uid in sorted(jobs)]
+    return [jobs[uid] for uid in sorted(jobs)], bool(unasked)
 
 
 async def _recover_node(
@@ -420,15 +434,17 @@ async def _recover_node(
     deadline: float | None,
     terminate: bool,
     ledger: TextIO,
-) -> None:
+) -> str | None:
+    """Recover from one node (or the scheduler); why it could not be asked, if it could
+    not."""
     wanted, pending_anywhere, jobs = asked.wanted, asked.pending, asked.jobs
     comp_id = int(header["comp_id"])
     msg_timeout = float(header.get("msg_timeout", 5.0))
     kind = "node" if asked.peer_ran_it else "scheduler"
     where = f"{node[0]}:{node[1]}"
     opened = await _open_recovery(header, tls, node, comp_id, msg_timeout, kind)
-    if opened is None:
-        return
+    if isinstance(opened, str):
+        return opened
     conn, status = opened
 
     async def take(msg: JobDone, payload: Payload) -> None:
@@ -480,6 +496,7 @@ async def _recover_node(
         log.warning("recover: %s %s: %s", kind, where, exc)
     finally:
         await conn.close()
+    return None
 
 
 async def _open_recovery(
@@ -489,9 +506,9 @@ async def _open_recovery(
     comp_id: int,
     msg_timeout: float,
     kind: str = "node",
-) -> tuple[Connection, RecoverStatus] | None:
+) -> tuple[Connection, RecoverStatus] | str:
     """Connect and ask; retry while the node (or scheduler: ``kind``) has not yet noticed
-    its client is gone."""
+    its client is gone. A text: why it could not be asked."""
     where = f"{node[0]}:{node[1]}"
     deadline = time.monotonic() + max(2 * msg_timeout, 5.0)
     while True:
@@ -519,14 +536,15 @@ async def _open_recovery(
                 await asyncio.sleep(0.2)
                 continue
             log.warning("recover: %s %s: %s", kind, where, exc.reason)
-            return None
+            return f"it refused: {exc.reason}"
         except (OSError, TimeoutError, ConnectionClosed, ProtocolError) as exc:
             if conn is not None:
                 await conn.close()
-            log.warning(
-                "recover: cannot reach %s %s: %s", kind, where, str(exc) or type(exc).__name__
-            )
-            return None
+            why = str(exc) or type(exc).__name__
+            if isinstance(exc, TimeoutError):  # it says nothing by itself
+                why = f"no answer within msg_timeout ({msg_timeout:g} s)"
+            log.warning("recover: cannot reach %s %s: %s", kind, where, why)
+            return why
 
 
 def _apply(

@@ -121,6 +121,11 @@ def _lost(sched: Scheduler, link: NodeLink, reason: str) -> None:
         return
     del sched.nodes[link.key]
     log.info("node %s left: %s", link.name, reason)
+    if sched.closing:
+        # The scheduler stops: the node's jobs run on there, orphaned, and the next run
+        # recovers their results from it (as after a kill -9); ending them here (requeued
+        # or cancelled, in the store) would lose them.
+        return
     sched.handle(NodeLost(link.key, reason))
     # Set-ups the engine never heard of (the node was lost before it was ready).
     for comp in list(sched.comps.values()):

@@ -27,7 +27,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Protocol
 
 from dispy_core.aio.connection import Connection, ConnectionClosed, PeerRefused, open_connection
@@ -51,6 +51,9 @@ if TYPE_CHECKING:
     from dispy_scheduler.store import ComputationStore, Store
 
 log = logging.getLogger("dispy_scheduler")
+
+# Asks ``cs.unasked`` again (recover_from_nodes with the scheduler's node secret and TLS).
+AskAgain = Callable[["ComputationStore"], Awaitable[None]]
 
 # Connecting, the handshake, and each answer a peer owes (recover.status, closed).
 MSG_TIMEOUT = 10.0
@@ -98,16 +101,22 @@ LiveLookup = Callable[[int], "LiveComputation | None"]
 
 
 async def recover_from_nodes(
-    cs: ComputationStore, *, node_secret: str, tls: TLSConfig, timeout: float
+    cs: ComputationStore,
+    *,
+    node_secret: str,
+    tls: TLSConfig,
+    timeout: float,
+    nodes: Sequence[tuple[str, int]] | None = None,
 ) -> int:
-    """Ask every node ``cs`` used for its results (stored, and of jobs still running,
-    for up to ``timeout`` seconds), store them, then end the computation on the node.
+    """Ask every node ``cs`` used (or those of ``nodes``) for its results (stored, and of
+    jobs still running, for up to ``timeout`` seconds), store them, then end the
+    computation on the node. Nodes that cannot be asked are left in ``cs.unasked``.
 
     Returns:
         How many results were stored.
     """
     deadline = time.monotonic() + timeout
-    nodes = cs.nodes()
+    nodes = cs.nodes() if nodes is None else list(nodes)
     cs.asking = asyncio.Event()
     answered = [0]
     counts: list[int] = []
@@ -149,6 +158,10 @@ async def _recover_node(
     where = f"{node[0]}:{node[1]}"
     try:
         opened = await _ask_node(cs.sched_id, node, secret, tls)
+        if opened is None:
+            cs.unasked.add(node)
+        else:
+            cs.unasked.discard(node)
     finally:
         answered()
     if opened is None:
@@ -261,13 +274,18 @@ async def _ask_node(
             return None
 
 
-async def serve_recover(conn: Connection, store: Store, live: LiveLookup) -> None:
+async def serve_recover(
+    conn: Connection, store: Store, live: LiveLookup, ask_again: AskAgain | None = None
+) -> None:
     """Serve one ``recover`` connection of a client (``dispy.recover_jobs``), then close it.
 
     The exchange is section 9's, with the ``sched_id`` as ``comp_id``: ``recover.status``
     (pending jobs, how many stored results follow), the stored results and then later ones
     as ``jobs.done``, forgotten on ``jobs.ack``; ``jobs.cancel`` and ``computation.close``
-    (``computation.closed`` in answer) as a node does.
+    (``computation.closed`` in answer) as a node does. Nodes that could not be asked after
+    a restart are asked again first (``ask_again``); while one still cannot be, the
+    connection is refused, naming it: the client keeps its recover file and tries later,
+    rather than closing the computation here and losing what that node holds.
     """
     msg = await conn.expect(RecoverRequest, MSG_TIMEOUT, log, "recovery request")
     if msg is None:
@@ -283,6 +301,13 @@ async def serve_recover(conn: Connection, store: Store, live: LiveLookup) -> Non
             return
         store.recovering.add(sched_id)
         try:
+            unreachable = None if comp is not None else await _unasked(store, sched_id, ask_again)
+            if unreachable:
+                await conn.refuse(
+                    f"{unreachable}, which ran this computation, cannot be reached now and "
+                    "may hold its results: try again once it is back"
+                )
+                return
             await _serve(conn, store, sched_id, comp)
         finally:
             store.recovering.discard(sched_id)
@@ -290,6 +315,23 @@ async def serve_recover(conn: Connection, store: Store, live: LiveLookup) -> Non
         log.info("recovery of computation %d ended: %s", sched_id, exc)
     finally:
         await conn.close()
+
+
+async def _unasked(store: Store, sched_id: int, ask_again: AskAgain | None) -> str:
+    """The nodes of a computation known from the store that cannot be asked (after asking
+    those not asked yet once more), as text; empty when every node answered."""
+    cs = store.get(sched_id)
+    if cs is None:
+        return ""
+    if cs.asking is not None:  # the restart's own asking first
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(cs.asking.wait(), 3 * MSG_TIMEOUT)
+    if cs.unasked and ask_again is not None:
+        await ask_again(cs)
+    if not cs.unasked:
+        return ""
+    names = ", ".join(f"{host}:{port}" for host, port in sorted(cs.unasked))
+    return f"node {names}" if len(cs.unasked) == 1 else f"nodes {names}"
 
 
 async def _serve(

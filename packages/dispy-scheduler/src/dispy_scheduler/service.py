@@ -46,6 +46,7 @@ from dispy_scheduler._nodes import NodeLink, serve_node
 from dispy_scheduler._recover import LiveComputation, recover_from_nodes, serve_recover
 from dispy_scheduler._shell import Shell
 from dispy_scheduler._state import NodeKey, SharedComp, open_store
+from dispy_scheduler.store import ComputationStore
 
 log = logging.getLogger("dispy_scheduler")
 
@@ -202,7 +203,15 @@ class Scheduler(Shell):
         for task in self._loops:
             task.cancel()
         goodbyes = [c.refuse("scheduler shutting down") for c in list(self._clients)]
-        goodbyes += [n.conn.refuse("scheduler shutting down") for n in self.nodes.values()]
+        # While jobs remain, nodes get no goodbye: a node ends a session that says goodbye
+        # (its jobs killed), but keeps running the jobs of one that is just gone, its
+        # results kept for the next run to recover (PROTOCOL.md 13): a clean stop then
+        # loses no more than a kill -9. Idle nodes are told, and are free at once.
+        busy = any(comp.args for comp in self.comps.values() if not comp.dropped)
+        goodbyes += [
+            n.conn.close() if busy else n.conn.refuse("scheduler shutting down")
+            for n in self.nodes.values()
+        ]
         await asyncio.gather(*goodbyes, return_exceptions=True)
         if self._sender is not None:
             self._sender.close()
@@ -275,7 +284,17 @@ class Scheduler(Shell):
             log.warning("%s at %s:%s refused: %s", who, peer[0], peer[1], exc)
 
     async def _serve_recover(self, conn: Connection) -> None:
-        await serve_recover(conn, self.disk, self._live)
+        await serve_recover(conn, self.disk, self._live, self._ask_again)
+
+    async def _ask_again(self, record: ComputationStore) -> None:
+        # Nodes that were down when this run started, asked when their results are wanted.
+        await recover_from_nodes(
+            record,
+            node_secret=self.settings.node_secret,
+            tls=self.settings.node_tls,
+            timeout=self.settings.msg_timeout,
+            nodes=sorted(record.unasked),
+        )
 
     def _live(self, sched_id: int) -> LiveComputation | None:
         comp = self.comps.get(sched_id)

@@ -89,6 +89,9 @@ class ComputationStore:
         # the second.
         self.asking: asyncio.Event | None = None
         self.node_pending: set[int] = set()
+        # Nodes recover_from_nodes could not ask (down, unreachable): they may hold results
+        # still, so a recover connection asks them again before it is served.
+        self.unasked: set[tuple[str, int]] = set()
         self._sinks: list[ResultSink] = []
 
     def __repr__(self) -> str:
@@ -212,6 +215,7 @@ class Store:
 
     def __init__(self, root: Path, *, clean: bool = False) -> None:
         self.root = Path(root)
+        left = _left_behind(self.root) if clean else (0, 0)
         try:
             warning = prepare_private_dir(
                 str(self.root), clean=clean, label="the scheduler's store", server="it"
@@ -220,6 +224,14 @@ class Store:
             raise StoreError(str(exc)) from None
         if warning:
             log.warning(warning)
+        if clean:
+            # Said every time: an operator who wonders where kept results went finds why.
+            log.info(
+                "--clean: emptied the scheduler's store %s (%d computation record(s) and %d "
+                "kept result(s) of previous runs removed)",
+                self.root,
+                *left,
+            )
         self._results = ResultStore(str(self.root))
         self._open: dict[int, ComputationStore] = {}
         self._found: list[ComputationStore] = []
@@ -282,6 +294,19 @@ class Store:
             del self._open[sched_id]
             return None
         return cs
+
+
+def _left_behind(root: Path) -> tuple[int, int]:
+    """How many computation records and kept results are under ``root`` (for --clean's
+    log line; what cannot be read counts as nothing)."""
+    records = results = 0
+    with contextlib.suppress(OSError):
+        records = sum(1 for e in os.scandir(root) if e.is_dir() and e.name.isdigit())
+    with contextlib.suppress(OSError):
+        for entry in os.scandir(root / DIRNAME):
+            with contextlib.suppress(OSError):
+                results += sum(1 for f in os.scandir(entry.path) if f.name.endswith(".result"))
+    return records, results
 
 
 __all__ = [
