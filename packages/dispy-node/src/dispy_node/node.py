@@ -27,10 +27,8 @@ how many pings it remembers) is decided by :mod:`dispy_node._pings`.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import platform
-import signal
 import time
 
 from dispy_core import availability, netinfo
@@ -41,6 +39,7 @@ from dispy_core.aio.connection import (
     open_connection,
 )
 from dispy_core.aio.discovery import listen_pings, udp_socket
+from dispy_core.aio.signals import stop_on_signals
 from dispy_core.aio.tasks import TaskOwner
 from dispy_core.buffers import BufferPool
 from dispy_core.protocol.discovery import Ping
@@ -160,11 +159,8 @@ class Node:
             self._on_ping(hint, (hint.reply_addr, hint.reply_port))
 
     async def serve(self) -> None:
+        stop_on_signals(self._stopped)
         await self.start()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            with contextlib.suppress(NotImplementedError, RuntimeError):
-                loop.add_signal_handler(sig, self._stopped.set)
         await self._stopped.wait()
         await self.stop()
 

@@ -14,15 +14,14 @@ It never opens or accepts TCP: nodes connect straight to the address a relayed p
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import signal
 import socket
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from dispy_core import netinfo
+from dispy_core.aio.signals import stop_on_signals
 from dispy_core.aio.tasks import TaskOwner
 from dispy_core.protocol.discovery import RelayAnnounce, encode_relay
 from dispy_relay.policy import AnnounceSchedule, RelayPolicy, ip_of
@@ -214,11 +213,8 @@ class Relay:
             await asyncio.sleep(1.0 if wait is None else max(wait, 0.05))
 
     async def serve(self) -> None:
+        stop_on_signals(self._stopped)
         await self.start()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            with contextlib.suppress(NotImplementedError, RuntimeError):
-                loop.add_signal_handler(sig, self._stopped.set)
         try:
             await self._stopped.wait()
         finally:

@@ -20,10 +20,8 @@ down, and every task ends. It never reads stdin.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
-import signal
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +31,7 @@ from dispy_core import netinfo
 from dispy_core.aio.admission import Admission, start_server
 from dispy_core.aio.connection import Connection
 from dispy_core.aio.fanout import PingSender, Presence, keep_pinging
+from dispy_core.aio.signals import stop_on_signals
 from dispy_core.aio.tasks import TaskOwner
 from dispy_core.engine import CancelRequested, ComputationClosed, Tick
 from dispy_core.protocol.errors import ProtocolError
@@ -184,11 +183,8 @@ class Scheduler(Shell):
             )
 
     async def serve(self) -> None:
+        stop_on_signals(self._stopped)
         await self.start()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            with contextlib.suppress(NotImplementedError, RuntimeError):
-                loop.add_signal_handler(sig, self._stopped.set)
         await self._stopped.wait()
         await self.stop()
 
