@@ -11,7 +11,7 @@ from dispy.cluster import JobCluster
 from dispy.jobs import DispyJob
 from dispy.nodes import DispyNode, DispyNodeAvailInfo, NodeAllocate
 from dispy.recovery import recover_jobs
-from dispy.shared import SharedJobCluster
+from dispy.shared import SchedulerError, SharedJobCluster
 
 __all__ = [
     "DispyJob",
@@ -19,6 +19,7 @@ __all__ = [
     "DispyNodeAvailInfo",
     "JobCluster",
     "NodeAllocate",
+    "SchedulerError",
     "SharedJobCluster",
     "recover_jobs",
 ]
