@@ -29,3 +29,10 @@ def where(n: int) -> tuple[str | None, int]:
     import os
 
     return os.environ.get("NODE_TAG"), n * n
+
+
+def fail_on_tag(tag: str) -> int:
+    """A setup that fails (returns 1) on the node whose ``NODE_TAG`` is ``tag``."""
+    import os
+
+    return 1 if os.environ.get("NODE_TAG") == tag else 0

@@ -1,0 +1,172 @@
+"""More of what SharedJobCluster users meet, against a real ``dispy-scheduler serve``.
+
+Job output and exceptions, 40 MiB each way through the scheduler, two clusters in one
+program, a node that joins later or comes back after ``kill -9``, pinned jobs on a node
+that dies, an exclusive cluster closed while it waits for its turn, ``close()`` waiting for
+queued jobs, a setup that fails on one node (or all: the no-node warning says so) and
+NodeAllocate's ``cpus`` on a shared node.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import time
+
+import pytest
+from harness import wait_for
+from harness.computations import echo_len, talk
+from harness.features import Recorder, max_overlap, setup_nonzero
+from harness.ports import LOOPBACK
+from harness.shared_inproc import SharedFactory
+from harness.shared_work import fail_on_tag, mark_and_sleep, where
+
+from dispy import DispyJob, DispyNode, NodeAllocate
+
+pytestmark = pytest.mark.timeout(60)
+
+
+@pytest.fixture
+def shared_factory(scheduler_factory, cluster_secret):
+    factory = SharedFactory(cluster_secret)
+    yield factory
+    problems = factory.teardown()
+    if problems:
+        pytest.fail("shared cluster teardown:\n  " + "\n  ".join(problems))
+
+
+def test_output_exceptions_and_large_data(node_factory, scheduler_factory, shared_factory):
+    node = node_factory.one(cpus=2, name="big")
+    sched = scheduler_factory([node])
+    cluster = shared_factory(talk, sched)
+    ok, bad = cluster.submit(3), cluster.submit(-1)
+    assert cluster.wait(timeout=30)
+    assert ok.result == 30 and ok.stdout == "out 3\n" and ok.stderr == "err 3\n"
+    assert bad.status == DispyJob.Terminated and "boom -1" in bad.exception
+    assert bad.result is None
+    cluster.close()
+    echo = shared_factory(echo_len, sched)
+    data = bytes(range(256)) * (40 * 4096)  # 40 MiB
+    job = echo.submit(7, data)
+    got = job()
+    assert job.status == DispyJob.Finished, job.exception
+    assert got[:2] == (7, len(data))
+    assert hashlib.sha256(got[2]).digest() == hashlib.sha256(data).digest()
+    echo.close()
+
+
+def test_two_clusters_in_one_program_and_a_node_that_comes_later(
+    node_factory, scheduler_factory, shared_factory
+):
+    first = node_factory.one(cpus=1, name="early", env={"NODE_TAG": "early"})
+    sched = scheduler_factory([first])
+    one = shared_factory(where, sched)
+    two = shared_factory(mark_and_sleep, sched)
+    wait_for(lambda: one.nodes() and two.nodes(), 20, "both clusters have the node")
+    late = node_factory.one(
+        cpus=1, name="late", env={"NODE_TAG": "late"},
+        extra_args=["--scheduler_node", LOOPBACK, "--scheduler_port", str(sched.port)],
+    )  # fmt: skip
+    wait_for(lambda: len(one.nodes()) == 2 and len(two.nodes()) == 2, 20, "the late node joins")
+    jobs = [two.submit(".", n, 0.2) for n in range(8)]
+    quick = [one.submit(n) for n in range(8)]
+    assert one.wait(timeout=30) and two.wait(timeout=30)
+    assert {job.result[0] for job in jobs} == {"early", "late"}
+    assert [job.result[1] for job in quick] == [n * n for n in range(8)]
+    one.close()
+    two.close()
+    assert late.running()
+
+
+def test_a_waiting_exclusive_cluster_can_close(node_factory, scheduler_factory, shared_factory, tmp_path):
+    node = node_factory.one(cpus=1, name="excl", env={"NODE_TAG": "excl"})
+    sched = scheduler_factory([node])
+    busy = shared_factory(mark_and_sleep, sched)
+    running = busy.submit(str(tmp_path), 0, 3.0)
+    excl = shared_factory(where, sched, exclusive=True)
+    queued = excl.submit(1)
+    time.sleep(0.5)
+    assert queued.status == DispyJob.Created
+    started = time.monotonic()
+    excl.close(terminate=True)
+    assert time.monotonic() - started < 5
+    assert queued.status in (DispyJob.Cancelled, DispyJob.Abandoned)
+    after = shared_factory(where, sched)
+    assert after.submit(2)() == ("excl", 4)
+    assert running() == ("excl", 0)
+    busy.close()
+    after.close()
+
+
+def test_close_waits_for_queued_jobs_and_context_manager(
+    node_factory, scheduler_factory, shared_factory, tmp_path
+):
+    node = node_factory.one(cpus=1, name="closer", env={"NODE_TAG": "c"})
+    sched = scheduler_factory([node])
+    with shared_factory(mark_and_sleep, sched) as cluster:
+        jobs = [cluster.submit(str(tmp_path), n, 0.2) for n in range(5)]
+    assert all(job.status == DispyJob.Finished for job in jobs)
+    assert cluster.submit(str(tmp_path), 9, 0) is None
+
+
+def test_pinned_jobs_on_a_killed_node_and_the_node_back(
+    node_factory, scheduler_factory, shared_factory, tmp_path
+):
+    victim, other = [
+        node_factory.one(cpus=1, name=n, env={"NODE_TAG": n}) for n in ("pv", "po")
+    ]
+    sched = scheduler_factory([victim, other], "--pulse_interval", "1", "--ping_interval", "1")
+    cluster = shared_factory(mark_and_sleep, sched, reentrant=True)
+    wait_for(lambda: len(cluster.nodes()) == 2, 20, "2 nodes")
+    dn = {n.port: n for n in cluster.nodes()}[victim.port]
+    pinned = [cluster.submit_node(dn, str(tmp_path), n, 2.0) for n in range(2)]
+    wait_for(lambda: (tmp_path / "0.pv").exists(), 20, "pinned job running")
+    victim.kill()
+    assert cluster.wait(timeout=40), [j.status for j in pinned]
+    # a job pinned to a node cannot move, even when reentrant: it ends Cancelled, saying why
+    for job in pinned:
+        assert job.status == DispyJob.Cancelled
+        assert f"node {LOOPBACK}:{victim.port}" in job.exception, job.exception
+    victim.start()
+    wait_for(lambda: len(cluster.nodes()) == 2, 30, "the node back")
+    again = [cluster.submit(str(tmp_path), n, 0.3) for n in range(10, 16)]
+    assert cluster.wait(timeout=30)
+    assert {j.result[0] for j in again} == {"pv", "po"}
+    cluster.close()
+
+
+def test_setup_failing_on_one_node_and_allocate_cpus(
+    node_factory, scheduler_factory, shared_factory, tmp_path
+):
+    ok, broken = [
+        node_factory.one(cpus=2, name=n, env={"NODE_TAG": n}) for n in ("sok", "sbad")
+    ]
+    sched = scheduler_factory([ok, broken])
+    recorder = Recorder()
+    cluster = shared_factory(
+        mark_and_sleep, sched, setup=functools.partial(fail_on_tag, "sbad"), cluster_status=recorder.cluster_status,
+        nodes=[NodeAllocate("127.0.0.*", cpus=1)],
+    )
+    failed = wait_for(lambda: recorder.node_events(DispyNode.SetupFailed), 20, "SetupFailed")
+    assert failed[0].port == broken.port
+    jobs = [cluster.submit(str(tmp_path), n, 0.3) for n in range(4)]
+    assert cluster.wait(timeout=30)
+    assert {j.result[0] for j in jobs} == {"sok"}
+    # NodeAllocate(cpus=1): one job at a time on the 2-CPU node
+    assert max_overlap([(j.start_time, j.end_time) for j in jobs]) == 1
+    cluster.close()
+
+
+
+def test_a_setup_that_fails_everywhere_is_named_in_the_no_node_warning(
+    node_factory, scheduler_factory, shared_factory, dispy_log
+):
+    node = node_factory.one(cpus=1, name="nosetup")
+    sched = scheduler_factory([node])
+    cluster = shared_factory(where, sched, setup=setup_nonzero)
+    job = cluster.submit(1)
+    warning = wait_for(lambda: dispy_log.find("no node serves cluster"), 20, "no-node warning")
+    assert f"nosetup ({LOOPBACK}:{node.port}, 1 CPUs, setup returned 3 (not 0))" in warning
+    assert "declined" not in warning, warning
+    cluster.close(terminate=True)
+    assert job.status in (DispyJob.Cancelled, DispyJob.Abandoned)
