@@ -35,8 +35,7 @@ NO_NODE = "no dispy node has joined cluster"
 def tagged_nodes(node_factory: Any, names: list[str], cpus: int = 2) -> list[Any]:
     """Nodes whose jobs see ``NODE_TAG`` = the node's name (so a job knows where it ran)."""
     started = [
-        node_factory.one(cpus=cpus, name=name, env={"NODE_TAG": name}, wait=False)
-        for name in names
+        node_factory.one(cpus=cpus, name=name, env={"NODE_TAG": name}, wait=False) for name in names
     ]
     for node in started:
         node.wait_ready()
@@ -221,7 +220,9 @@ def test_a_node_with_the_wrong_node_secret_is_never_used(
     node_factory, scheduler_factory, shared_factory
 ):
     good = tagged_nodes(node_factory, ["good"])[0]
-    bad = node_factory.one(cpus=2, name="bad", secret="not-the-node-secret", env={"NODE_TAG": "bad"})
+    bad = node_factory.one(
+        cpus=2, name="bad", secret="not-the-node-secret", env={"NODE_TAG": "bad"}
+    )
     sched = scheduler_factory([good], also=[bad])
     sched.wait_log(f"node at {LOOPBACK}:", timeout=20)
     sched.wait_log("refused: it does not use this scheduler's --node_secret", timeout=20)

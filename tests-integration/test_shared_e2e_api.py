@@ -88,8 +88,10 @@ def test_callback_cluster_status_print_status_and_set_node_cpus(
         cluster_status=recorder.cluster_status,
     )
     initialized = wait_for(
-        lambda: len(recorder.node_events(DispyNode.Initialized)) == 2
-        and recorder.node_events(DispyNode.Initialized),
+        lambda: (
+            len(recorder.node_events(DispyNode.Initialized)) == 2
+            and recorder.node_events(DispyNode.Initialized)
+        ),
         20,
         "both nodes Initialized in cluster_status",
     )
@@ -105,7 +107,8 @@ def test_callback_cluster_status_print_status_and_set_node_cpus(
         assert job.status == DispyJob.Finished
         assert job.result[1] == n * n
         assert job.ip_addr == LOOPBACK
-        assert job.start_time is not None and job.end_time >= job.start_time
+        assert job.start_time is not None
+        assert job.end_time >= job.start_time
         assert recorder.calls_for(n) == [(DispyJob.Finished, job.result)]
     with recorder.lock:
         job_events = [(s, node, job) for s, node, job in recorder.events if job is not None]
@@ -127,7 +130,8 @@ def test_callback_cluster_status_print_status_and_set_node_cpus(
     capsys.readouterr()
     cluster.print_status()
     table = capsys.readouterr().out
-    assert "api-a" in table and "api-b" in table, table
+    assert "api-a" in table, table
+    assert "api-b" in table, table
     assert "18 job(s)" in table, table
     done = sum(node.jobs_done for node in cluster.nodes())
     assert done == 18
@@ -178,7 +182,8 @@ def test_files_both_ways(node_factory, scheduler_factory, shared_factory, client
     assert cluster.wait(timeout=30)
     assert [job.result for job in dep_jobs] == ["for every job"] * 2
     assert on_b.result == "only b has it"
-    assert on_a.status == DispyJob.Terminated and "FileNotFoundError" in on_a.exception
+    assert on_a.status == DispyJob.Terminated  # only b has it
+    assert "FileNotFoundError" in on_a.exception
     cluster.close()
 
     # dispy_job_depends: the job's own file, not one of its arguments
@@ -188,7 +193,8 @@ def test_files_both_ways(node_factory, scheduler_factory, shared_factory, client
     job = viewer.submit("own_xyz.txt", "extra", dispy_job_depends=[str(own)])
     seen = job()
     assert job.status == DispyJob.Finished, job.exception
-    assert seen["exists"] and seen["text"] == "mine"
+    assert seen["exists"]
+    assert seen["text"] == "mine"
     assert seen["args"] == ("extra",)
     viewer.close()
 
@@ -214,7 +220,8 @@ def test_cancel_queued_and_running(node_factory, scheduler_factory, shared_facto
     pid = int(started.read_text())
     assert cluster.cancel(queued) == 0
     assert cluster.cancel(running) == 0
-    assert running.finish.wait(15) and queued.finish.wait(15)
+    assert running.finish.wait(15)
+    assert queued.finish.wait(15)
     assert running.status == DispyJob.Cancelled
     assert queued.status == DispyJob.Cancelled
     assert cluster.cancel(running) == -1  # already ended
@@ -264,8 +271,9 @@ def test_submit_node_node_jobs_and_allocate_node(
     release.write_text("go")
     assert cluster.wait(timeout=30)
     assert cluster.node_jobs(nodes[b.port]) == []
-    tags = cluster.submit_node(nodes[b.port], str(release), str(tmp_path / "third"))
-    assert tags() is not None and tags.status == DispyJob.Finished
+    third = cluster.submit_node(nodes[b.port], str(release), str(tmp_path / "third"))
+    assert third() is not None
+    assert third.status == DispyJob.Finished
     cluster.close()
 
 
@@ -315,9 +323,7 @@ def test_program_computation(node_factory, scheduler_factory, shared_factory, tm
     cluster.close()
 
 
-def test_setup_once_per_node_and_cleanup(
-    node_factory, scheduler_factory, shared_factory, tmp_path
-):
+def test_setup_once_per_node_and_cleanup(node_factory, scheduler_factory, shared_factory, tmp_path):
     a, b = tagged(node_factory, ["setup-a", "setup-b"], cpus=2)
     sched = scheduler_factory([a, b])
     runs = tmp_path / "setup-runs.txt"

@@ -41,8 +41,9 @@ def test_output_exceptions_and_large_data(node_factory, scheduler_factory, share
     cluster = shared_factory(talk, sched)
     ok, bad = cluster.submit(3), cluster.submit(-1)
     assert cluster.wait(timeout=30)
-    assert ok.result == 30 and ok.stdout == "out 3\n" and ok.stderr == "err 3\n"
-    assert bad.status == DispyJob.Terminated and "boom -1" in bad.exception
+    assert (ok.result, ok.stdout, ok.stderr) == (30, "out 3\n", "err 3\n")
+    assert bad.status == DispyJob.Terminated
+    assert "boom -1" in bad.exception
     assert bad.result is None
     cluster.close()
     echo = shared_factory(echo_len, sched)
@@ -70,7 +71,8 @@ def test_two_clusters_in_one_program_and_a_node_that_comes_later(
     wait_for(lambda: len(one.nodes()) == 2 and len(two.nodes()) == 2, 20, "the late node joins")
     jobs = [two.submit(".", n, 0.2) for n in range(8)]
     quick = [one.submit(n) for n in range(8)]
-    assert one.wait(timeout=30) and two.wait(timeout=30)
+    assert one.wait(timeout=30)
+    assert two.wait(timeout=30)
     assert {job.result[0] for job in jobs} == {"early", "late"}
     assert [job.result[1] for job in quick] == [n * n for n in range(8)]
     one.close()
@@ -78,7 +80,9 @@ def test_two_clusters_in_one_program_and_a_node_that_comes_later(
     assert late.running()
 
 
-def test_a_waiting_exclusive_cluster_can_close(node_factory, scheduler_factory, shared_factory, tmp_path):
+def test_a_waiting_exclusive_cluster_can_close(
+    node_factory, scheduler_factory, shared_factory, tmp_path
+):
     node = node_factory.one(cpus=1, name="excl", env={"NODE_TAG": "excl"})
     sched = scheduler_factory([node])
     busy = shared_factory(mark_and_sleep, sched)
@@ -112,9 +116,7 @@ def test_close_waits_for_queued_jobs_and_context_manager(
 def test_pinned_jobs_on_a_killed_node_and_the_node_back(
     node_factory, scheduler_factory, shared_factory, tmp_path
 ):
-    victim, other = [
-        node_factory.one(cpus=1, name=n, env={"NODE_TAG": n}) for n in ("pv", "po")
-    ]
+    victim, other = [node_factory.one(cpus=1, name=n, env={"NODE_TAG": n}) for n in ("pv", "po")]
     sched = scheduler_factory([victim, other], "--pulse_interval", "1", "--ping_interval", "1")
     cluster = shared_factory(mark_and_sleep, sched, reentrant=True)
     wait_for(lambda: len(cluster.nodes()) == 2, 20, "2 nodes")
@@ -138,13 +140,14 @@ def test_pinned_jobs_on_a_killed_node_and_the_node_back(
 def test_setup_failing_on_one_node_and_allocate_cpus(
     node_factory, scheduler_factory, shared_factory, tmp_path
 ):
-    ok, broken = [
-        node_factory.one(cpus=2, name=n, env={"NODE_TAG": n}) for n in ("sok", "sbad")
-    ]
+    ok, broken = [node_factory.one(cpus=2, name=n, env={"NODE_TAG": n}) for n in ("sok", "sbad")]
     sched = scheduler_factory([ok, broken])
     recorder = Recorder()
     cluster = shared_factory(
-        mark_and_sleep, sched, setup=functools.partial(fail_on_tag, "sbad"), cluster_status=recorder.cluster_status,
+        mark_and_sleep,
+        sched,
+        setup=functools.partial(fail_on_tag, "sbad"),
+        cluster_status=recorder.cluster_status,
         nodes=[NodeAllocate("127.0.0.*", cpus=1)],
     )
     failed = wait_for(lambda: recorder.node_events(DispyNode.SetupFailed), 20, "SetupFailed")
@@ -155,7 +158,6 @@ def test_setup_failing_on_one_node_and_allocate_cpus(
     # NodeAllocate(cpus=1): one job at a time on the 2-CPU node
     assert max_overlap([(j.start_time, j.end_time) for j in jobs]) == 1
     cluster.close()
-
 
 
 def test_a_setup_that_fails_everywhere_is_named_in_the_no_node_warning(
@@ -170,3 +172,43 @@ def test_a_setup_that_fails_everywhere_is_named_in_the_no_node_warning(
     assert "declined" not in warning, warning
     cluster.close(terminate=True)
     assert job.status in (DispyJob.Cancelled, DispyJob.Abandoned)
+
+
+def test_node_kill_with_two_clients_one_reentrant(
+    node_factory, scheduler_factory, shared_factory, tmp_path
+):
+    """Each computation on a killed node gets its own outcome: moved, or Cancelled."""
+    victim, survivor = [
+        node_factory.one(cpus=2, name=n, env={"NODE_TAG": n}) for n in ("victim", "survivor")
+    ]
+    sched = scheduler_factory([victim, survivor], "--pulse_interval", "1")
+    moving = shared_factory(mark_and_sleep, sched, reentrant=True)
+    ending = shared_factory(mark_and_sleep, sched, reentrant=False)
+    wait_for(lambda: len(moving.nodes()) == 2 and len(ending.nodes()) == 2, 20, "nodes")
+    marks = {"m": tmp_path / "m", "e": tmp_path / "e"}
+    for folder in marks.values():
+        folder.mkdir()
+
+    def on_victim(folder):
+        return {int(p.name.split(".")[0]) for p in folder.iterdir() if p.name.endswith("victim")}
+
+    moved = [moving.submit(str(marks["m"]), n, 1.5) for n in range(6)]
+    ended = [ending.submit(str(marks["e"]), n, 1.5) for n in range(6)]
+    wait_for(
+        lambda: on_victim(marks["m"]) and on_victim(marks["e"]), 20, "both have a job on victim"
+    )
+    cancelled = on_victim(marks["e"])
+    victim.kill()
+    assert moving.wait(timeout=40)
+    assert ending.wait(timeout=40)
+    assert [(j.status, j.result) for j in moved] == [
+        (DispyJob.Finished, ("survivor", n)) for n in range(6)
+    ]
+    for n, job in enumerate(ended):
+        if n in cancelled:
+            assert job.status == DispyJob.Cancelled
+            assert f"node {LOOPBACK}:{victim.port}" in job.exception
+        else:
+            assert job.status in (DispyJob.Finished, DispyJob.Cancelled)
+    moving.close()
+    ending.close()

@@ -1,4 +1,4 @@
-"""A real ``dispy.SharedJobCluster`` in its own process (:class:`harness.client_proc.ClientProcess`).
+"""A real ``dispy.SharedJobCluster`` in a process of its own (``harness.client_proc``).
 
 The shared-execution end-to-end tests run several user programs at once, each its own
 process, as users do. :func:`shared_client` starts one: it creates a SharedJobCluster of
