@@ -16,7 +16,7 @@ import time
 import pytest
 from harness import wait_for
 from harness.computations import echo_len, talk
-from harness.features import Recorder, max_overlap, setup_nonzero
+from harness.features import Recorder, max_overlap, read_text, setup_nonzero
 from harness.ports import LOOPBACK
 from harness.shared_inproc import SharedFactory
 from harness.shared_work import fail_on_tag, mark_and_sleep, where
@@ -212,3 +212,46 @@ def test_node_kill_with_two_clients_one_reentrant(
             assert job.status in (DispyJob.Finished, DispyJob.Cancelled)
     moving.close()
     ending.close()
+
+
+def test_files_over_the_schedulers_max_file_size_fail_what_needs_them(
+    node_factory, scheduler_factory, shared_factory, tmp_path, dispy_log
+):
+    """As a node does with a file over its --max_file_size: the job that needs the file ends
+    Terminated saying why, a computation whose dependency was refused is set up nowhere
+    (each node SetupFailed with the reason); neither runs without its file."""
+    node = node_factory.one(cpus=1, name="limited")
+    sched = scheduler_factory([node], "--max_file_size", "1k")
+    big = tmp_path / "big_xyz.txt"
+    big.write_text("x" * 2000)
+    small = tmp_path / "small_xyz.txt"
+    small.write_text("fits")
+    limit = "over the scheduler's --max_file_size of 1024 bytes"
+    cluster = shared_factory(read_text, sched, depends=[str(small)])
+    (dn,) = wait_for(cluster.nodes, 20, "the node")
+    assert cluster.send_file(str(big), dn) == -1
+    refused = cluster.submit("big_xyz.txt", dispy_job_depends=[str(big)])
+    fine = cluster.submit("small_xyz.txt")
+    assert cluster.wait(timeout=30)
+    assert refused.status == DispyJob.Terminated
+    assert f"a file of this job was refused: file 'big_xyz.txt' of 2000 bytes is {limit}" in (
+        refused.exception
+    )
+    assert fine.result == "fits"
+    cluster.close()
+
+    recorder = Recorder()
+    broken = shared_factory(
+        read_text, sched, depends=[str(big)], cluster_status=recorder.cluster_status
+    )
+    job = broken.submit("big_xyz.txt")
+    (failed,) = wait_for(
+        lambda: recorder.node_events(DispyNode.SetupFailed), 20, "the node SetupFailed"
+    )
+    assert failed.port == node.port
+    assert limit in failed.error
+    warning = wait_for(lambda: dispy_log.find("no node serves cluster"), 20, "no-node warning")
+    assert limit in warning
+    assert job.status == DispyJob.Created
+    broken.close(terminate=True)
+    assert not node.log_contains("big_xyz.txt")
