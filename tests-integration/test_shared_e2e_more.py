@@ -3,8 +3,9 @@
 Job output and exceptions, 40 MiB each way through the scheduler, two clusters in one
 program, a node that joins later or comes back after ``kill -9``, pinned jobs on a node
 that dies, an exclusive cluster closed while it waits for its turn, ``close()`` waiting for
-queued jobs, a setup that fails on one node (or all: the no-node warning says so) and
-NodeAllocate's ``cpus`` on a shared node.
+queued jobs, a setup that fails on one node (or all: the no-node warning says so),
+NodeAllocate's ``cpus`` on a shared node, a node killed under two clients (one reentrant),
+files over the scheduler's ``--max_file_size``, and a scheduler that is not there.
 """
 
 from __future__ import annotations
@@ -14,13 +15,14 @@ import hashlib
 import time
 
 import pytest
-from harness import wait_for
+from harness import free_port, wait_for
 from harness.computations import echo_len, talk
 from harness.features import Recorder, max_overlap, read_text, setup_nonzero
 from harness.ports import LOOPBACK
 from harness.shared_inproc import SharedFactory
 from harness.shared_work import fail_on_tag, mark_and_sleep, where
 
+import dispy
 from dispy import DispyJob, DispyNode, NodeAllocate
 
 pytestmark = pytest.mark.timeout(60)
@@ -255,3 +257,27 @@ def test_files_over_the_schedulers_max_file_size_fail_what_needs_them(
     assert job.status == DispyJob.Created
     broken.close(terminate=True)
     assert not node.log_contains("big_xyz.txt")
+
+
+def test_an_unreachable_scheduler_is_a_clear_error_and_none_means_this_host(
+    node_factory, scheduler_factory, cluster_secret
+):
+    nowhere = free_port()  # nothing listens there
+    started = time.monotonic()
+    with pytest.raises(dispy.SchedulerError) as refused:
+        dispy.SharedJobCluster(where, scheduler_port=nowhere, secret=cluster_secret, port=0)
+    assert time.monotonic() - started < 10
+    text = str(refused.value)
+    assert f"dispy-scheduler at {LOOPBACK}:{nowhere}" in text, text
+    assert "secret" in text, text
+    assert "TLS" in text, text
+    node = node_factory.one(cpus=1, name="here")
+    sched = scheduler_factory([node])
+    # scheduler_node=None: the scheduler on this host
+    cluster = dispy.SharedJobCluster(
+        where, scheduler_port=sched.scheduler_port, secret=cluster_secret, port=0
+    )
+    try:
+        assert cluster.submit(5)() == (None, 25)
+    finally:
+        cluster.close(terminate=True)
