@@ -6,7 +6,8 @@ process, as users do. :func:`shared_client` starts one: it creates a SharedJobCl
 ``dispy-scheduler serve``, prints ``ready``, optionally waits for a file ``go``, submits its
 jobs, prints ``submitted``, waits for all of them, prints one ``summary`` line (JSON: each
 job's status, result and exception, and wall times), closes and prints ``closed``. A
-``SchedulerError`` from the constructor is printed as ``error <text>``.
+``SchedulerError`` from the constructor is printed as ``error <text>``. With ``marks`` (a
+folder), each job leaves ``<tag>.<n>.<node>`` there when it starts.
 
 :func:`summary` reads that line back; :func:`spans` turns results into
 ``(tag, node tag, start, end)`` rows for the interleaving and exclusivity checks.
@@ -33,11 +34,14 @@ sys.path.insert(0, {root!r})
 import dispy
 
 
-def stamp(tag, n, seconds):
+def stamp(tag, n, seconds, marks):
     import os as _os
     import time as _time
 
     start = _time.time()
+    if marks:
+        with open(_os.path.join(marks, f"{{tag}}.{{n}}.{{_os.environ.get('NODE_TAG')}}"), "w"):
+            pass
     _time.sleep(seconds)
     return [tag, _os.environ.get("NODE_TAG"), start, _time.time(), n * n]
 
@@ -72,7 +76,7 @@ if cfg["go"]:
     while not os.path.exists(cfg["go"]):
         time.sleep(0.02)
 t_submit = time.time()
-jobs = [cluster.submit(cfg["tag"], n, cfg["seconds"]) for n in range(cfg["jobs"])]
+jobs = [cluster.submit(cfg["tag"], n, cfg["seconds"], cfg["marks"]) for n in range(cfg["jobs"])]
 say("submitted")
 cluster.wait()
 t_done = time.time()
@@ -101,6 +105,7 @@ def shared_client(
     reentrant: bool = False,
     tls: tuple[str, str] | None = None,
     go: Path | None = None,
+    marks: Path | None = None,
 ) -> ClientProcess:
     """A started client process named ``name`` (also its jobs' tag); see the module doc."""
     workdir.mkdir(parents=True, exist_ok=True)
@@ -117,6 +122,7 @@ def shared_client(
                 "reentrant": reentrant,
                 "tls": list(tls) if tls else None,
                 "go": str(go) if go else None,
+                "marks": str(marks) if marks else None,
             }
         )
     )
