@@ -334,7 +334,7 @@ def test_a_job_cluster_is_refused_while_the_scheduler_holds_the_nodes(
     shared = shared_factory(where, sched)
     first = [shared.submit(n) for n in range(6)]
     assert shared.wait(timeout=30)
-    alone = cluster_factory(square_plus, nodes)
+    alone = cluster_factory(square_plus, nodes, ping_interval=1)
     waiting = alone.submit(3)
     warning = wait_for(lambda: dispy_log.find(NO_NODE), 15, "the JobCluster's no-node warning")
     assert "node is serving a scheduler" in warning, warning
@@ -344,8 +344,12 @@ def test_a_job_cluster_is_refused_while_the_scheduler_holds_the_nodes(
     assert shared.wait(timeout=30)
     assert [job.result[1] for job in first + more] == [n * n for n in range(12)]
     assert all(job.status == DispyJob.Finished for job in first + more)
-    alone.close(terminate=True)
     shared.close()
+    # once the scheduler is gone, the nodes let the refused JobCluster in
+    assert sched.stop() == 0
+    assert waiting.finish.wait(20), "the JobCluster should get a node after the scheduler"
+    assert waiting.result == square_plus(3)
+    alone.close()
 
 
 def make_certificate(folder: Path, name: str) -> tuple[Path, Path]:
