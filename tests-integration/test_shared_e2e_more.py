@@ -5,7 +5,8 @@ program, a node that joins later or comes back after ``kill -9``, pinned jobs on
 that dies, an exclusive cluster closed while it waits for its turn, ``close()`` waiting for
 queued jobs, a setup that fails on one node (or all: the no-node warning says so),
 NodeAllocate's ``cpus`` on a shared node, a node killed under two clients (one reentrant),
-files over the scheduler's ``--max_file_size``, and a scheduler that is not there.
+files over the scheduler's ``--max_file_size``, a scheduler that is not there, and a node
+only the client names (with its port).
 """
 
 from __future__ import annotations
@@ -281,3 +282,18 @@ def test_an_unreachable_scheduler_is_a_clear_error_and_none_means_this_host(
         assert cluster.submit(5)() == (None, 25)
     finally:
         cluster.close(terminate=True)
+
+
+def test_a_node_only_the_client_names_is_found_by_the_scheduler(
+    node_factory, scheduler_factory, shared_factory
+):
+    """``nodes=[(host, port)]`` of a node the scheduler was not told about: the scheduler
+    pings it there (the port too, not only the host) and it serves the computation."""
+    known = node_factory.one(cpus=1, name="known", env={"NODE_TAG": "known"})
+    listed = node_factory.one(cpus=1, name="listed", env={"NODE_TAG": "listed"})
+    sched = scheduler_factory([known])
+    cluster = shared_factory(where, sched, nodes=[listed.address])
+    (node,) = wait_for(cluster.nodes, 20, "the listed node should serve the cluster")
+    assert node.port == listed.port
+    assert cluster.submit(3)() == ("listed", 9)
+    cluster.close()
