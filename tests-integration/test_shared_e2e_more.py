@@ -84,7 +84,7 @@ def test_two_clusters_in_one_program_and_a_node_that_comes_later(
 
 
 def test_a_waiting_exclusive_cluster_can_close(
-    node_factory, scheduler_factory, shared_factory, tmp_path
+    node_factory, scheduler_factory, shared_factory, tmp_path, dispy_log
 ):
     node = node_factory.one(cpus=1, name="excl", env={"NODE_TAG": "excl"})
     sched = scheduler_factory([node])
@@ -92,7 +92,8 @@ def test_a_waiting_exclusive_cluster_can_close(
     running = busy.submit(str(tmp_path), 0, 3.0)
     excl = shared_factory(where, sched, exclusive=True)
     queued = excl.submit(1)
-    time.sleep(0.5)
+    wait_for(lambda: dispy_log.find("waits for its turn"), 20, "the exclusive cluster waits")
+    wait_for(lambda: (tmp_path / "0.excl").exists(), 20, "the busy cluster's job runs")
     assert queued.status == DispyJob.Created
     started = time.monotonic()
     excl.close(terminate=True)
