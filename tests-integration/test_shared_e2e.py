@@ -6,6 +6,11 @@ One ``dispy-scheduler serve``, two or three ``dispy-node``s, and the clients are
 start and end times, so the tests show interleaving, fairness and exclusivity from what
 actually ran, not from what the scheduler says it did. The node secret and the cluster
 secret differ in every test.
+
+Also here: wrong cluster and node secrets, TLS on both sides, ``kill -9`` of a node under a
+reentrant and a non-reentrant computation, and a JobCluster refused while the scheduler
+holds the nodes. The API, feature by feature, is in ``test_shared_e2e_api.py``; more cases
+in ``test_shared_e2e_more.py``.
 """
 
 from __future__ import annotations
@@ -205,15 +210,6 @@ def test_wrong_cluster_secret_is_a_clear_error_on_both_sides(
     assert "secret" in line, line
     assert client.wait(10) == 3
     sched.wait_log("refused: it does not use this scheduler's --cluster_secret")
-
-
-def _run_one(path: Path, sched: Any, secret: str, **kwargs: Any) -> dict[str, Any]:
-    client = shared_client(
-        path, name=path.name, scheduler_port=sched.scheduler_port, secret=secret, **kwargs
-    )
-    got = summary(client, 60)
-    client.wait_line("closed", 30)
-    return got
 
 
 @pytest.fixture
