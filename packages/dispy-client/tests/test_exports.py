@@ -24,6 +24,12 @@ def test_reference_names_are_exported():
     assert expected <= set(dispy.__all__)
 
 
+def test_the_shared_cluster_error_can_be_caught_by_its_public_name():
+    # SharedJobCluster's constructor raises it (scheduler unreachable, wrong secret, TLS)
+    assert issubclass(dispy.SchedulerError, ConnectionError)
+    assert "SchedulerError" in dispy.__all__
+
+
 def test_version_is_a_string():
     assert isinstance(dispy.__version__, str)
 

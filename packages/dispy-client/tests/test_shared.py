@@ -483,3 +483,17 @@ def test_no_node_serving_the_computation_is_warned_about(
         cluster.cancel(job)
         assert job.finish.wait(5)
         assert job.status == JobStatus.Cancelled
+
+
+def test_hosts_for_the_scheduler_keep_a_node_entrys_port():
+    # The scheduler pings a bare name at its own --node_port: a port given here must go too.
+    from dispy.shared import scheduler_hosts
+
+    nodes = [
+        dispy.NodeAllocate("127.0.0.2"),
+        dispy.NodeAllocate("127.0.0.3", port=9999),
+        dispy.NodeAllocate("127.0.0.*", port=9999),
+        dispy.NodeAllocate("::1", port=9999),
+    ]
+    assert scheduler_hosts(nodes, 51348) == ["127.0.0.2", "127.0.0.3:9999", "::1"]
+    assert scheduler_hosts(nodes[:1], 7000) == ["127.0.0.2:7000"]

@@ -314,13 +314,9 @@ class SharedJobs(JobEnds):
         """The warning given while no node serves the computation: what was offered."""
         host, port = self.shared.scheduler
         offered = [
-            f"{o.name} ({key[0]}:{key[1]}, {o.cpus} CPUs"
-            + (", declined by this cluster's nodes" if key not in self.allocated else "")
-            + (f", {self.known_nodes[key].error}" if key in self.known_nodes
-               and self.known_nodes[key].error else "")
-            + ")"
+            f"{o.name} ({key[0]}:{key[1]}, {o.cpus} CPUs{self._why_not_used(key)})"
             for key, o in self.offers.items()
-        ]  # fmt: skip
+        ]
         return "\n".join(
             [
                 f"no node serves cluster {self.opts.name!r} on dispy-scheduler {host}:{port} "
@@ -332,6 +328,16 @@ class SharedJobs(JobEnds):
                 "on them (see the warnings above).",
             ]
         )
+
+    def _why_not_used(self, key: NodeKey) -> str:
+        # A node given CPUs that then failed (setup, lost) was not declined: say what
+        # happened to it instead.
+        node = self.known_nodes.get(key)
+        if node is not None and node.error:
+            return f", {node.error}"
+        if key not in self.allocated:
+            return ", declined by this cluster's nodes"
+        return ""
 
     def node_keys(self) -> list[NodeKey]:
         """Nodes given to this computation (set up or being set up)."""

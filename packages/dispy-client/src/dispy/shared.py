@@ -32,6 +32,23 @@ log = logging.getLogger("dispy")
 __all__ = ["SchedulerError", "SharedJobCluster"]
 
 
+def scheduler_hosts(nodes: Sequence[NodeAllocate], node_port: int) -> list[str]:
+    """The ``nodes`` entries the scheduler should ping, as its ``--nodes`` values.
+
+    Patterns are left out (the scheduler's broadcast covers its LAN). An entry with a port,
+    or any entry when ``node_port`` is not the default, is ``host:port``: the scheduler
+    would ping a bare name at its own ``--node_port`` and miss a node listening elsewhere.
+    """
+    hosts = []
+    for alloc in nodes:
+        if is_pattern(alloc.host):
+            continue
+        port = alloc.port if alloc.port is not None else node_port
+        bare = port == NODE_PORT or ":" in alloc.host  # IPv6 literals: host only
+        hosts.append(alloc.host if bare else f"{alloc.host}:{port}")
+    return hosts[:1024]
+
+
 class SharedJobCluster(ClusterFacade):
     """A cluster whose jobs dispy-scheduler runs on nodes it shares with other clients.
 
@@ -166,7 +183,7 @@ class SharedJobCluster(ClusterFacade):
             scheduler=self.scheduler,
             scheduler_name=sched_name,
             exclusive=bool(exclusive),
-            hosts=[a.host for a in node_list if not is_pattern(a.host)][:1024],
+            hosts=scheduler_hosts(node_list, node_port),
         )
         callbacks = CallbackRunner(name)
         self._start(name, SharedCore(self._options, shared, callbacks, self), callbacks)

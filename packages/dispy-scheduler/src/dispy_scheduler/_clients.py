@@ -49,6 +49,7 @@ from dispy_core.protocol.messages import (
     Notice,
     Pulse,
     SharedComputation,
+    SharedEnded,
     SharedFilePut,
     SharedStatus,
     SharedSubmit,
@@ -157,7 +158,14 @@ def _on_message(
     elif isinstance(msg, JobAck):
         sched.client_acked(comp, msg.job_ids)
     elif isinstance(msg, FilePut):
-        if not _size_ok(sched, link, msg.path, msg.size):
+        refused = _too_big(sched, link, msg.path, msg.size)
+        if refused is not None:
+            # As a node does with a file it refuses: the job that needs it, or the
+            # computation on every node, fails with the reason, rather than run without it.
+            if msg.job_id is not None:
+                comp.refused_files.setdefault(msg.job_id, refused)
+            elif comp.setup_error is None:
+                comp.setup_error = refused
             return None
         if msg.job_id is not None:
             comp.job_files.setdefault(msg.job_id, []).append((msg, bytes(payload)))
@@ -171,7 +179,7 @@ def _on_message(
         if comp.opened:
             sched.handle(CancelRequested(comp.sched_id, tuple(msg.job_ids)))
     elif isinstance(msg, SharedFilePut):
-        if _size_ok(sched, link, msg.path, msg.size):
+        if _too_big(sched, link, msg.path, msg.size) is None:
             sched.file_to_node(link, comp, msg, payload)
         else:
             link.send(FileAck(comp_id=comp.comp_id, req=msg.req, error="over --max_file_size"))
@@ -243,15 +251,17 @@ async def _dependency(
     comp.files.append(DepFile(msg.path, msg.size, msg.mode, msg.mtime))
 
 
-def _size_ok(sched: Scheduler, link: ClientLink, path: str, size: int) -> bool:
+def _too_big(sched: Scheduler, link: ClientLink, path: str, size: int) -> str | None:
+    """Why the file is refused (the client is told), or None if it may pass."""
     limit = sched.settings.max_file_size
     if limit and size > limit:
-        link.notice(
+        reason = (
             f"file {path!r} of {size} bytes is over the scheduler's --max_file_size of "
-            f"{limit} bytes: not sent to the nodes"
+            f"{limit} bytes"
         )
-        return False
-    return True
+        link.notice(f"{reason}: not sent to the nodes")
+        return reason
+    return None
 
 
 async def _start(sched: Scheduler, link: ClientLink, comp: SharedComp, payload: Payload) -> None:
@@ -312,15 +322,24 @@ def _submit(
     pinned = {job_id: (host, port) for job_id, host, port in msg.pinned}
     view = memoryview(payload)
     specs = []
+    ended: list[tuple[int, str, str]] = []
     at = 0
     for job_id, size in msg.jobs:
         if job_id in comp.args:
             link.notice(f"job id {job_id} is already in use: job ignored")
             at += size
             continue
+        refused = comp.refused_files.pop(job_id, None)
+        if refused is not None:
+            comp.job_files.pop(job_id, None)
+            ended.append((job_id, "terminated", f"a file of this job was refused: {refused}"))
+            at += size
+            continue
         comp.args[job_id] = view[at : at + size]
         at += size
         specs.append(JobSpec(job_id, size, pinned.get(job_id)))
+    if ended:
+        link.send(SharedEnded(comp_id=comp.comp_id, jobs=ended))  # type: ignore[arg-type]
     try:
         sched.handle(JobsSubmitted(comp.sched_id, tuple(specs)))
     except EngineError as exc:

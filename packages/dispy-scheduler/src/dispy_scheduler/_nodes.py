@@ -152,6 +152,10 @@ def _tell(comp: SharedComp, link: NodeLink, status: str, reason: str | None) -> 
 
 def set_up(sched: Scheduler, comp: SharedComp, link: NodeLink, cpus: int) -> None:
     """Set the computation up on the node with ``cpus`` (at most the node's)."""
+    if comp.setup_error is not None:
+        # a dependency was refused here: the node could not run it as its client meant
+        _tell(comp, link, "setup_failed", comp.setup_error)
+        return
     cpus = min(cpus, link.info.cpus)
     comp.setup[link.key] = cpus
     sched.tasks.start(_set_up(sched, comp, link, cpus), name=f"set up {comp.name} on {link.name}")

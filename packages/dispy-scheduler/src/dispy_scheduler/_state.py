@@ -110,6 +110,10 @@ class SharedComp:
     # each job's arguments: a view of the sched.submit payload they came in (not copied)
     args: dict[int, Payload] = field(default_factory=dict)
     job_files: dict[int, list[tuple[FilePut, bytes]]] = field(default_factory=dict)
+    # why a job's own file was refused (--max_file_size): the job ends Terminated at submit
+    refused_files: dict[int, str] = field(default_factory=dict)
+    # why a dependency was refused: no node can run the computation without it
+    setup_error: str | None = None
     offered: set[NodeKey] = field(default_factory=set)
     setup: dict[NodeKey, int] = field(default_factory=dict)  # nodes set up: cpus asked
     ready: set[NodeKey] = field(default_factory=set)
