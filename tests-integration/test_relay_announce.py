@@ -175,6 +175,6 @@ def test_the_scheduler_pings_a_relay_that_announces_itself(
     }
     assert third.pings() == []
     assert all(f.pings() == [] for f in fakes if f is not real)
-    sched.wait_log("relay 127.0.5.3:%d (it calls itself 127.0.0.9) announced itself" % relay_port)
+    sched.wait_log(f"relay 127.0.5.3:{relay_port} (it calls itself 127.0.0.9) announced itself")
     assert sched.running()
     assert "Traceback" not in sched.log_text()
