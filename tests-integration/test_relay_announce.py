@@ -154,9 +154,7 @@ def test_a_flood_of_announcements_costs_a_bounded_number_of_pings(
     assert [j.result for j in jobs] == [square_plus(i) for i in range(4)]
 
 
-def test_the_scheduler_pings_a_relay_that_announces_itself(
-    node_factory, scheduler_factory, fakes
-):
+def test_the_scheduler_pings_a_relay_that_announces_itself(node_factory, scheduler_factory, fakes):
     node = node_factory.one(name="local")
     sched = scheduler_factory([node])
     to = ("127.0.0.1", sched.scheduler_port)
