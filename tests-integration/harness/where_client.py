@@ -71,7 +71,7 @@ def on_status(status, node, job):
 
 
 nodes = [node if isinstance(node, str) else tuple(node) for node in cfg["nodes"]]
-cluster = dispy.JobCluster(
+cluster = getattr(dispy, cfg["cluster_class"])(
     where,
     nodes=nodes,
     ip_addr=cfg["ip_addr"],
@@ -124,8 +124,10 @@ def where_client(
     hold: Path | None = None,
     options: dict[str, Any] | None = None,
     name: str = "client",
+    cluster_class: str = "JobCluster",
 ) -> ClientProcess:
-    """A started client; see the module doc."""
+    """A started client; see the module doc (``cluster_class`` ``"SharedJobCluster"``: the
+    same through a scheduler, named in ``options``)."""
     workdir.mkdir(parents=True, exist_ok=True)
     config = workdir / f"{name}.json"
     config.write_text(
@@ -139,6 +141,7 @@ def where_client(
                 "node_timeout": node_timeout,
                 "hold": str(hold) if hold is not None else "",
                 "options": options or {},
+                "cluster_class": cluster_class,
             }
         )
     )

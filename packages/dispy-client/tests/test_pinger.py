@@ -6,7 +6,9 @@ import socket
 from types import SimpleNamespace
 
 from dispy._pinger import Pinger
-from dispy_core.protocol.discovery import Ping, decode_ping
+from dispy.nodes import NodeAllocate
+from dispy_core.protocol.discovery import Ping, RelayAnnounce, decode_ping, encode_relay
+from dispy_core.protocol.fanout import Target
 
 
 def test_each_ping_leaves_from_a_socket_bound_to_its_reply_address():
@@ -27,3 +29,14 @@ def test_each_ping_leaves_from_a_socket_bound_to_its_reply_address():
         finally:
             pinger.close()
     assert pinger._socks == {}
+
+
+def test_relays_heard_of_are_pinged_with_the_listed_nodes_once_each():
+    nodes = [NodeAllocate("*"), NodeAllocate("10.0.0.1", port=51348)]
+    opts = SimpleNamespace(ip_addrs=[], ext_ip_addrs=[], nodes=nodes, node_port=51348)
+    pinger = Pinger(opts, "token-0123456789")  # type: ignore[arg-type]
+    for source, port in (("10.0.0.1", 51348), ("10.0.0.2", 4000)):
+        announce = RelayAnnounce(relay_addr="172.16.3.2", relay_port=port)
+        pinger.relays._heard(encode_relay(announce), source)  # no sender yet: no ping
+    # the relay listed already is not pinged twice; the other is pinged at its source
+    assert pinger.targets() == [Target("*"), Target("10.0.0.1", 51348), Target("10.0.0.2", 4000)]

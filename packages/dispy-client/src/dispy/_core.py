@@ -176,6 +176,7 @@ class ClusterCore(JobShell):
         if not opts.secret:
             log.warning(self._no_secret_warning())
         self.pinger.start(self.port)
+        await self.pinger.listen_relays()
         self.pinger.ping_all()
         self._tasks.start(self._watchdog())
         self._tasks.start(self._pulse_monitor(opts.pulse_interval))

@@ -9,7 +9,9 @@ role ``client`` for a SharedJobCluster, ``recover`` for ``recover_jobs``). It fi
 a client does (PROTOCOL.md 6.2): a broadcast on the LAN, unicast pings to ``--nodes`` and
 to the hosts clients name, again on core's re-ping schedule, every ``--ping_interval`` (60 s
 without it) and whenever a computation opens; nodes started with ``--scheduler_node``
-connect by themselves. A tick every second lets the
+connect by themselves. A dispy-relay started with ``--scheduler_node`` announces itself on
+UDP ``--scheduler_port`` (PROTOCOL.md 6.6): it is pinged at once and in every round from
+then on, like a host in ``--nodes``. A tick every second lets the
 engine declare silent nodes dead. Files that jobs send and that clients send to one node
 are forwarded with their ``req`` renumbered, so acknowledgements find their way back.
 
@@ -31,6 +33,7 @@ from dispy_core import netinfo
 from dispy_core.aio.admission import Admission, start_server
 from dispy_core.aio.connection import Connection
 from dispy_core.aio.fanout import PingSender, Presence, keep_pinging
+from dispy_core.aio.relays import RelayListener
 from dispy_core.aio.signals import stop_on_signals
 from dispy_core.aio.tasks import TaskOwner
 from dispy_core.engine import CancelRequested, ComputationClosed, Tick
@@ -39,6 +42,7 @@ from dispy_core.protocol.fanout import PingSend, Target, plan_pings
 from dispy_core.protocol.framing import Payload
 from dispy_core.protocol.handshake import WRONG_SECRET
 from dispy_core.protocol.messages import FileAck, FilePut, NodeOffer, SharedFilePut
+from dispy_core.protocol.relays import KnownRelay
 from dispy_core.security import TLSConfig
 from dispy_scheduler._clients import ClientLink, serve_client
 from dispy_scheduler._nodes import NodeLink, serve_node
@@ -117,6 +121,7 @@ class Scheduler(Shell):
         self._sender: PingSender | None = None
         self._hosts: list[str] = []
         self._sent: list[PingSend] = []
+        self.relays = RelayListener(self._relay_heard, logger=log)
         self._routes: dict[int, _FileRoute] = {}
         self._req = 0
         self._clients: set[Connection] = set()
@@ -145,6 +150,7 @@ class Scheduler(Shell):
         if s.httpd:
             log.warning("--httpd: the web monitor is not available yet; scheduling goes on")
         self._sender = PingSender(s.ip_addrs)
+        await self.relays.start(s.ip_addrs, self.scheduler_port)
         self.ping_all()
         self._loops = [
             self.tasks.start(self._discovery(), name="discovery"),
@@ -209,6 +215,7 @@ class Scheduler(Shell):
             for n in self.nodes.values()
         ]
         await asyncio.gather(*goodbyes, return_exceptions=True)
+        self.relays.close()
         if self._sender is not None:
             self._sender.close()
         await self.tasks.close(grace=self.settings.msg_timeout)
@@ -301,7 +308,18 @@ class Scheduler(Shell):
             return
         s = self.settings
         targets = [Target("*")] + [_target(n) for n in (*s.nodes, *self._hosts)]
-        self._sent = plan_pings(
+        targets += self.relays.targets(targets, s.node_port)
+        self._sent = self._plan(targets)
+        self._sender.send_all(self._sent)
+
+    def _relay_heard(self, relay: KnownRelay) -> None:
+        # A relay announces itself when nobody pinged through it for a while: ping it now.
+        if self._sender is not None:
+            self._sender.send_all(self._plan([relay.target()]))
+
+    def _plan(self, targets: list[Target]) -> list[PingSend]:
+        s = self.settings
+        return plan_pings(
             targets,
             cluster=self.token,
             reply_port=self.port,
@@ -312,7 +330,6 @@ class Scheduler(Shell):
             route=netinfo.route_to,
             role="scheduler",
         )
-        self._sender.send_all(self._sent)
 
     def ping_hosts(self, hosts: list[str]) -> None:
         """A computation opens: ping again (nodes started since the last ping join now),
