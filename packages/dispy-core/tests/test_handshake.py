@@ -682,3 +682,13 @@ def test_arbitrary_handshake_messages_give_only_protocol_errors(kind, fields):
             shake.receive(parse_handshake(header))
         except RemoteProtocolError:
             continue
+
+
+def test_a_refusal_for_a_huge_type_fits_a_refused_reason():
+    # Found by Hypothesis (test_fuzz): a 2,000-character ``type`` made the error text longer
+    # than a ``refused`` reason may be, so building the refusal itself failed.
+    header = json.dumps({"type": "x" * 2000, "protocol": PROTOCOL_VERSION}).encode()
+    with pytest.raises(RemoteProtocolError) as caught:
+        parse_handshake(header)
+    Refused(reason=str(caught.value))  # must validate
+    assert len(str(caught.value)) < 1024

@@ -69,6 +69,7 @@ from dispy_core.protocol.messages import (
     Role,
     Welcome,
     _first_error,
+    clip,
 )
 
 State = Literal["start", "sent_hello", "sent_challenge", "sent_proof", "done", "failed"]
@@ -115,7 +116,10 @@ def parse_handshake(header: bytes) -> HandshakeMessage:
         raise VersionMismatchError(PROTOCOL_VERSION, theirs)
     kind = raw.get("type") if isinstance(raw, dict) else None
     detail = _first_error(error)
-    raise RemoteProtocolError(f"malformed handshake message (type {kind!r}): {detail}")
+    # The peer chose the type (any length): clipped, as the text may go back to it in a
+    # ``refused`` reason, which is bounded.
+    shown = clip(repr(kind), 64)
+    raise RemoteProtocolError(f"malformed handshake message (type {shown}): {detail}")
 
 
 class HandshakeFailed(AuthenticationError):
