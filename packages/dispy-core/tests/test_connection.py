@@ -572,6 +572,38 @@ async def test_serve_ends_with_peer_refused_when_the_peer_refuses():
 
 
 @async_test()
+async def test_serve_until_end_says_why_and_refuses_the_peer_after_a_bug_here(caplog):
+    async with memory_connection_pair(SECRET) as (node, client):
+        await node.send(Notice(text="boom"))
+
+        def handler(message, payload):
+            raise ValueError("cannot handle it")
+
+        log = logging.getLogger("test-serve-until-end")
+        reason = await client.serve_until_end(handler, log=log, peer="node n", side="client")
+        assert reason == "client error: ValueError: cannot handle it"
+        with pytest.raises(PeerRefused, match="client error: ValueError: cannot handle it"):
+            await node.recv()
+        assert "node n: error while handling its messages" in caplog.text
+
+
+@async_test()
+async def test_serve_until_end_returns_the_peers_refusal():
+    async with memory_connection_pair(SECRET) as (node, client):
+        serving = asyncio.ensure_future(
+            client.serve_until_end(
+                lambda message, payload: None,
+                log=logging.getLogger("t"),
+                peer="node n",
+                side="client",
+            )
+        )
+        await asyncio.sleep(0)
+        await node.refuse("node shutting down")
+        assert await serving == "node shutting down"
+
+
+@async_test()
 async def test_recv_reads_messages_that_arrived_before_the_peer_closed():
     async with memory_connection_pair(SECRET) as (node, client):
         await node.send(Notice(text="last words"))

@@ -23,7 +23,7 @@ from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from dispy_core.aio.connection import Connection, ConnectionClosed, PeerRefused
+from dispy_core.aio.connection import Connection, ConnectionClosed
 from dispy_core.config import dead_after
 from dispy_core.engine import (
     CancelRequested,
@@ -35,7 +35,6 @@ from dispy_core.engine import (
 )
 from dispy_core.files import store_file
 from dispy_core.paths import UnsafePathError, safe_join
-from dispy_core.protocol.errors import ProtocolError
 from dispy_core.protocol.framing import Outgoing, Payload
 from dispy_core.protocol.messages import (
     CloseComputation,
@@ -97,20 +96,14 @@ async def serve_client(sched: Scheduler, conn: Connection) -> None:
     link = ClientLink(conn)
     log.info("client %s connected", link.name)
     pulses = sched.tasks.start(_keepalive(link), name=f"pulses to {link.name}")
-    reason = "closed the connection"
+    reason = "connection closed"
     try:
-        await conn.serve(lambda msg, payload: _on_message(sched, link, msg, payload))
-    except ConnectionClosed as exc:
-        reason = str(exc)
-    except PeerRefused as exc:
-        reason = exc.reason
-    except ProtocolError as exc:
-        reason = str(exc)
-        await conn.refuse(clip(reason, 1000))
-    except Exception as exc:
-        log.exception("client %s: error while handling its messages", link.name)
-        reason = f"scheduler error: {type(exc).__name__}: {exc}"
-        await conn.refuse(clip(reason, 1000))
+        reason = await conn.serve_until_end(
+            lambda msg, payload: _on_message(sched, link, msg, payload),
+            log=log,
+            peer=f"client {link.name}",
+            side="scheduler",
+        )
     finally:
         pulses.cancel()
         await conn.close()

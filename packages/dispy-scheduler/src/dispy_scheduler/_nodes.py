@@ -21,10 +21,9 @@ from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from dispy_core.aio.connection import Connection, ConnectionClosed, PeerRefused
+from dispy_core.aio.connection import Connection, ConnectionClosed
 from dispy_core.config import DEFAULT_PULSE
 from dispy_core.engine import JobsStarted, NodeHeard, NodeLost, NodeReady, ProvisionalReceived
-from dispy_core.protocol.errors import ProtocolError
 from dispy_core.protocol.framing import Outgoing, Payload
 from dispy_core.protocol.messages import (
     ComputationClosed,
@@ -96,20 +95,14 @@ async def serve_node(sched: Scheduler, conn: Connection) -> None:
     keepalive = sched.tasks.start(_keepalive(sched, link), name=f"pulses to {link.name}")
     reason = "connection closed"
     try:
-        await conn.serve(lambda msg, payload: _on_message(sched, link, msg, payload))
-    except ConnectionClosed as exc:
-        reason = f"connection lost: {exc}"
-    except PeerRefused as exc:
-        reason = exc.reason
-    except ProtocolError as exc:
-        reason = str(exc)
-        await conn.refuse(clip(reason, 1000))
-    except Exception as exc:
-        # A bug on this side while handling the node's messages: this node's connection
-        # ends (its jobs are resubmitted or cancelled), the scheduler goes on.
-        log.exception("node %s: error while handling its messages", link.name)
-        reason = f"scheduler error: {type(exc).__name__}: {exc}"
-        await conn.refuse(clip(reason, 1000))
+        # A bug on this side while handling the node's messages ends this node's connection
+        # (its jobs are resubmitted or cancelled); the scheduler goes on.
+        reason = await conn.serve_until_end(
+            lambda msg, payload: _on_message(sched, link, msg, payload),
+            log=log,
+            peer=f"node {link.name}",
+            side="scheduler",
+        )
     finally:
         keepalive.cancel()
         await conn.close()

@@ -382,6 +382,30 @@ class Connection(asyncio.BufferedProtocol):
             self._handler = None
             self._done = None
 
+    async def serve_until_end(
+        self, handler: Handler, *, log: logging.Logger, peer: str, side: str
+    ) -> str:
+        """:meth:`serve` until the connection ends; return why, in words for a log line.
+
+        A protocol error from the peer, or an exception in ``handler`` (a bug of this side,
+        logged once with its traceback as ``"<side> error: ..."``), refuses the peer with the
+        reason: that connection ends and whoever owns it goes on.
+        """
+        try:
+            await self.serve(handler)
+            return "connection closed"
+        except ConnectionClosed as exc:
+            return f"connection lost: {exc}"
+        except PeerRefused as exc:
+            return exc.reason
+        except ProtocolError as exc:
+            reason = str(exc)
+        except Exception as exc:
+            log.exception("%s: error while handling its messages", peer)
+            reason = f"{side} error: {type(exc).__name__}: {exc}"
+        await self.refuse(clip(reason, 1000))
+        return reason
+
     def finish(self, value: Any = None) -> None:
         """End :meth:`serve`; messages after this stay queued for the next reader."""
         done = self._done
