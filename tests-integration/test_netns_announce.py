@@ -192,9 +192,10 @@ def test_a_wrong_ext_ip_addr_is_named(topology, node_factory, secret, tmp_path):
         node_timeout=7,
         options={"ext_ip_addr": wrong},
     )
-    client.wait_line("nodes-missing", 30)
+    client.wait_line(lambda line: line.startswith("nodes-missing"), 30)
     assert client.wait(10) == 3, client.stderr_text()
     text = client.stderr_text()
     assert f"nodes were asked to connect to {wrong} port {CLIENT_PORT}" in " ".join(text.split())
     # The node says why it did not connect, naming the address the ping asked for.
     node.wait_log(f"asks for a connection to {wrong}:{CLIENT_PORT}", timeout=5)
+    assert node.log_contains(f"its ext_ip_addr must be the gateway's address, {outside.gateway}")
