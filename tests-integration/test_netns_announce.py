@@ -91,7 +91,7 @@ def _check(client, hidden: list[Host], numbers: list[int]) -> None:
 def test_nodes_behind_masquerade_announce_themselves_to_a_jobcluster(
     topology, node_factory, secret, tmp_path
 ):
-    outside, client_host, hidden = _masqueraded(topology)
+    _outside, client_host, hidden = _masqueraded(topology)
     announce = ["--scheduler_node", client_host.address, "--scheduler_port", str(CLIENT_PORT)]
     early = _node(node_factory, hidden[0], *announce)
     early.wait_ready()  # before the client exists: its first announcements find nobody
