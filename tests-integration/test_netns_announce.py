@@ -5,6 +5,7 @@
   themselves to a JobCluster (its port) or a dispy-scheduler (its ``--port``) outside, and
   every message then runs over the connection they opened. One node starts before the
   client and joins once it is up (it announces itself again while free).
+  A scheduler killed and started again gets them back.
 * A client behind a gateway that forwards its port, with ``ext_ip_addr`` = the gateway's
   address, uses nodes outside; with a wrong ``ext_ip_addr`` its no-node warning names the
   address it announced.
@@ -146,6 +147,16 @@ def test_nodes_behind_masquerade_announce_themselves_to_a_scheduler(
         cluster_class="SharedJobCluster",
     )
     _check(client, hidden, numbers)
+
+    # A scheduler killed and started again gets the nodes back: they announce themselves
+    # again once their session with the dead one ends.
+    sched.kill()
+    assert sched.proc is not None
+    sched.proc.wait(10)
+    sched.start(wait=False)
+    sched.wait_log(f"dispy-scheduler serving nodes at {sched_host.address}:", count=2, timeout=20)
+    for host in hidden:
+        sched.wait_log(f"({host.address}:{NODE_PORT}) with 1 CPU(s) joined", count=2, timeout=30)
 
 
 def _client_behind_nat(topology):
