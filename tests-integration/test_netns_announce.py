@@ -8,7 +8,7 @@
   A scheduler killed and started again gets them back.
 * A client behind a gateway that forwards its port, with ``ext_ip_addr`` = the gateway's
   address, uses nodes outside; with a wrong ``ext_ip_addr`` its no-node warning names the
-  address it announced.
+  address it announced. The same for a dispy-scheduler behind NAT (``--ext_ip_addr``).
 """
 
 from __future__ import annotations
@@ -33,14 +33,17 @@ SCHEDULER_NODE_PORT = 51347  # dispy-scheduler serve's --port: where its nodes c
 class NetnsScheduler(SchedulerProcess):
     """``dispy-scheduler serve -i <host>`` on its default ports inside ``host``'s namespace."""
 
-    def __init__(self, workdir: Path, host: Host, node_secret: str, cluster_secret: str) -> None:
+    def __init__(
+        self, workdir: Path, host: Host, node_secret: str, cluster_secret: str, *args: str
+    ) -> None:
         super().__init__(workdir, node_secret=node_secret, cluster_secret=cluster_secret)
         self.host = host
+        self.args = args
 
     def command(self) -> list[str]:
         exe = shutil.which("dispy-scheduler")
         assert exe is not None, "the dispy-scheduler CLI is not on PATH (run through hatch)"
-        return [*self.host.wrapper, exe, "serve", "-d", "-i", self.host.address]
+        return [*self.host.wrapper, exe, "serve", "-d", "-i", self.host.address, *self.args]
 
 
 @pytest.fixture
@@ -210,3 +213,38 @@ def test_a_wrong_ext_ip_addr_is_named(topology, node_factory, secret, tmp_path):
     # The node says why it did not connect, naming the address the ping asked for.
     node.wait_log(f"asks for a connection to {wrong}:{CLIENT_PORT}", timeout=5)
     assert node.log_contains(f"its ext_ip_addr must be the gateway's address, {outside.gateway}")
+
+
+def test_a_scheduler_behind_nat_announces_the_gateway(
+    topology, node_factory, schedulers, secret, cluster_secret, tmp_path
+):
+    outside, client_host, hosts = _client_behind_nat(topology)  # the client port is forwarded
+    sched_host = client_host  # the scheduler's --port is the same 51347, forwarded to it
+    nodes = [_node(node_factory, host) for host in hosts]
+    for node in nodes:
+        node.wait_ready()
+    listed = [arg for h in hosts for arg in ("--nodes", f"{h.address}:{NODE_PORT}")]
+    sched = NetnsScheduler(
+        tmp_path / "scheduler", sched_host, secret, cluster_secret,
+        "--ext_ip_addr", outside.gateway, *listed,
+    )  # fmt: skip
+    schedulers.append(sched)
+    sched.start(wait=False)
+    for host in hosts:
+        sched.wait_log(f"({host.address}:{NODE_PORT}) with 1 CPU(s) joined", timeout=30)
+    numbers = list(range(8))
+    client = where_client(
+        tmp_path / "shared",
+        wrapper=client_host.wrapper,
+        ip_addr=client_host.address,
+        nodes=["*"],
+        secret=cluster_secret,
+        expect_nodes=2,
+        jobs=[(n, 0.2) for n in numbers],
+        options={"scheduler_node": sched_host.address},
+        cluster_class="SharedJobCluster",
+    )
+    _check(client, hosts, numbers)
+    for node in nodes:
+        # The nodes reached the scheduler at the address it announced: the gateway's.
+        assert node.log_contains(f"at {outside.gateway}:{CLIENT_PORT}"), node.log_text()
