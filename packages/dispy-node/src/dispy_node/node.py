@@ -331,8 +331,8 @@ class Node:
             )
         else:
             log.warning(
-                "cannot reach client at %s, the address its ping announced: %s; a client "
-                "behind NAT must announce an address this node can reach (its ext_ip_addr: "
+                "cannot reach client at %s: %s; this is the address its ping announced, and a "
+                "client behind NAT must announce one this node can reach (its ext_ip_addr: "
                 "the gateway's address, with that port forwarded), or this node can announce "
                 "itself to it (--scheduler_node) (this is logged once a minute per address)",
                 where,
