@@ -257,11 +257,15 @@ def test_no_node_message_names_what_was_pinged_and_the_usual_causes():
         "no dispy node has joined cluster 'squares' after 5 s (3 job(s) waiting).\n"
         "  pinged: 10.0.0.5:4000 (unicast), 192.168.3.255:51348 (broadcast on eth0)\n"
         "  listening for nodes on 192.168.3.10 port 4242 with TLS\n"
+        "  announced: nodes were asked to connect to 192.168.3.10 port 4242\n"
         "  refused: 10.0.0.5: authentication failed\n"
         "  usual causes: dispy-node is not running there; it uses another port (this cluster "
         "pinged port 4000, 51348) or another secret; a firewall blocks UDP/TCP port 4000, "
         "51348 or port 4242; the nodes were not started with the same --certfile/--keyfile "
-        "(this cluster uses TLS, so a node without it cannot connect)."
+        "(this cluster uses TLS, so a node without it cannot connect); the nodes cannot "
+        "reach 192.168.3.10 port 4242 (behind NAT: ext_ip_addr must be the gateway's "
+        "address, with that port forwarded to this host; or start the nodes with "
+        "--scheduler_node)."
     )
 
 
@@ -282,6 +286,7 @@ def test_no_node_message_when_nothing_was_pinged():
     assert "refused" not in text
     assert "TLS" not in text
     assert "UDP/TCP port 51348 or port 4242." in text
+    assert "announced" not in text
 
 
 # --- the sender (loopback unicast only) -------------------------------------------------------

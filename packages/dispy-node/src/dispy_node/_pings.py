@@ -117,7 +117,8 @@ class PingPolicy:
                 now,
                 f"ping from {key} asks for a connection to {ping.reply_addr}:{ping.reply_port}; "
                 f"a node connects back only to the ping's source, to a loopback address, or "
-                f"for a relay named with --relay",
+                f"for a relay named with --relay (a client behind NAT: its ext_ip_addr must "
+                f"be the gateway's address, {key} here if the gateway sent this ping)",
             )
         if ping.cluster == serving or self.declined(ping.cluster, now):
             return Decision(Verdict.IGNORE)

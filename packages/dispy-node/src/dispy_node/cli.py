@@ -151,10 +151,20 @@ def run(
         ),
     ] = 60.0,
     scheduler_node: Annotated[
-        str | None, typer.Option("--scheduler_node", "--scheduler-node", help="Scheduler address.")
+        str | None,
+        typer.Option(
+            "--scheduler_node",
+            "--scheduler-node",
+            help="Client or scheduler to announce this node to while it is free (through NAT).",
+        ),
     ] = None,
     scheduler_port: Annotated[
-        int, typer.Option("--scheduler_port", "--scheduler-port", help="Scheduler port.")
+        int,
+        typer.Option(
+            "--scheduler_port",
+            "--scheduler-port",
+            help="Its port: a JobCluster's port, or dispy-scheduler serve's --port.",
+        ),
     ] = CLIENT_PORT,
     relay: Annotated[
         list[str] | None,

@@ -22,6 +22,15 @@ why), and while serving a client it refuses a scheduler's direct connection as b
 pings heard while busy are remembered, and the node offers itself to those peers when it is
 free. What a ping may make the node do (rate limits, which reply addresses it connects to,
 how many pings it remembers) is decided by :mod:`dispy_node._pings`.
+
+A node its peers cannot reach (behind a NAT gateway with no port forwarded) is never pinged;
+it reaches them instead. With ``--scheduler_node H --scheduler_port P`` it *announces*
+itself: while free it acts as if it had heard a ping from ``H:P`` (so the same rules, rate
+limits and declines apply), at start and again after ``ANNOUNCE_FIRST`` seconds, doubling up
+to ``ANNOUNCE_MAX`` while nobody takes it, and at once when a session ends (a scheduler that
+restarted, or the next client at that port, gets the node back soon). A failed dial is
+logged once per address and ``UNREACHABLE_LOG`` seconds, naming the address and the likely
+cause, never once per attempt.
 """
 
 from __future__ import annotations
@@ -46,6 +55,7 @@ from dispy_core.protocol.discovery import Ping
 from dispy_core.protocol.errors import ProtocolError
 from dispy_core.protocol.handshake import LoopGuard
 from dispy_core.protocol.messages import MAX_INTERVAL, NodeInfo, RecoverRequest
+from dispy_core.ratelimit import Once
 from dispy_core.result_store import ResultStore
 from dispy_core.secret import no_secret_warning, user_name
 from dispy_core.security import TLSConfig
@@ -65,6 +75,9 @@ SCHEDULER_COMPUTATIONS = 256  # computations a scheduler may hold on a node at o
 SERVING_SCHEDULER = "node is serving a scheduler"
 BUSY = "node is busy serving another client"
 MAX_REFUSED = 1024  # clusters refused while serving a scheduler, remembered to be let in after
+ANNOUNCE_FIRST = 1.0  # seconds between a free node's first announcements to --scheduler_node
+ANNOUNCE_MAX = 60.0  # and at most, backing off while nobody there takes the node
+UNREACHABLE_LOG = 60.0  # seconds between two warnings that one address cannot be reached
 
 
 class NodeStartError(Exception):
@@ -101,6 +114,9 @@ class Node:
         self._active: Session | None = None
         self._serving: str | None = None  # the cluster (ping id) of the session, if known
         self._refused: set[str] = set()  # clients' clusters refused while serving a scheduler
+        self._announce_to: Ping | None = None  # --scheduler_node as a ping, if given
+        self._freed = asyncio.Event()  # a session ended: announce again now
+        self._unreachable = Once(UNREACHABLE_LOG, 256)
 
     # -- start and stop -----------------------------------------------------------------
 
@@ -149,14 +165,19 @@ class Node:
         if not cfg.secret:
             log.warning(self._no_secret_warning())
         if cfg.scheduler_node:
-            # Offer this node to a client already running elsewhere, as if it had pinged.
-            hint = Ping(
+            try:
+                target = netinfo.resolve(cfg.scheduler_node)
+            except OSError as exc:
+                raise NodeStartError(f"cannot resolve --scheduler_node: {exc}") from None
+            # Offer this node to a client or scheduler running elsewhere, as if it had pinged.
+            self._announce_to = Ping(
                 cluster=f"hint-{cfg.scheduler_node}-{cfg.scheduler_port}"[:64],
-                reply_addr=netinfo.resolve(cfg.scheduler_node),
+                reply_addr=target,
                 reply_port=cfg.scheduler_port,
                 role="scheduler",
             )
-            self._on_ping(hint, (hint.reply_addr, hint.reply_port))
+            log.info("announcing this node to %s:%d while it is free", target, cfg.scheduler_port)
+            self.tasks.start(self._announce(self._announce_to))
 
     async def serve(self) -> None:
         stop_on_signals(self._stopped)
@@ -183,6 +204,20 @@ class Node:
         if self._retry is not None:
             self._retry.cancel()
         await self.tasks.close()
+
+    async def _announce(self, hint: Ping) -> None:
+        """Offer the node to ``hint``'s address while it is free, backing off (module doc)."""
+        delay = ANNOUNCE_FIRST
+        while True:
+            if not self._busy:
+                self._on_ping(hint, (hint.reply_addr, hint.reply_port))
+            try:
+                await asyncio.wait_for(self._freed.wait(), delay)
+            except TimeoutError:
+                delay = min(delay * 2, ANNOUNCE_MAX)
+            else:
+                self._freed.clear()
+                delay = ANNOUNCE_FIRST
 
     async def _expire_stored(self) -> None:
         """Apply the stored results' age limit and quota now and every hour."""
@@ -266,7 +301,7 @@ class Node:
             reason = str(exc) or type(exc).__name__
             if isinstance(exc, ConnectionClosed | ConnectionResetError) and not self.tls.enabled:
                 reason += " (does the client use TLS? both sides need the same certfile)"
-            log.warning("cannot reach client at %s: %s", where, reason)
+            self._log_unreachable(ping, reason)
         except Exception:
             # A bug reached by a peer's bytes must cost that peer its connection, never
             # leave the node believing it is still connecting (and so busy for good).
@@ -281,6 +316,28 @@ class Node:
             await conn.refuse(self._refusal(conn))
             return
         await self._serve_client(conn, ping.cluster)
+
+    def _log_unreachable(self, ping: Ping, reason: str) -> None:
+        where = f"{ping.reply_addr}:{ping.reply_port}"
+        if not self._unreachable(where, time.monotonic()):
+            log.debug("cannot reach client at %s: %s", where, reason)
+        elif ping is self._announce_to:
+            log.warning(
+                "cannot reach %s (--scheduler_node/--scheduler_port): %s; is a client or "
+                "dispy-scheduler listening there? retrying while free (this is logged once "
+                "a minute)",
+                where,
+                reason,
+            )
+        else:
+            log.warning(
+                "cannot reach client at %s: %s; this is the address its ping announced, and a "
+                "client behind NAT must announce one this node can reach (its ext_ip_addr: "
+                "the gateway's address, with that port forwarded), or this node can announce "
+                "itself to it (--scheduler_node) (this is logged once a minute per address)",
+                where,
+                reason,
+            )
 
     def _offer_to_waiting(self) -> None:
         if self._busy:
@@ -425,6 +482,7 @@ class Node:
                 self._pings.undecline(cluster)
             self._refused.clear()
         log.info("free again")
+        self._freed.set()
         self._offer_to_waiting()
 
     async def _serve_recovery(self, conn: Connection) -> None:

@@ -239,6 +239,12 @@ def no_node_message(
         f"  pinged: {pinged or 'nothing (no nodes listed)'}",
         f"  listening for nodes on {listen} port {port}{' with TLS' if tls else ''}",
     ]
+    announced = sorted({s.ping.reply_addr for s in sent})
+    if announced:
+        # The commonest NAT mistake: nodes hear the ping but cannot connect to what it names.
+        lines.append(
+            f"  announced: nodes were asked to connect to {', '.join(announced)} port {port}"
+        )
     if refusals:
         lines.append("  refused: " + "; ".join(f"{k}: {v}" for k, v in refusals.items()))
     ports = sorted({s.destination[1] for s in sent}) or [node_port]
@@ -252,6 +258,12 @@ def no_node_message(
         causes += (
             "; the nodes were not started with the same --certfile/--keyfile (this "
             "cluster uses TLS, so a node without it cannot connect)"
+        )
+    if announced:
+        causes += (
+            f"; the nodes cannot reach {', '.join(announced)} port {port} (behind NAT: "
+            "ext_ip_addr must be the gateway's address, with that port forwarded to this "
+            "host; or start the nodes with --scheduler_node)"
         )
     lines.append(f"  usual causes: {causes}.")
     return "\n".join(lines)
