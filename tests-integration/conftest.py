@@ -43,6 +43,24 @@ LOG_TAIL = 30_000
 CLOSE_TIMEOUT = 30.0
 
 
+# Figures a test reports with ``record_property`` for the reader of the run, not as
+# assertions (e.g. how long discovery of 16 nodes took): printed at the end of the run, also
+# under xdist, which hides a test's own output.
+REPORTED_PROPERTIES = ("discovery_seconds",)
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    lines = []
+    for report in terminalreporter.stats.get("passed", []):
+        for name, value in getattr(report, "user_properties", ()):
+            if name in REPORTED_PROPERTIES:
+                lines.append(f"{report.nodeid}: {name} = {value}")
+    if lines:
+        terminalreporter.write_sep("-", "figures reported by tests")
+        for line in lines:
+            terminalreporter.write_line(line)
+
+
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
     report = yield
