@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from dispy._depends import FileSpec
+from dispy._dialer import Dialer
 from dispy._node_session import NodeSession, serve_node
 from dispy._pinger import Pinger
 from dispy._shell import JobShell
@@ -112,6 +113,7 @@ class ClusterCore(JobShell):
         # Results are unpickled as they arrive, so their buffers come back at once.
         self.buffers = BufferPool(max_bytes=RESULT_BUFFERS)
         self.pinger = Pinger(opts, self.cluster_token)
+        self.dialer = Dialer(self)
         self._tasks = TaskOwner("cluster", log=log)
         self._started = time.monotonic()
         self._closing = False
@@ -179,6 +181,7 @@ class ClusterCore(JobShell):
         await self.pinger.listen_relays()
         self.pinger.ping_all()
         self._tasks.start(self._watchdog())
+        self._tasks.start(self.dialer.early_rounds())
         self._tasks.start(self._pulse_monitor(opts.pulse_interval))
 
     def _no_secret_warning(self) -> str:
@@ -230,10 +233,15 @@ class ClusterCore(JobShell):
 
         await keep_pinging(
             ping_interval=self.opts.ping_interval,
-            ping=self.pinger.ping_all,
+            ping=self._ping_round,
             warn=warn,
             presence=presence,
         )
+
+    def _ping_round(self) -> None:
+        # UDP pings, then TCP dials of listed nodes that did not connect back (6.2).
+        self.pinger.ping_all()
+        self.dialer.dial_all()
 
     def no_node_message(self) -> str:
         return self.pinger.no_node_message(
@@ -335,4 +343,4 @@ class ClusterCore(JobShell):
 
     def allocate(self, alloc: NodeAllocate) -> None:
         self.opts.nodes.append(alloc)
-        self.pinger.ping_all()
+        self._ping_round()

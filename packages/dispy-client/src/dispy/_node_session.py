@@ -70,15 +70,22 @@ class NodeSession:
     file_waiters: dict[int, asyncio.Future[str | None]] = field(default_factory=dict)
 
 
-def _cpus_for(core: ClusterCore, info: NodeInfo, avail: DispyNodeAvailInfo | None) -> int:
-    """The CPUs the cluster's NodeAllocate gives this node (0: not used)."""
+def _cpus_for(
+    core: ClusterCore,
+    info: NodeInfo,
+    avail: DispyNodeAvailInfo | None,
+    listed_as: NodeKey | None,
+) -> int:
+    """The CPUs the cluster's NodeAllocate gives this node (0: not used); a node dialed at
+    a listed address is matched by that address (behind a forward it reports its own)."""
     opts = core.opts
+    ip_addr, port = listed_as or (info.ip_addr, info.port)
     return cpus_for(
         opts.nodes,
         opts.node_port,
         core.owner,
-        ip_addr=info.ip_addr,
-        port=info.port,
+        ip_addr=ip_addr,
+        port=port,
         name=info.name,
         cpus=info.cpus,
         avail=avail,
@@ -86,14 +93,24 @@ def _cpus_for(core: ClusterCore, info: NodeInfo, avail: DispyNodeAvailInfo | Non
     )
 
 
-async def serve_node(core: ClusterCore, conn: Connection) -> None:
-    """Introduce the computation to a node that connected, then serve it until it goes."""
+async def serve_node(
+    core: ClusterCore,
+    conn: Connection,
+    listed_as: NodeKey | None = None,
+    info: NodeInfo | None = None,
+) -> None:
+    """Introduce the computation to a node that connected (or that the client dialed at the
+    listed address ``listed_as``, its ``info`` received already), then serve it until it
+    goes."""
 
     def refused(reason: str) -> None:
         # kept for the no-node warning (a node serving a scheduler says so, say)
         core.refusals[str(conn.peer[0])] = reason
 
-    info = await conn.expect(NodeInfo, core.opts.msg_timeout, log, "node introduction", refused)
+    if info is None:
+        info = await conn.expect(
+            NodeInfo, core.opts.msg_timeout, log, "node introduction", refused
+        )
     if info is None:
         return
     key: NodeKey = (info.ip_addr, info.port)
@@ -104,7 +121,7 @@ async def serve_node(core: ClusterCore, conn: Connection) -> None:
         await conn.refuse("this cluster already has a connection to the node")
         return
     avail = DispyNodeAvailInfo._from_wire(info.avail)
-    cpus = _cpus_for(core, info, avail)
+    cpus = _cpus_for(core, info, avail, listed_as)
     if cpus <= 0:
         log.info("node %s (%s:%d) not used by this cluster", info.name, *key)
         await conn.refuse(NOT_WANTED)
