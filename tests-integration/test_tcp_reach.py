@@ -56,7 +56,8 @@ def test_a_node_behind_a_tcp_only_forward_is_dialed_and_used(
     assert [(n.name, n.port) for n in cluster.nodes()] == [("forwarded", node.port)]
     run_jobs(cluster)
     counts = forwarder.counts()
-    assert counts["up"] > 0 and counts["down"] > 0, counts
+    assert counts["up"] > 0, counts
+    assert counts["down"] > 0, counts
     assert counts["connections"] == 1, counts
     cluster.close()
     # The node served a client whose connection came from the forwarder, never from the
@@ -83,7 +84,8 @@ def test_the_ssh_case_remote_forwarded_client_port(
     wait_for(lambda: cluster.nodes(), 20, "the node joining through the forwarded port")
     run_jobs(cluster)
     counts = forwarder.counts()
-    assert counts["up"] > 0 and counts["down"] > 0, counts
+    assert counts["up"] > 0, counts
+    assert counts["down"] > 0, counts
     assert node.log_contains(f"at 127.0.0.1:{port}")  # it connected to the forwarded port
     cluster.close()
 

@@ -108,9 +108,7 @@ async def serve_node(
         core.refusals[str(conn.peer[0])] = reason
 
     if info is None:
-        info = await conn.expect(
-            NodeInfo, core.opts.msg_timeout, log, "node introduction", refused
-        )
+        info = await conn.expect(NodeInfo, core.opts.msg_timeout, log, "node introduction", refused)
     if info is None:
         return
     key: NodeKey = (info.ip_addr, info.port)
