@@ -8,15 +8,18 @@ client's real port) would fail the test.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from harness import free_port, wait_for
 from harness.computations import square_plus
 from harness.forwarder import Forwarder
+from harness.shared_client import FakeSharedClient, args
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -112,3 +115,31 @@ def test_a_node_reached_both_ways_is_one_session(
     assert node.log_count("serving client") == 1
     assert dispy_log.messages(logging.WARNING) == []
     cluster.close()
+
+
+def test_a_scheduler_dials_its_listed_node_behind_a_tcp_only_forward(
+    node_factory, scheduler_factory, forwarders, tmp_path
+):
+    node = node_factory.one(name="sched-forwarded", cpus=2)
+    fwd_port = free_port()
+    forwarder = forward(forwarders, tmp_path, ("127.0.0.1", fwd_port), node.address)
+    # The scheduler's -n 127.0.0.1:<forward> is the only way to the node (no UDP there).
+    sched = scheduler_factory([], also=[SimpleNamespace(port=fwd_port)], wait=False)
+    sched.wait_log(f"node sched-forwarded (127.0.0.1:{node.port}) with", timeout=20)
+
+    async def scenario() -> None:
+        client = await FakeSharedClient.connect(sched.scheduler_port, sched.cluster_secret)
+        await client.open("squares", square_plus)
+        await client.wait(lambda: len(client.nodes) == 1, 20, "the node set up for the client")
+        client.submit({job_id: args(job_id) for job_id in range(1, 9)})
+        await client.wait_done(8)
+        assert {j: r.value for j, r in client.results.items()} == {
+            j: square_plus(j) for j in range(1, 9)
+        }
+        await client.close()
+
+    asyncio.run(scenario())
+    counts = forwarder.counts()
+    assert counts["up"] > 0, counts
+    assert counts["down"] > 0, counts
+    assert counts["connections"] == 1, counts
