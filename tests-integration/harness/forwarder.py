@@ -16,6 +16,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -71,14 +72,29 @@ async def _main(listen: tuple[str, int], target: tuple[str, int], stats: str) ->
 
 
 class Forwarder:
-    """A forwarder process from ``listen`` to ``target``; its counts; kill it at the end."""
+    """A forwarder process from ``listen`` to ``target``; its counts; kill it at the end.
 
-    def __init__(self, workdir: Path, listen: tuple[str, int], target: tuple[str, int]) -> None:
+    ``wrapper``: a command the forwarder's command line is appended to (``ip netns exec``).
+    """
+
+    def __init__(
+        self,
+        workdir: Path,
+        listen: tuple[str, int],
+        target: tuple[str, int],
+        wrapper: Sequence[str] = (),
+    ) -> None:
         workdir.mkdir(parents=True, exist_ok=True)
         self.listen = listen
         self.stats_path = workdir / f"forwarder-{listen[1]}.json"
         self.proc = subprocess.Popen(
-            [sys.executable, __file__, *map(str, (*listen, *target)), str(self.stats_path)],
+            [
+                *wrapper,
+                sys.executable,
+                __file__,
+                *map(str, (*listen, *target)),
+                str(self.stats_path),
+            ],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
         )
