@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -143,3 +146,25 @@ def test_a_scheduler_dials_its_listed_node_behind_a_tcp_only_forward(
     assert counts["up"] > 0, counts
     assert counts["down"] > 0, counts
     assert counts["connections"] == 1, counts
+
+
+def test_dispy_nodes_lists_a_node_behind_a_forward_and_one_reached_both_ways_once(
+    node_factory, forwarders, tmp_path
+):
+    hidden = node_factory.one(name="hidden")
+    both = node_factory.one(name="both-ways")
+    fwd_port = free_port()
+    forwarder = forward(forwarders, tmp_path, ("127.0.0.1", fwd_port), hidden.address)
+    proc = subprocess.run(
+        [sys.executable, "-m", "dispy.cli", "nodes", "127.0.0.1", f"127.0.0.1:{fwd_port}",
+         "--node_port", str(both.port)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
+        env={**os.environ, "DISPY_SECRET": hidden.secret, "COLUMNS": "200"},
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert f"127.0.0.1:{hidden.port}" in proc.stdout  # as the node reports itself
+    assert proc.stdout.count("both-ways") == 1, proc.stdout
+    assert forwarder.counts()["down"] > 0
