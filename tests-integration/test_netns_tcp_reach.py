@@ -69,12 +69,13 @@ def test_a_node_behind_a_tcp_only_forward_on_the_router(topology, node_factory, 
         forwarder.kill()
 
     joined = [(ip, port) for ip, port, _name in json.loads(events(client, "nodes")[0])]
-    assert joined == [(node_host.address, NODE_PORT)]  # the node as it reports itself
+    assert joined == [(lan_a.gateway, FORWARD_PORT)]  # where the client reaches the node
     records = done(client)
     assert sorted(r["n"] for r in records) == numbers, records
     for record in records:
         assert record["status"] == DispyJob.Finished, record
         assert record["result"][1] == "far", record
+        assert record["ip"] == lan_a.gateway, record
     assert counts["up"] > 0, counts
     assert counts["down"] > 0, counts
     assert counts["connections"] == 1, counts

@@ -59,7 +59,11 @@ def test_a_node_behind_a_tcp_only_forward_is_dialed_and_used(
     # listener on that port), so the node never hears of the client and never connects.
     cluster = cluster_factory(square_plus, [("127.0.0.1", fwd_port)], port=client_port)
     wait_for(lambda: cluster.nodes(), 20, "the forwarded node joining")
-    assert [(n.name, n.port) for n in cluster.nodes()] == [("forwarded", node.port)]
+    # Known by the address the client reaches it at (recovery connects there), not the one
+    # the node reports.
+    assert [(n.name, n.ip_addr, n.port) for n in cluster.nodes()] == [
+        ("forwarded", "127.0.0.1", fwd_port)
+    ]
     run_jobs(cluster)
     counts = forwarder.counts()
     assert counts["up"] > 0, counts
@@ -128,7 +132,7 @@ def test_a_scheduler_dials_its_listed_node_behind_a_tcp_only_forward(
     forwarder = forward(forwarders, tmp_path, ("127.0.0.1", fwd_port), node.address)
     # The scheduler's -n 127.0.0.1:<forward> is the only way to the node (no UDP there).
     sched = scheduler_factory([], also=[SimpleNamespace(port=fwd_port)], wait=False)
-    sched.wait_log(f"node sched-forwarded (127.0.0.1:{node.port}) with", timeout=20)
+    sched.wait_log(f"node sched-forwarded (127.0.0.1:{fwd_port}) with", timeout=20)
 
     async def scenario() -> None:
         client = await FakeSharedClient.connect(sched.scheduler_port, sched.cluster_secret)
@@ -165,6 +169,7 @@ def test_dispy_nodes_lists_a_node_behind_a_forward_and_one_reached_both_ways_onc
         env={**os.environ, "DISPY_SECRET": hidden.secret, "COLUMNS": "200"},
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert f"127.0.0.1:{hidden.port}" in proc.stdout  # as the node reports itself
+    assert f"127.0.0.1:{fwd_port}" in proc.stdout  # where it was reached
+    assert "hidden" in proc.stdout
     assert proc.stdout.count("both-ways") == 1, proc.stdout
     assert forwarder.counts()["down"] > 0

@@ -77,8 +77,9 @@ class Owner:
         return answer
 
     async def serve(self, conn: Any, target: tuple[str, int], node: NodeInfo) -> None:
+        # As a client or scheduler does: a dialed node is held under its target.
         self.served.append((conn, target, node))
-        self.held[(node.ip_addr, node.port)] = node.name
+        self.held[target] = node.name
 
     async def settle(self) -> None:
         for _ in range(5):
@@ -101,23 +102,24 @@ async def test_nothing_is_dialed_in_the_first_second_nor_a_target_already_held()
 
 
 @async_test(timeout=10)
-async def test_a_forwarded_node_is_served_under_its_listed_target_and_not_redialed():
-    # Behind a forward, the node reports its own address: the dialer hands over the target
-    # too (a client matches its NodeAllocate with it), and later rounds skip the target.
-    reported = ("192.168.1.7", 51348)
-    conn = FakeConn("far", info("far", reported))
-    owner = Owner({B: conn})
-    owner.dialer.dial_all([B])
+async def test_a_forwarded_node_is_served_under_its_target_and_not_redialed_while_held():
+    # Behind a forward, the node reports its own address: the owner keys the node by the
+    # target (where it reaches it), so two such nodes reporting one address are two nodes.
+    reported = ("127.0.0.1", 51348)
+    c1, c2 = FakeConn("far-1", info("far-1", reported)), FakeConn("far-2", info("far-2", reported))
+    owner = Owner({A: c1, B: c2})
+    owner.dialer.dial_all([A, B])
     await owner.settle()
-    assert [(c, t, n.name) for c, t, n in owner.served] == [(conn, B, "far")]
+    assert [(c, t, n.name) for c, t, n in owner.served] == [(c1, A, "far-1"), (c2, B, "far-2")]
+    assert owner.held == {A: "far-1", B: "far-2"}
     owner.dialer._next.clear()  # past the retry delay
-    owner.dialer.dial_all([B])
+    owner.dialer.dial_all([A, B])
     await owner.settle()
-    assert owner.dials == [B]  # held as 192.168.1.7:51348, which B turned out to be
-    del owner.held[reported]  # the session ended: the next round dials again
-    owner.dialer.dial_all([B])
+    assert owner.dials == [A, B]  # both held
+    del owner.held[B]  # its session ended: the next round dials it again
+    owner.dialer.dial_all([A, B])
     await owner.settle()
-    assert owner.dials == [B, B]
+    assert owner.dials == [A, B, B]
     await owner.tasks.close()
 
 

@@ -71,15 +71,11 @@ class NodeSession:
 
 
 def _cpus_for(
-    core: ClusterCore,
-    info: NodeInfo,
-    avail: DispyNodeAvailInfo | None,
-    listed_as: NodeKey | None,
+    core: ClusterCore, key: NodeKey, info: NodeInfo, avail: DispyNodeAvailInfo | None
 ) -> int:
-    """The CPUs the cluster's NodeAllocate gives this node (0: not used); a node dialed at
-    a listed address is matched by that address (behind a forward it reports its own)."""
+    """The CPUs the cluster's NodeAllocate gives the node known as ``key`` (0: not used)."""
     opts = core.opts
-    ip_addr, port = listed_as or (info.ip_addr, info.port)
+    ip_addr, port = key
     return cpus_for(
         opts.nodes,
         opts.node_port,
@@ -101,7 +97,12 @@ async def serve_node(
 ) -> None:
     """Introduce the computation to a node that connected (or that the client dialed at the
     listed address ``listed_as``, its ``info`` received already), then serve it until it
-    goes."""
+    goes.
+
+    A dialed node is known by the address it was dialed at, not the one it reports: that
+    is where this client reaches it (recovery connects there), and two nodes behind two
+    forwards may both report 127.0.0.1:51348.
+    """
 
     def refused(reason: str) -> None:
         # kept for the no-node warning (a node serving a scheduler says so, say)
@@ -111,7 +112,7 @@ async def serve_node(
         info = await conn.expect(NodeInfo, core.opts.msg_timeout, log, "node introduction", refused)
     if info is None:
         return
-    key: NodeKey = (info.ip_addr, info.port)
+    key: NodeKey = listed_as or (info.ip_addr, info.port)
     if core._closing:
         await conn.refuse("cluster is closing")
         return
@@ -119,7 +120,7 @@ async def serve_node(
         await conn.refuse("this cluster already has a connection to the node")
         return
     avail = DispyNodeAvailInfo._from_wire(info.avail)
-    cpus = _cpus_for(core, info, avail, listed_as)
+    cpus = _cpus_for(core, key, info, avail)
     if cpus <= 0:
         log.info("node %s (%s:%d) not used by this cluster", info.name, *key)
         await conn.refuse(NOT_WANTED)
@@ -127,7 +128,7 @@ async def serve_node(
     cpus = min(cpus, info.cpus)
     node = core.known_nodes.get(key)
     if node is None:
-        node = DispyNode(info.ip_addr, info.port, info.name, cpus, info.platform)
+        node = DispyNode(key[0], key[1], info.name, cpus, info.platform)
         core.known_nodes[key] = node
     node.cpus = cpus
     node.avail_info = avail

@@ -63,15 +63,15 @@ async def discover(
 
     admission = Admission()
 
-    async def introduced(conn: Connection) -> None:
-        # The node's node.info, listed; then the node is told it is not needed.
+    async def introduced(conn: Connection, dialed: tuple[str, int] | None = None) -> None:
+        # The node's node.info, listed (a dialed node at the address it was dialed at, as a
+        # cluster knows it); then the node is told it is not needed.
         try:
             async with asyncio.timeout(MSG_TIMEOUT):
                 msg, _ = await conn.recv()
             if isinstance(msg, NodeInfo):
-                found.append(
-                    FoundNode(msg.ip_addr, msg.port, msg.name, msg.cpus, msg.platform, msg.version)
-                )
+                host, port = dialed or (msg.ip_addr, msg.port)
+                found.append(FoundNode(host, port, msg.name, msg.cpus, msg.platform, msg.version))
         except (ProtocolError, TimeoutError, ConnectionClosed):
             pass
         await conn.refuse(NOT_WANTED)
@@ -114,7 +114,7 @@ async def discover(
         except (ProtocolError, OSError, TimeoutError, ConnectionClosed) as exc:
             log.debug("cannot dial %s:%d: %s", host, port, exc)
             return
-        await introduced(conn)
+        await introduced(conn, (host, port))
 
     # The connections being answered; whatever is still in flight at the end gets a second.
     answering = TaskOwner("node discovery", log=log)

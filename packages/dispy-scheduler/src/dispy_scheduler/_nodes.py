@@ -74,9 +74,18 @@ class NodeLink:
         self.conn.fail(ConnectionClosed(reason))
 
 
-async def serve_node(sched: Scheduler, conn: Connection, info: NodeInfo | None = None) -> None:
-    """Take a node that connected (or that the scheduler dialed, its ``info`` received
-    already), offer it, serve it until its connection ends."""
+async def serve_node(
+    sched: Scheduler,
+    conn: Connection,
+    info: NodeInfo | None = None,
+    listed_as: NodeKey | None = None,
+) -> None:
+    """Take a node that connected (or that the scheduler dialed at ``listed_as``, its
+    ``info`` received already), offer it, serve it until its connection ends.
+
+    A dialed node is known by the address it was dialed at (where the scheduler, and
+    recovery, reach it), not the one it reports (behind a forward, its own).
+    """
     if conn.peer_role != "node":
         await conn.refuse(f"this is a scheduler's node port; a {conn.peer_role} cannot use it")
         return
@@ -84,7 +93,7 @@ async def serve_node(sched: Scheduler, conn: Connection, info: NodeInfo | None =
         info = await conn.expect(NodeInfo, sched.settings.msg_timeout, log, "node introduction")
     if info is None:
         return
-    key: NodeKey = (info.ip_addr, info.port)
+    key: NodeKey = listed_as or (info.ip_addr, info.port)
     if sched.closing:
         await conn.refuse("scheduler is shutting down")
         return

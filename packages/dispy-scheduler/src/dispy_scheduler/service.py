@@ -132,7 +132,7 @@ class Scheduler(Shell):
             tasks=self.tasks,
             logger=log,
             connect=self._dial,
-            serve=lambda conn, _target, info: serve_node(self, conn, info),
+            serve=lambda conn, target, info: serve_node(self, conn, info, target),
             held=lambda key: key in self.nodes,
             held_as=self._held_as,
             timeout=settings.msg_timeout,

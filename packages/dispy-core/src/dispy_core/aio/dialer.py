@@ -17,9 +17,12 @@ The owner calls :meth:`Dialer.dial_all` on every ping round and runs
 dialed before ``DIAL_AFTER``: a node that hears the ping has connected back by then, and a
 dial would only be refused by a node busy with us. A target is not dialed while
 
-* the owner holds a session keyed by the target's address (``held``: the node connected
-  back, or was dialed and reports the listed address itself), or the key of the node a
-  dial of this target last turned out to be (below),
+* the owner holds a session keyed by the target (``held``: the node connected back and
+  reports that address, or a dial of the target is being served: the owner keys a dialed
+  node by the address it dialed, which is where it reaches the node, not by the address
+  the node reports, which behind a forward is its own and may be the same, say
+  127.0.0.1:51348, for two nodes behind two forwards), or the node a dial of this target
+  turned out to be when it refused it (below),
 * a dial of it is in flight or its dialed session is still being served, or
 * a dial of it ended less than ``DIAL_RETRY`` seconds ago (a node not started yet, busy
   with someone else, or not wanted).
@@ -56,10 +59,10 @@ class Dialer:
     """Dials listed nodes that have not connected back (see the module docstring).
 
     ``connect(host, port)`` opens and authenticates the connection; ``serve(conn, target,
-    info)`` serves a node that answered with ``info``; ``held(key)`` says whether the owner
-    holds a session with the node reported as ``key``; ``held_as(name)`` gives the key of a
-    held node of that handshake name, if any; ``refused(where, reason)`` hears why a dialed
-    node was not usable (a client keeps it for its no-node warning).
+    info)`` serves a node that answered with ``info``, keyed by ``target``; ``held(key)``
+    says whether the owner holds a session keyed ``key``; ``held_as(name)`` gives the key
+    of a held node of that handshake name, if any; ``refused(where, reason)`` hears why a
+    dialed node was not usable (a client keeps it for its no-node warning).
     """
 
     def __init__(
@@ -85,7 +88,7 @@ class Dialer:
         self._started = time.monotonic()
         self._active: set[NodeKey] = set()
         self._next: dict[NodeKey, float] = {}
-        self._same: dict[NodeKey, NodeKey] = {}  # target -> key of the node it turned out to be
+        self._same: dict[NodeKey, NodeKey] = {}  # target -> key of the held node it is
 
     def start(self) -> None:
         """The owner started now: the dial times count from here."""
@@ -130,7 +133,6 @@ class Dialer:
                 return
             info = await self._introduction(conn, target)
             if info is not None:
-                self._same[target] = (info.ip_addr, info.port)
                 self._log.debug("dialed node %s at %s over TCP", info.name, where)
                 await self._serve(conn, target, info)
         finally:
