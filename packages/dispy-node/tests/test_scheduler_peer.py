@@ -13,9 +13,10 @@ from types import SimpleNamespace
 from typing import Any
 
 from dispy_core.protocol.discovery import Ping
+from dispy_core.protocol.messages import BUSY, SERVING_SCHEDULER
 from dispy_core.testing import async_test
 from dispy_node.config import NodeConfig
-from dispy_node.node import BUSY, SCHEDULER_COMPUTATIONS, SERVING_SCHEDULER, Node
+from dispy_node.node import SCHEDULER_COMPUTATIONS, Node
 
 
 def _node(tmp_path: Path) -> Node:

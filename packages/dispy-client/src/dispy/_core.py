@@ -5,7 +5,9 @@ Theory of operation
 Everything here runs on the cluster's own event loop thread. The user's thread hands over
 jobs through :meth:`ClusterCore.submit_threadsafe` (a deque plus one wake-up per burst, so
 submitting thousands of jobs costs one loop wake-up, not thousands). Nodes find the client
-through pings and connect to its port; each connection is served by
+through pings and connect to its port; a listed node that has not connected back a second
+after the start is dialed over TCP (:mod:`dispy_core.aio.dialer`: TCP-only forwards, SSH
+``-L``). Each connection is served by
 :mod:`dispy._node_session` (handshake, computation setup, its messages). What to run where
 is decided by the scheduling engine (:mod:`dispy_core.engine`), which the shell in
 :mod:`dispy._shell` feeds with events and whose commands it carries out: one ``jobs.submit``
@@ -34,8 +36,10 @@ from dispy.jobs import DispyJob
 from dispy.nodes import DispyNode, NodeAllocate
 from dispy.recovery import RecoveryLog, secret_record
 from dispy_core.aio.admission import Admission, start_server
-from dispy_core.aio.connection import ConnectionClosed
+from dispy_core.aio.connection import Connection, ConnectionClosed
+from dispy_core.aio.dialer import Dialer
 from dispy_core.aio.fanout import Presence, keep_pinging
+from dispy_core.aio.handshake import open_connection
 from dispy_core.aio.tasks import TaskOwner
 from dispy_core.buffers import BufferPool
 from dispy_core.engine import (
@@ -113,6 +117,17 @@ class ClusterCore(JobShell):
         self.buffers = BufferPool(max_bytes=RESULT_BUFFERS)
         self.pinger = Pinger(opts, self.cluster_token)
         self._tasks = TaskOwner("cluster", log=log)
+        # Listed nodes that did not connect back are dialed (PROTOCOL.md 6.2).
+        self.dialer = Dialer(
+            tasks=self._tasks,
+            logger=log,
+            connect=self._dial,
+            serve=lambda conn, target, info: serve_node(self, conn, listed_as=target, info=info),
+            held=lambda key: key in self.sessions,
+            held_as=self._held_as,
+            refused=self.refusals.__setitem__,
+            timeout=opts.msg_timeout,
+        )
         self._started = time.monotonic()
         self._closing = False
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -179,6 +194,8 @@ class ClusterCore(JobShell):
         await self.pinger.listen_relays()
         self.pinger.ping_all()
         self._tasks.start(self._watchdog())
+        self.dialer.start()
+        self._tasks.start(self.dialer.early_rounds(self.pinger.dial_targets))
         self._tasks.start(self._pulse_monitor(opts.pulse_interval))
 
     def _no_secret_warning(self) -> str:
@@ -230,10 +247,36 @@ class ClusterCore(JobShell):
 
         await keep_pinging(
             ping_interval=self.opts.ping_interval,
-            ping=self.pinger.ping_all,
+            ping=self._ping_round,
             warn=warn,
             presence=presence,
         )
+
+    def _ping_round(self) -> None:
+        # UDP pings, then TCP dials of listed nodes that did not connect back (6.2).
+        self.pinger.ping_all()
+        if not self._closing:
+            self.dialer.dial_all(self.pinger.dial_targets())
+
+    async def _dial(self, host: str, port: int) -> Connection:
+        opts = self.opts
+        return await open_connection(
+            host,
+            port,
+            secret=opts.secret,
+            role="client",
+            name=opts.name,
+            timeout=opts.msg_timeout,
+            ssl_context=opts.tls.client,
+            allocate=self.buffers.take,
+        )
+
+    def _held_as(self, name: str) -> NodeKey | None:
+        # A dialed node that refused us as busy is the node of that name we hold, if any.
+        for key, session in list(self.sessions.items()):
+            if session.node.name == name:
+                return key
+        return None
 
     def no_node_message(self) -> str:
         return self.pinger.no_node_message(
@@ -335,4 +378,4 @@ class ClusterCore(JobShell):
 
     def allocate(self, alloc: NodeAllocate) -> None:
         self.opts.nodes.append(alloc)
-        self.pinger.ping_all()
+        self._ping_round()

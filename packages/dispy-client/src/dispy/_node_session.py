@@ -70,15 +70,18 @@ class NodeSession:
     file_waiters: dict[int, asyncio.Future[str | None]] = field(default_factory=dict)
 
 
-def _cpus_for(core: ClusterCore, info: NodeInfo, avail: DispyNodeAvailInfo | None) -> int:
-    """The CPUs the cluster's NodeAllocate gives this node (0: not used)."""
+def _cpus_for(
+    core: ClusterCore, key: NodeKey, info: NodeInfo, avail: DispyNodeAvailInfo | None
+) -> int:
+    """The CPUs the cluster's NodeAllocate gives the node known as ``key`` (0: not used)."""
     opts = core.opts
+    ip_addr, port = key
     return cpus_for(
         opts.nodes,
         opts.node_port,
         core.owner,
-        ip_addr=info.ip_addr,
-        port=info.port,
+        ip_addr=ip_addr,
+        port=port,
         name=info.name,
         cpus=info.cpus,
         avail=avail,
@@ -86,17 +89,30 @@ def _cpus_for(core: ClusterCore, info: NodeInfo, avail: DispyNodeAvailInfo | Non
     )
 
 
-async def serve_node(core: ClusterCore, conn: Connection) -> None:
-    """Introduce the computation to a node that connected, then serve it until it goes."""
+async def serve_node(
+    core: ClusterCore,
+    conn: Connection,
+    listed_as: NodeKey | None = None,
+    info: NodeInfo | None = None,
+) -> None:
+    """Introduce the computation to a node that connected (or that the client dialed at the
+    listed address ``listed_as``, its ``info`` received already), then serve it until it
+    goes.
+
+    A dialed node is known by the address it was dialed at, not the one it reports: that
+    is where this client reaches it (recovery connects there), and two nodes behind two
+    forwards may both report 127.0.0.1:51348.
+    """
 
     def refused(reason: str) -> None:
         # kept for the no-node warning (a node serving a scheduler says so, say)
         core.refusals[str(conn.peer[0])] = reason
 
-    info = await conn.expect(NodeInfo, core.opts.msg_timeout, log, "node introduction", refused)
+    if info is None:
+        info = await conn.expect(NodeInfo, core.opts.msg_timeout, log, "node introduction", refused)
     if info is None:
         return
-    key: NodeKey = (info.ip_addr, info.port)
+    key: NodeKey = listed_as or (info.ip_addr, info.port)
     if core._closing:
         await conn.refuse("cluster is closing")
         return
@@ -104,7 +120,7 @@ async def serve_node(core: ClusterCore, conn: Connection) -> None:
         await conn.refuse("this cluster already has a connection to the node")
         return
     avail = DispyNodeAvailInfo._from_wire(info.avail)
-    cpus = _cpus_for(core, info, avail)
+    cpus = _cpus_for(core, key, info, avail)
     if cpus <= 0:
         log.info("node %s (%s:%d) not used by this cluster", info.name, *key)
         await conn.refuse(NOT_WANTED)
@@ -112,7 +128,7 @@ async def serve_node(core: ClusterCore, conn: Connection) -> None:
     cpus = min(cpus, info.cpus)
     node = core.known_nodes.get(key)
     if node is None:
-        node = DispyNode(info.ip_addr, info.port, info.name, cpus, info.platform)
+        node = DispyNode(key[0], key[1], info.name, cpus, info.platform)
         core.known_nodes[key] = node
     node.cpus = cpus
     node.avail_info = avail

@@ -72,6 +72,14 @@ class Pinger:
         ]
         return listed + self.relays.targets(listed, self.opts.node_port)
 
+    def dial_targets(self) -> list[tuple[str, int]]:
+        """The listed nodes (not patterns) as ``(address, port)``, for the TCP dial
+        (PROTOCOL.md 6.2); names were resolved when the cluster was made."""
+        opts = self.opts
+        return [
+            (a.ip_addr, a.port or opts.node_port) for a in opts.nodes if not is_pattern(a.ip_addr)
+        ]
+
     def ping_all(self) -> None:
         """Ping every listed node and relay, and broadcast for patterns; remember what was
         sent."""

@@ -62,10 +62,19 @@ def _log_to_stderr() -> None:
     log.setLevel(min(log.getEffectiveLevel(), logging.WARNING))
 
 
+def _host_port(spec: str) -> str | tuple[str, int]:
+    """``host:port`` as a tuple; anything else (a host, a pattern) as it is."""
+    host, sep, port = spec.rpartition(":")
+    if sep and host and port.isdigit() and ":" not in host:
+        return (host, int(port))
+    return spec
+
+
 @app.command()
 def nodes(
     hosts: Annotated[
-        list[str] | None, typer.Argument(help="Node addresses or patterns (default '*').")
+        list[str] | None,
+        typer.Argument(help="Node addresses (host or host:port) or patterns (default '*')."),
     ] = None,
     ip_addr: Annotated[
         str, typer.Option("-i", "--ip_addr", "--ip-addr", help="This host's address to use.")
@@ -104,7 +113,7 @@ def nodes(
         )
     found = asyncio.run(
         discover(
-            list(hosts or ["*"]),
+            [_host_port(h) for h in hosts or ["*"]],
             ip_addr=ip_addr,
             node_port=node_port,
             secret=resolved.value,

@@ -1,4 +1,9 @@
-"""Find the dispy nodes that answer a ping, without running anything on them."""
+"""Find the dispy nodes that answer a ping, without running anything on them.
+
+A node listed by address is also dialed over TCP after the first third of the wait, as a
+cluster does (PROTOCOL.md 6.2, "The TCP dial"), so that a node behind a TCP-only forward
+(``ssh -L``, a proxy) is listed too; a node that answers both ways is listed once.
+"""
 
 from __future__ import annotations
 
@@ -10,8 +15,9 @@ from dataclasses import dataclass
 
 from dispy_core import netinfo
 from dispy_core.aio.admission import Admission, start_server
-from dispy_core.aio.connection import ConnectionClosed
+from dispy_core.aio.connection import Connection, ConnectionClosed
 from dispy_core.aio.fanout import PingSender
+from dispy_core.aio.handshake import open_connection
 from dispy_core.aio.tasks import TaskOwner
 from dispy_core.config import MSG_TIMEOUT, NODE_PORT
 from dispy_core.protocol.discovery import is_pattern
@@ -46,7 +52,8 @@ async def discover(
     keyfile: str | None = None,
     timeout: float = 2.0,
 ) -> list[FoundNode]:
-    """Ping ``nodes`` (addresses, ``(host, port)`` or ``'*'`` patterns) and collect answers.
+    """Ping ``nodes`` (addresses, ``(host, port)`` or ``'*'`` patterns) and collect answers;
+    dial the addresses over TCP too.
 
     Nodes that answer are told they are not needed, so they stay free for real clients.
     """
@@ -55,6 +62,19 @@ async def discover(
     token = os.urandom(12).hex()
 
     admission = Admission()
+
+    async def introduced(conn: Connection, dialed: tuple[str, int] | None = None) -> None:
+        # The node's node.info, listed (a dialed node at the address it was dialed at, as a
+        # cluster knows it); then the node is told it is not needed.
+        try:
+            async with asyncio.timeout(MSG_TIMEOUT):
+                msg, _ = await conn.recv()
+            if isinstance(msg, NodeInfo):
+                host, port = dialed or (msg.ip_addr, msg.port)
+                found.append(FoundNode(host, port, msg.name, msg.cpus, msg.platform, msg.version))
+        except (ProtocolError, TimeoutError, ConnectionClosed):
+            pass
+        await conn.refuse(NOT_WANTED)
 
     async def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = writer.get_extra_info("peername") or ("?", 0)
@@ -75,18 +95,26 @@ async def discover(
             name="dispy nodes",
             timeout=MSG_TIMEOUT,
         )
-        if conn is None:
-            return
+        if conn is not None:
+            await introduced(conn)
+
+    async def dial(host: str, port: int) -> None:
+        # Only answers count: a node that does not answer (or answers another way, or is
+        # busy with our own connect-back) is reported by the ping path, if at all.
         try:
-            async with asyncio.timeout(MSG_TIMEOUT):
-                msg, _ = await conn.recv()
-            if isinstance(msg, NodeInfo):
-                found.append(
-                    FoundNode(msg.ip_addr, msg.port, msg.name, msg.cpus, msg.platform, msg.version)
-                )
-        except (ProtocolError, TimeoutError, ConnectionClosed):
-            pass
-        await conn.refuse(NOT_WANTED)
+            conn = await open_connection(
+                host,
+                port,
+                secret=secret,
+                role="client",
+                name="dispy nodes",
+                timeout=MSG_TIMEOUT,
+                ssl_context=tls.client,
+            )
+        except (ProtocolError, OSError, TimeoutError, ConnectionClosed) as exc:
+            log.debug("cannot dial %s:%d: %s", host, port, exc)
+            return
+        await introduced(conn, (host, port))
 
     # The connections being answered; whatever is still in flight at the end gets a second.
     answering = TaskOwner("node discovery", log=log)
@@ -116,9 +144,13 @@ async def discover(
             route=netinfo.route_to,
         )
         udp = PingSender([ip_addr])
-        for _ in range(3):
+        for round_ in range(3):
             udp.send_all(sends)
             await asyncio.sleep(timeout / 3)
+            if round_ == 0:
+                for target in targets:
+                    if not is_pattern(target.host):
+                        answering.start(dial(target.host, target.port or node_port))
     finally:
         if udp is not None:
             udp.close()
@@ -126,4 +158,6 @@ async def discover(
         await answering.close(grace=1.0)
         with contextlib.suppress(Exception):
             await asyncio.wait_for(server.wait_closed(), 1.0)
-    return sorted(found, key=lambda n: (n.ip_addr, n.port))
+    # A node that answered both ways (the ping, then the dial) is listed once.
+    unique = {(n.ip_addr, n.port, n.name, n.error): n for n in found}
+    return sorted(unique.values(), key=lambda n: (n.ip_addr, n.port))

@@ -54,7 +54,13 @@ from dispy_core.buffers import BufferPool
 from dispy_core.protocol.discovery import Ping
 from dispy_core.protocol.errors import ProtocolError
 from dispy_core.protocol.handshake import LoopGuard
-from dispy_core.protocol.messages import MAX_INTERVAL, NodeInfo, RecoverRequest
+from dispy_core.protocol.messages import (
+    BUSY,
+    MAX_INTERVAL,
+    SERVING_SCHEDULER,
+    NodeInfo,
+    RecoverRequest,
+)
 from dispy_core.ratelimit import Once
 from dispy_core.result_store import ResultStore
 from dispy_core.secret import no_secret_warning, user_name
@@ -72,8 +78,6 @@ BUFFER_KEEP = 30.0  # seconds receive buffers outlive the session that used them
 BUFFER_KEEP_BYTES = 64 << 20  # and how many bytes of them
 STORE_EXPIRY_INTERVAL = 3600.0
 SCHEDULER_COMPUTATIONS = 256  # computations a scheduler may hold on a node at once
-SERVING_SCHEDULER = "node is serving a scheduler"
-BUSY = "node is busy serving another client"
 MAX_REFUSED = 1024  # clusters refused while serving a scheduler, remembered to be let in after
 ANNOUNCE_FIRST = 1.0  # seconds between a free node's first announcements to --scheduler_node
 ANNOUNCE_MAX = 60.0  # and at most, backing off while nobody there takes the node

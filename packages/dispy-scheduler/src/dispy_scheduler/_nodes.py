@@ -1,8 +1,9 @@
 """One node's connection to the scheduler: its introduction, its computations, its messages.
 
 A node connects back to the scheduler's ``--port`` (after a ping, or by itself with
-``--scheduler_node``), authenticates with the node secret (and the node TLS files) and
-introduces itself (``node.info``). It is then offered to every computation; for each one
+``--scheduler_node``), or the scheduler dials a listed one (PROTOCOL.md 6.2); either way
+they authenticate with the node secret (and the node TLS files) and the node introduces
+itself (``node.info``). It is then offered to every computation; for each one
 whose client takes it (``sched.allocate``), the computation is set up on it under the
 scheduler's ``sched_id``: ``computation`` with ``--pulse_interval``, the dependency files
 as the client sent them (read from the computation's record on disk) and
@@ -73,15 +74,26 @@ class NodeLink:
         self.conn.fail(ConnectionClosed(reason))
 
 
-async def serve_node(sched: Scheduler, conn: Connection) -> None:
-    """Take a node that connected, offer it, serve it until its connection ends."""
+async def serve_node(
+    sched: Scheduler,
+    conn: Connection,
+    info: NodeInfo | None = None,
+    listed_as: NodeKey | None = None,
+) -> None:
+    """Take a node that connected (or that the scheduler dialed at ``listed_as``, its
+    ``info`` received already), offer it, serve it until its connection ends.
+
+    A dialed node is known by the address it was dialed at (where the scheduler, and
+    recovery, reach it), not the one it reports (behind a forward, its own).
+    """
     if conn.peer_role != "node":
         await conn.refuse(f"this is a scheduler's node port; a {conn.peer_role} cannot use it")
         return
-    info = await conn.expect(NodeInfo, sched.settings.msg_timeout, log, "node introduction")
+    if info is None:
+        info = await conn.expect(NodeInfo, sched.settings.msg_timeout, log, "node introduction")
     if info is None:
         return
-    key: NodeKey = (info.ip_addr, info.port)
+    key: NodeKey = listed_as or (info.ip_addr, info.port)
     if sched.closing:
         await conn.refuse("scheduler is shutting down")
         return

@@ -9,7 +9,9 @@ role ``client`` for a SharedJobCluster, ``recover`` for ``recover_jobs``). It fi
 a client does (PROTOCOL.md 6.2): a broadcast on the LAN, unicast pings to ``--nodes`` and
 to the hosts clients name, again on core's re-ping schedule, every ``--ping_interval`` (60 s
 without it) and whenever a computation opens; nodes started with ``--scheduler_node``
-connect by themselves. A dispy-relay started with ``--scheduler_node`` announces itself on
+connect by themselves; a listed node (``--nodes`` or a client's) that has not connected back
+a second after the start is dialed over TCP (:mod:`dispy_core.aio.dialer`, for TCP-only
+forwards). A dispy-relay started with ``--scheduler_node`` announces itself on
 UDP ``--scheduler_port`` (PROTOCOL.md 6.6): it is pinged at once and in every round from
 then on, like a host in ``--nodes``. A tick every second lets the
 engine declare silent nodes dead. Files that jobs send and that clients send to one node
@@ -32,11 +34,14 @@ from typing import Any
 from dispy_core import netinfo
 from dispy_core.aio.admission import Admission, start_server
 from dispy_core.aio.connection import Connection
+from dispy_core.aio.dialer import Dialer
 from dispy_core.aio.fanout import PingSender, Presence, keep_pinging
+from dispy_core.aio.handshake import open_connection
 from dispy_core.aio.relays import RelayListener
 from dispy_core.aio.signals import stop_on_signals
 from dispy_core.aio.tasks import TaskOwner
 from dispy_core.engine import CancelRequested, ComputationClosed, Tick
+from dispy_core.protocol.discovery import is_pattern
 from dispy_core.protocol.errors import ProtocolError
 from dispy_core.protocol.fanout import PingSend, Target, plan_pings
 from dispy_core.protocol.framing import Payload
@@ -122,6 +127,16 @@ class Scheduler(Shell):
         self._hosts: list[str] = []
         self._sent: list[PingSend] = []
         self.relays = RelayListener(self._relay_heard, logger=log)
+        # Listed nodes that did not connect back are dialed (PROTOCOL.md 6.2).
+        self.dialer = Dialer(
+            tasks=self.tasks,
+            logger=log,
+            connect=self._dial,
+            serve=lambda conn, target, info: serve_node(self, conn, info, target),
+            held=lambda key: key in self.nodes,
+            held_as=self._held_as,
+            timeout=settings.msg_timeout,
+        )
         self._routes: dict[int, _FileRoute] = {}
         self._req = 0
         self._clients: set[Connection] = set()
@@ -151,9 +166,11 @@ class Scheduler(Shell):
             log.warning("--httpd: the web monitor is not available yet; scheduling goes on")
         self._sender = PingSender(s.ip_addrs)
         await self.relays.start(s.ip_addrs, self.scheduler_port)
+        self.dialer.start()
         self.ping_all()
         self._loops = [
             self.tasks.start(self._discovery(), name="discovery"),
+            self.tasks.start(self.dialer.early_rounds(self._dial_targets), name="dials"),
             self.tasks.start(self._ticks(), name="ticks"),
         ]
         self._recover_found()
@@ -311,6 +328,33 @@ class Scheduler(Shell):
         targets += self.relays.targets(targets, s.node_port)
         self._sent = self._plan(targets)
         self._sender.send_all(self._sent)
+        if not self.closing:
+            self.dialer.dial_all(self._dial_targets())
+
+    def _dial_targets(self) -> list[NodeKey]:
+        # The nodes listed by address (--nodes, and those clients name), for the TCP dial.
+        node_port = self.settings.node_port
+        targets = [_target(n) for n in (*self.settings.nodes, *self._hosts)]
+        return [(t.host, t.port or node_port) for t in targets if not is_pattern(t.host)]
+
+    async def _dial(self, host: str, port: int) -> Connection:
+        s = self.settings
+        return await open_connection(
+            host,
+            port,
+            secret=s.node_secret,
+            role="scheduler",
+            name=s.name,
+            timeout=s.msg_timeout,
+            ssl_context=s.node_tls.client,
+        )
+
+    def _held_as(self, name: str) -> NodeKey | None:
+        # A dialed node that refused us as already served is the node of that name we hold.
+        for key, link in list(self.nodes.items()):
+            if link.info.name == name:
+                return key
+        return None
 
     def _relay_heard(self, relay: KnownRelay) -> None:
         # A relay announces itself when nobody pinged through it for a while: ping it now.

@@ -29,6 +29,11 @@ PROTOCOL_VERSION = 2
 # The reason a client gives when it closes a connection because it does not want the node
 # (pattern or NodeAllocate said no): the node then stops offering itself to that cluster.
 NOT_WANTED = "node not used by this cluster"
+# The reason a node gives a client (or scheduler) while it serves another client; a client
+# that dialed a node it already holds hears it too (PROTOCOL.md 6.2, the TCP dial).
+BUSY = "node is busy serving another client"
+# ... and while it serves a scheduler, to any client or other scheduler.
+SERVING_SCHEDULER = "node is serving a scheduler"
 
 Role = Literal["client", "node", "scheduler", "recover", "relay"]
 JobOutcome = Literal["finished", "terminated", "cancelled", "abandoned"]
