@@ -190,7 +190,15 @@ def test_a_client_behind_nat_announces_the_gateway(topology, node_factory, secre
     _check(client, hosts, numbers)
 
 
-def test_a_wrong_ext_ip_addr_is_named(topology, node_factory, secret, tmp_path):
+def test_a_wrong_ext_ip_addr_is_named_and_the_dial_still_finds_the_node(
+    topology, node_factory, secret, tmp_path
+):
+    """A client behind NAT announcing a wrong ext_ip_addr: the node refuses that reply
+    address and says which one the client should have announced (the gateway's). The
+    client still gets the node it listed, by dialing it over TCP (PROTOCOL.md 6.2): the
+    mistake costs a second, not the cluster. (The client's own no-node warning naming the
+    address it announced is tested in packages/dispy-core/tests/test_fanout.py: here the
+    dial leaves it nothing to warn about.)"""
     outside, client_host, hosts = _client_behind_nat(topology)
     node = _node(node_factory, hosts[0])
     node.wait_ready()
@@ -202,15 +210,13 @@ def test_a_wrong_ext_ip_addr_is_named(topology, node_factory, secret, tmp_path):
         nodes=[hosts[0].address],
         secret=secret,
         expect_nodes=1,
-        jobs=[],
-        node_timeout=7,
+        jobs=[(0, 0.1)],
+        node_timeout=20,
         options={"ext_ip_addr": wrong},
     )
-    client.wait_line(lambda line: line.startswith("nodes-missing"), 30)
-    assert client.wait(10) == 3, client.stderr_text()
-    text = client.stderr_text()
-    assert f"nodes were asked to connect to {wrong} port {CLIENT_PORT}" in " ".join(text.split())
-    # The node says why it did not connect, naming the address the ping asked for.
+    client.wait_line("finished", 30)
+    assert client.wait(10) == 0, client.stderr_text()
+    # The node says why it did not connect back, naming the address the ping asked for.
     node.wait_log(f"asks for a connection to {wrong}:{CLIENT_PORT}", timeout=5)
     assert node.log_contains(f"its ext_ip_addr must be the gateway's address, {outside.gateway}")
 
