@@ -88,6 +88,7 @@ class ClusterOptions:
     recover_file: str
     cluster_status: Callable[[int, DispyNode | None, DispyJob | None], Any] | None
     pick_recover_file: bool = False  # recover_file is a default name: take the next free one
+    bundle: dict[str, Any] | None = None  # see Computation.bundle
 
 
 class ClusterCore(JobShell):

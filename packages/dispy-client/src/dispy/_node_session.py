@@ -18,12 +18,14 @@ from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from dispy.nodes import DispyNode, DispyNodeAvailInfo, cpus_for
+from dispy._depends import DependencyError, FileSpec, split_depends
+from dispy.nodes import DispyNode, DispyNodeAvailInfo, cpus_for, find_allocation
+from dispy_core import serialize
 from dispy_core.aio.connection import Connection, ConnectionClosed, PeerRefused
 from dispy_core.config import DEFAULT_PULSE
 from dispy_core.engine import NodeCpusChanged, NodeHeard, NodeReady
 from dispy_core.protocol.errors import ProtocolError
-from dispy_core.protocol.framing import Payload
+from dispy_core.protocol.framing import Outgoing, Payload
 from dispy_core.protocol.jobs import NodeStatus
 from dispy_core.protocol.messages import (
     NOT_WANTED,
@@ -68,6 +70,31 @@ class NodeSession:
     cpus_waiter: asyncio.Future[int] | None = None
     acks: list[int] = field(default_factory=list)
     file_waiters: dict[int, asyncio.Future[str | None]] = field(default_factory=dict)
+
+
+def _per_node(core: ClusterCore, key: NodeKey) -> tuple[list[FileSpec], Outgoing]:
+    """The files and the computation.start payload for the node known as ``key``.
+
+    A NodeAllocate's own ``depends`` and ``setup_args`` (set in its constructor, or by
+    its ``allocate()`` just before this) go to its nodes only, so the bundle is pickled
+    again for such a node; other nodes share the cluster's.
+
+    Raises:
+        DependencyError: a per-node dependency cannot be read.
+    """
+    opts = core.opts
+    alloc = find_allocation(opts.nodes, key[0], key[1], opts.node_port)
+    if alloc is None or (not alloc.depends and not alloc.setup_args):
+        return opts.files, opts.start_payload
+    objects, files = split_depends(list(alloc.depends), program=opts.bundle is None)
+    if opts.bundle is None:
+        if alloc.setup_args:
+            raise DependencyError("setup_args need a Python function computation with setup")
+        return opts.files + files, opts.start_payload
+    bundle = dict(opts.bundle)
+    bundle["depends"] = list(bundle["depends"]) + objects
+    bundle["setup_args"] = tuple(alloc.setup_args)
+    return opts.files + files, serialize.dumps(bundle)
 
 
 def _cpus_for(
@@ -126,6 +153,12 @@ async def serve_node(
         await conn.refuse(NOT_WANTED)
         return
     cpus = min(cpus, info.cpus)
+    try:
+        files, start_payload = _per_node(core, key)
+    except ValueError as exc:  # DependencyError, SerializationError
+        log.error("node %s (%s:%d) not used: %s", info.name, *key, exc)
+        await conn.refuse(clip(f"per-node setup: {exc}", 1000))
+        return
     node = core.known_nodes.get(key)
     if node is None:
         node = DispyNode(key[0], key[1], info.name, cpus, info.platform)
@@ -150,10 +183,10 @@ async def serve_node(
                 pulse_interval=opts.pulse_interval,
             )
         )
-        for spec in opts.files:
+        for spec in files:
             conn.send_nowait(core._file_message(spec), spec.data)
             await conn.drain()
-        await conn.send(ComputationStart(comp_id=core.comp_id), opts.start_payload)
+        await conn.send(ComputationStart(comp_id=core.comp_id), start_payload)
         keepalive = core._tasks.start(_keepalive(core, session))
         try:
             await conn.serve(lambda msg, payload: _on_message(core, session, msg, payload))

@@ -123,7 +123,7 @@ class SharedJobCluster(ClusterFacade):
         *,
         callback: Callable[[DispyJob], Any] | None = None,
         cluster_status: Callable[[int, DispyNode | None, DispyJob | None], Any] | None = None,
-        setup: Callable[[], Any] | None = None,
+        setup: Callable[..., Any] | None = None,
         recover_file: str | None = None,
         msg_timeout: float = MSG_TIMEOUT,
         node_port: int = NODE_PORT,
