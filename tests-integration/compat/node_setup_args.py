@@ -50,7 +50,8 @@ class NodeData(dispy.NodeAllocate):
 
 
 if __name__ == "__main__":
-    allocs = [NodeData(host, port, scale) for (host, port), scale in zip(NODES, (10, 100))]
+    scales = (10, 100)
+    allocs = [NodeData(host, port, scales[i]) for i, (host, port) in enumerate(NODES)]
     # ip_addr and port keep the test on loopback on a free port (other tests run too)
     cluster = dispy.JobCluster(compute, nodes=allocs, setup=setup, ip_addr="127.0.0.1", port=0)
     jobs = []
