@@ -105,6 +105,8 @@ class ClusterCore(JobShell):
         self.sessions: dict[NodeKey, NodeSession] = {}
         self.known_nodes: dict[NodeKey, DispyNode] = {}
         self.refusals: dict[str, str] = {}
+        # setup_args given to resetup_node(), which win over the NodeAllocate's for that node
+        self.resetup_args: dict[NodeKey, tuple[Any, ...]] = {}
         self._file_req = 0
         self.port = opts.port
         self._incoming: deque[DispyJob] = deque()

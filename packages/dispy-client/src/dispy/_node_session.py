@@ -16,7 +16,7 @@ import logging
 import time
 from collections.abc import Awaitable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from dispy._depends import DependencyError, FileSpec, split_depends
 from dispy.nodes import DispyNode, DispyNodeAvailInfo, cpus_for, find_allocation
@@ -29,6 +29,7 @@ from dispy_core.protocol.framing import Outgoing, Payload
 from dispy_core.protocol.jobs import NodeStatus
 from dispy_core.protocol.messages import (
     NOT_WANTED,
+    CloseComputation,
     ComputationClosed,
     ComputationFailed,
     ComputationReady,
@@ -84,17 +85,55 @@ def _per_node(core: ClusterCore, key: NodeKey) -> tuple[list[FileSpec], Outgoing
     """
     opts = core.opts
     alloc = find_allocation(opts.nodes, key[0], key[1], opts.node_port)
-    if alloc is None or (not alloc.depends and not alloc.setup_args):
+    depends = list(alloc.depends) if alloc is not None else []
+    setup_args = core.resetup_args.get(key, alloc.setup_args if alloc is not None else ())
+    if not depends and not setup_args:
         return opts.files, opts.start_payload
-    objects, files = split_depends(list(alloc.depends), program=opts.bundle is None)
+    objects, files = split_depends(depends, program=opts.bundle is None)
     if opts.bundle is None:
-        if alloc.setup_args:
+        if setup_args:
             raise DependencyError("setup_args need a Python function computation with setup")
         return opts.files + files, opts.start_payload
     bundle = dict(opts.bundle)
     bundle["depends"] = list(bundle["depends"]) + objects
-    bundle["setup_args"] = tuple(alloc.setup_args)
+    bundle["setup_args"] = tuple(setup_args)
     return opts.files + files, serialize.dumps(bundle)
+
+
+async def resetup(
+    core: ClusterCore, key: NodeKey, setup_args: tuple[Any, ...] | None, terminate: bool
+) -> int:
+    """Close the computation on the node known as ``key`` and set it up again (0; -1: the
+    node does not serve this cluster).
+
+    As in dispy 4.15: no new job goes there meanwhile (queued jobs wait, or go to other
+    nodes); its running jobs finish first unless ``terminate``; the computation's process
+    there ends (``cleanup`` runs, setup's globals are gone); then the node is asked again
+    (``allocate()`` too) and ``setup`` runs with ``setup_args`` (None: the NodeAllocate's).
+    """
+    session = core.sessions.get(key)
+    if session is None or not session.ready or core._closing:
+        return -1
+    if setup_args is not None:
+        core.resetup_args[key] = setup_args
+    # The engine stops placing jobs there; the node is not told (its CPUs stay as they are).
+    core._apply(core._handle(NodeCpusChanged(key, core.comp_id, 0)))
+    if not terminate:
+        # Jobs sent ahead count too: closing would cancel those that are not reentrant.
+        while core.sessions.get(key) is session:
+            alloc = core.engine.allocation(core.comp_id, key)
+            if alloc is None or not alloc.placed:
+                break
+            await asyncio.sleep(0.05)
+    if core.sessions.get(key) is session:
+        with contextlib.suppress(ConnectionClosed):
+            session.conn.send_nowait(CloseComputation(comp_id=core.comp_id, terminate=terminate))
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(session.closed.wait(), core.opts.msg_timeout)
+        await session.conn.close()
+    # The node is free again: the next ping round (now) sets the computation up there anew.
+    core._ping_round()
+    return 0
 
 
 def _cpus_for(
