@@ -25,6 +25,12 @@ def test_node_allocate_defaults():
     assert (alloc.host, alloc.ip_addr, alloc.port, alloc.cpus) == ("10.0.0.5", "10.0.0.5", None, 0)
 
 
+def test_node_allocate_keeps_per_node_depends_and_setup_args():
+    alloc = NodeAllocate("10.0.0.5", 4000, 2, ["data.txt"], [1, "x"])
+    assert (alloc.depends, alloc.setup_args) == (["data.txt"], (1, "x"))
+    assert (NodeAllocate("h").depends, NodeAllocate("h").setup_args) == ([], ())
+
+
 def test_node_allocate_keeps_port_and_cpus():
     alloc = NodeAllocate("10.0.0.*", port=4000, cpus=2)
     assert (alloc.port, alloc.cpus) == (4000, 2)

@@ -383,6 +383,19 @@ def test_a_wrong_secret_is_a_clear_error(fake_scheduler, tmp_path):
     assert not list(tmp_path.iterdir())  # no recover file
 
 
+@pytest.mark.parametrize(
+    "alloc",
+    [dispy.NodeAllocate("127.0.0.1", setup_args=(1,)), dispy.NodeAllocate("*", depends=[len])],
+    ids=["setup_args", "depends"],
+)
+def test_per_node_setup_is_refused_with_a_clear_error(tmp_path, alloc):
+    # The scheduler hands every node the same computation: per-node data would be lost.
+    with pytest.raises(ValueError, match="SharedJobCluster does not support NodeAllocate"):
+        dispy.SharedJobCluster(
+            square, nodes=[alloc], port=0, secret=SECRET, recover_file=str(tmp_path / "r")
+        )
+
+
 def test_no_scheduler_listening_is_a_clear_error(tmp_path):
     port = free_port()
     with pytest.raises(SchedulerError, match=f"127.0.0.1:{port}: nothing accepts connections"):

@@ -88,6 +88,7 @@ class ClusterOptions:
     recover_file: str
     cluster_status: Callable[[int, DispyNode | None, DispyJob | None], Any] | None
     pick_recover_file: bool = False  # recover_file is a default name: take the next free one
+    bundle: dict[str, Any] | None = None  # see Computation.bundle
 
 
 class ClusterCore(JobShell):
@@ -104,6 +105,8 @@ class ClusterCore(JobShell):
         self.sessions: dict[NodeKey, NodeSession] = {}
         self.known_nodes: dict[NodeKey, DispyNode] = {}
         self.refusals: dict[str, str] = {}
+        # setup_args given to resetup_node(), which win over the NodeAllocate's for that node
+        self.resetup_args: dict[NodeKey, tuple[Any, ...]] = {}
         self._file_req = 0
         self.port = opts.port
         self._incoming: deque[DispyJob] = deque()

@@ -49,12 +49,15 @@ class Computation:
     start_payload: serialize.Pickled  # computation.start's payload
     files: list[FileSpec]  # dependencies (and a transferred program)
     dest_path: str | None
+    # The bundle's objects (functions only), kept so that a node given its own setup_args
+    # or depends by a NodeAllocate gets a bundle of its own.
+    bundle: dict[str, Any] | None = None
 
 
 def prepare_computation(
     computation: Callable[..., Any] | str,
     depends: Sequence[Any] | None,
-    setup: Callable[[], Any] | None,
+    setup: Callable[..., Any] | None,
     cleanup: bool | Callable[[], Any],
     dest_path: str | None,
 ) -> Computation:
@@ -90,16 +93,20 @@ def prepare_computation(
         name = getattr(computation, "__name__", "computation")
         for module in user_modules(objects):
             serialize.pickle_by_value(module)
-        start_payload = serialize.dumps(
-            {
-                "computation": computation,
-                "setup": setup,
-                "cleanup": cleanup if callable(cleanup) else None,
-                "depends": objects,
-            }
-        )
+        bundle: dict[str, Any] | None = {
+            "computation": computation,
+            "setup": setup,
+            "cleanup": cleanup if callable(cleanup) else None,
+            "depends": objects,
+        }
+        start_payload = serialize.dumps(bundle)
     return Computation(
-        name[:MAX_NAME], "program" if program else "function", start_payload, files, dest_path
+        name[:MAX_NAME],
+        "program" if program else "function",
+        start_payload,
+        files,
+        dest_path,
+        bundle if not program else None,
     )
 
 

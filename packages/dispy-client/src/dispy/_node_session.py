@@ -16,17 +16,20 @@ import logging
 import time
 from collections.abc import Awaitable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from dispy.nodes import DispyNode, DispyNodeAvailInfo, cpus_for
+from dispy._depends import DependencyError, FileSpec, split_depends
+from dispy.nodes import DispyNode, DispyNodeAvailInfo, cpus_for, find_allocation
+from dispy_core import serialize
 from dispy_core.aio.connection import Connection, ConnectionClosed, PeerRefused
 from dispy_core.config import DEFAULT_PULSE
 from dispy_core.engine import NodeCpusChanged, NodeHeard, NodeReady
 from dispy_core.protocol.errors import ProtocolError
-from dispy_core.protocol.framing import Payload
+from dispy_core.protocol.framing import Outgoing, Payload
 from dispy_core.protocol.jobs import NodeStatus
 from dispy_core.protocol.messages import (
     NOT_WANTED,
+    CloseComputation,
     ComputationClosed,
     ComputationFailed,
     ComputationReady,
@@ -68,6 +71,69 @@ class NodeSession:
     cpus_waiter: asyncio.Future[int] | None = None
     acks: list[int] = field(default_factory=list)
     file_waiters: dict[int, asyncio.Future[str | None]] = field(default_factory=dict)
+
+
+def _per_node(core: ClusterCore, key: NodeKey) -> tuple[list[FileSpec], Outgoing]:
+    """The files and the computation.start payload for the node known as ``key``.
+
+    A NodeAllocate's own ``depends`` and ``setup_args`` (set in its constructor, or by
+    its ``allocate()`` just before this) go to its nodes only, so the bundle is pickled
+    again for such a node; other nodes share the cluster's.
+
+    Raises:
+        DependencyError: a per-node dependency cannot be read.
+    """
+    opts = core.opts
+    alloc = find_allocation(opts.nodes, key[0], key[1], opts.node_port)
+    depends = list(alloc.depends) if alloc is not None else []
+    setup_args = core.resetup_args.get(key, alloc.setup_args if alloc is not None else ())
+    if not depends and not setup_args:
+        return opts.files, opts.start_payload
+    objects, files = split_depends(depends, program=opts.bundle is None)
+    if opts.bundle is None:
+        if setup_args:
+            raise DependencyError("setup_args need a Python function computation with setup")
+        return opts.files + files, opts.start_payload
+    bundle = dict(opts.bundle)
+    bundle["depends"] = list(bundle["depends"]) + objects
+    bundle["setup_args"] = tuple(setup_args)
+    return opts.files + files, serialize.dumps(bundle)
+
+
+async def resetup(
+    core: ClusterCore, key: NodeKey, setup_args: tuple[Any, ...] | None, terminate: bool
+) -> int:
+    """Close the computation on the node known as ``key`` and set it up again (0; -1: the
+    node does not serve this cluster).
+
+    As in dispy 4.15: no new job goes there meanwhile (queued jobs wait, or go to other
+    nodes); its running jobs finish first unless ``terminate``; the computation's process
+    there ends (``cleanup`` runs, setup's globals are gone); then the node is asked again
+    (``allocate()`` too) and ``setup`` runs with ``setup_args`` (None: the NodeAllocate's).
+    """
+    session = core.sessions.get(key)
+    if session is None or not session.ready or core._closing:
+        return -1
+    if setup_args is not None:
+        core.resetup_args[key] = setup_args
+    # The engine stops placing jobs there; the node is not told (its CPUs stay as they are).
+    core._apply(core._handle(NodeCpusChanged(key, core.comp_id, 0)))
+    if not terminate:
+        # Jobs sent ahead count too: closing would cancel those that are not reentrant.
+        while core.sessions.get(key) is session:
+            alloc = core.engine.allocation(core.comp_id, key)
+            if alloc is None or not alloc.placed:
+                break
+            await asyncio.sleep(0.05)
+    if core.sessions.get(key) is session:
+        with contextlib.suppress(ConnectionClosed):
+            session.conn.send_nowait(CloseComputation(comp_id=core.comp_id, terminate=terminate))
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(session.closed.wait(), core.opts.msg_timeout)
+        await session.conn.close()
+    # The node is free again: the next ping round (now) sets the computation up there anew.
+    core._ping_round()
+    return 0
 
 
 def _cpus_for(
@@ -126,6 +192,12 @@ async def serve_node(
         await conn.refuse(NOT_WANTED)
         return
     cpus = min(cpus, info.cpus)
+    try:
+        files, start_payload = _per_node(core, key)
+    except ValueError as exc:  # DependencyError, SerializationError
+        log.error("node %s (%s:%d) not used: %s", info.name, *key, exc)
+        await conn.refuse(clip(f"per-node setup: {exc}", 1000))
+        return
     node = core.known_nodes.get(key)
     if node is None:
         node = DispyNode(key[0], key[1], info.name, cpus, info.platform)
@@ -150,10 +222,10 @@ async def serve_node(
                 pulse_interval=opts.pulse_interval,
             )
         )
-        for spec in opts.files:
+        for spec in files:
             conn.send_nowait(core._file_message(spec), spec.data)
             await conn.drain()
-        await conn.send(ComputationStart(comp_id=core.comp_id), opts.start_payload)
+        await conn.send(ComputationStart(comp_id=core.comp_id), start_payload)
         keepalive = core._tasks.start(_keepalive(core, session))
         try:
             await conn.serve(lambda msg, payload: _on_message(core, session, msg, payload))

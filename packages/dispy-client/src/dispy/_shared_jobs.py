@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 from dispy._ends import JobEnds
 from dispy._shell import job_frames
 from dispy.jobs import DispyJob
-from dispy.nodes import DispyNode, DispyNodeAvailInfo, NodeAllocate, cpus_for
+from dispy.nodes import DispyNode, DispyNodeAvailInfo, NodeAllocate, cpus_for, find_allocation
 from dispy_core.aio.connection import Connection, ConnectionClosed
 from dispy_core.protocol.framing import Payload
 from dispy_core.protocol.jobs import JobStatus, NodeStatus
@@ -124,6 +124,15 @@ class SharedJobs(JobEnds):
             platform=offer.platform,
         )
         cpus = min(cpus, offer.cpus)
+        alloc = find_allocation(nodes, offer.ip_addr, offer.port, opts.node_port)
+        if cpus > 0 and alloc is not None and (alloc.depends or alloc.setup_args):
+            # allocate() set per-node data the scheduler cannot carry: not silently dropped
+            log.error(
+                "node %s not used: SharedJobCluster does not support NodeAllocate depends or "
+                "setup_args (use JobCluster)",
+                offer.name,
+            )
+            cpus = 0
         if cpus <= 0 and not answer_zero:
             return False
         if cpus > 0:

@@ -18,6 +18,7 @@ from dispy._facade import (
     resolve_nodes,
     setup_logging,
 )
+from dispy._node_session import resetup
 from dispy.jobs import DispyJob
 from dispy.nodes import DispyNode, NodeAllocate, to_allocate
 from dispy.recovery import default_recover_file
@@ -72,7 +73,7 @@ class JobCluster(ClusterFacade):
         recover_file: str | None = None,
         dest_path: str | None = None,
         loglevel: int = logging.WARNING,
-        setup: Callable[[], Any] | None = None,
+        setup: Callable[..., Any] | None = None,
         cleanup: bool | Callable[[], Any] = True,
         pulse_interval: float | None = None,
         ping_interval: float | None = None,
@@ -104,6 +105,7 @@ class JobCluster(ClusterFacade):
             name=name,
             kind=comp.kind,
             start_payload=comp.start_payload,
+            bundle=comp.bundle,
             files=comp.files,
             nodes=node_list,
             ip_addrs=ip_addrs,
@@ -149,6 +151,24 @@ class JobCluster(ClusterFacade):
             return -1
         self._call_soon(self._core.allocate, alloc)
         return 0
+
+    def resetup_node(
+        self, node: DispyNode | str, *setup_args: Any, terminate_pending: bool = False
+    ) -> int:
+        """Run ``setup`` on ``node`` again, with ``setup_args`` (none given: the ones its
+        NodeAllocate has then, as ``allocate()`` is asked again).
+
+        Jobs wait (or go to other nodes) meanwhile; the node's running jobs finish first
+        unless ``terminate_pending``; the computation's globals there start afresh. Returns
+        0 once the computation is closed there (set up again as the node comes back), -1 if
+        the node does not serve this cluster.
+        """
+        key = self._node_key(node)
+        if key is None:
+            return -1
+        args = tuple(setup_args) if setup_args else None
+        result: int = self._call(resetup(self._core, key, args, terminate_pending))
+        return result
 
     def set_node_cpus(self, node: DispyNode | str, cpus: int) -> int:
         """Use ``cpus`` CPUs of ``node`` (negative: all but that many).

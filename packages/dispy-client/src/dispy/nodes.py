@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from dispy_core.protocol.discovery import is_pattern, matches
@@ -73,12 +74,23 @@ class NodeAllocate:
         host: an IP address, a host name, or a wildcard pattern such as ``'192.168.3.*'``.
         port: the node's port; None means the cluster's ``node_port``.
         cpus: at most this many CPUs per node (0 = all).
+        depends: dependencies (files, modules, objects) sent only to the nodes this object
+            allocates, besides the cluster's ``depends``.
+        setup_args: arguments ``setup`` is called with on those nodes.
 
     Subclass and override :meth:`allocate` to choose nodes by name, platform or
-    availability.
+    availability; it may set ``self.depends`` and ``self.setup_args`` for the node it is
+    asked about (they are read right after it returns).
     """
 
-    def __init__(self, host: str, port: int | None = None, cpus: int = 0) -> None:
+    def __init__(
+        self,
+        host: str,
+        port: int | None = None,
+        cpus: int = 0,
+        depends: Sequence[Any] = (),
+        setup_args: Sequence[Any] = (),
+    ) -> None:
         if not isinstance(host, str) or not host:
             raise ValueError(f"NodeAllocate host must be a non-empty string, not {host!r}")
         if port is not None and not (0 < int(port) < 65536):
@@ -87,6 +99,8 @@ class NodeAllocate:
         self.port = port
         self.cpus = cpus
         self.ip_addr: str = host
+        self.depends: list[Any] = list(depends)
+        self.setup_args: tuple[Any, ...] = tuple(setup_args)
 
     def allocate(
         self,

@@ -123,7 +123,7 @@ class SharedJobCluster(ClusterFacade):
         *,
         callback: Callable[[DispyJob], Any] | None = None,
         cluster_status: Callable[[int, DispyNode | None, DispyJob | None], Any] | None = None,
-        setup: Callable[[], Any] | None = None,
+        setup: Callable[..., Any] | None = None,
         recover_file: str | None = None,
         msg_timeout: float = MSG_TIMEOUT,
         node_port: int = NODE_PORT,
@@ -141,6 +141,12 @@ class SharedJobCluster(ClusterFacade):
         resolved = cluster_secret(secret)
         comp = prepare_computation(computation, depends, setup, cleanup, dest_path)
         node_list = resolve_nodes(nodes)
+        if any(alloc.depends or alloc.setup_args for alloc in node_list):
+            # The scheduler hands every node the same computation: it carries no per-node data.
+            raise ValueError(
+                "SharedJobCluster does not support NodeAllocate depends or setup_args; "
+                "use JobCluster for per-node setup"
+            )
         sched_name = scheduler_node or "127.0.0.1"
         try:
             sched_addr = netinfo.resolve(sched_name)

@@ -332,7 +332,8 @@ def main() -> None:
         computation = bundle["computation"]
         setup = bundle.get("setup")
         if setup is not None:
-            status = setup()
+            # setup_args: a NodeAllocate's arguments for this node (none by default)
+            status = setup(*bundle.get("setup_args", ()))
             if status not in (None, 0):
                 ctrl.send({"op": "failed", "reason": f"setup returned {status!r} (not 0)"})
                 return

@@ -1,0 +1,65 @@
+"""A 4.15-style program: a NodeAllocate subclass gives each node its own data file (per-node
+``depends``) and its own ``setup_args``; ``setup`` loads that file into a global the jobs read.
+
+Run by tests-integration/test_compat_alloc.py; prints one ``result`` line per job.
+"""
+
+import json
+import os
+
+# The test's nodes (a 4.15 program would find them with nodes=['*']); the secret comes
+# from DISPY_SECRET in the environment, which dispy reads itself.
+NODES = [tuple(node) for node in json.loads(os.environ["DISPY_TEST_NODES"])]
+
+
+def setup(data_file, scale):
+    # runs once on each node, in the computation's directory, before any job there
+    global node_data, node_scale
+    with open(data_file) as fd:
+        node_data = fd.read().strip()
+    node_scale = scale
+    return 0
+
+
+def compute(n):
+    import os
+    import time
+
+    time.sleep(0.3)  # long enough for both nodes to take jobs
+    others = sorted(name for name in os.listdir(".") if name.startswith("data-"))
+    return node_data, n * node_scale, others
+
+
+import dispy  # noqa: E402
+
+
+class NodeData(dispy.NodeAllocate):
+    """Each node gets a data file named after it and a scale factor of its own."""
+
+    def __init__(self, host, port, scale):
+        super().__init__(host, port=port)
+        self.scale = scale
+
+    def allocate(self, cluster, ip_addr, name, cpus, avail_info=None, platform=""):
+        data_file = f"data-{name}.txt"
+        with open(data_file, "w") as fd:
+            fd.write(f"data for {name}")
+        self.depends = [data_file]
+        self.setup_args = (data_file, self.scale)
+        return cpus
+
+
+if __name__ == "__main__":
+    scales = (10, 100)
+    allocs = [NodeData(host, port, scales[i]) for i, (host, port) in enumerate(NODES)]
+    # ip_addr and port keep the test on loopback on a free port (other tests run too)
+    cluster = dispy.JobCluster(compute, nodes=allocs, setup=setup, ip_addr="127.0.0.1", port=0)
+    jobs = []
+    for i in range(8):
+        job = cluster.submit(i)
+        job.id = i
+        jobs.append(job)
+    for job in jobs:
+        data, scaled, files = job()
+        print("result", job.id, job.ip_addr, data.split()[-1], scaled, ",".join(files))
+    cluster.close()
