@@ -32,6 +32,14 @@ class DispyNodeAvailInfo:
             return None
         return cls(info.cpu, info.memory, info.disk, info.swap)
 
+    @property
+    def __dict__(self) -> dict[str, Any]:  # type: ignore[override]
+        """``vars(info)``: the four fields (a copy; __slots__ keep these small)."""
+        return {"cpu": self.cpu, "memory": self.memory, "disk": self.disk, "swap": self.swap}
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (DispyNodeAvailInfo, (self.cpu, self.memory, self.disk, self.swap))
+
     def __repr__(self) -> str:
         return (
             f"DispyNodeAvailInfo(cpu={self.cpu:.1f}, memory={self.memory}, "
