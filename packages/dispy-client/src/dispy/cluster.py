@@ -8,6 +8,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from dispy._callbacks import CallbackRunner
+from dispy._compat import dispy_port_ports, pick, pick_callback, refuse_unsupported
 from dispy._core import ClusterCore, ClusterOptions
 from dispy._facade import (
     ClusterFacade,
@@ -49,6 +50,10 @@ class JobCluster(ClusterFacade):
             default), the ``DISPY_SECRET`` environment variable is used if set; with
             neither, the cluster logs a warning, since anyone can then pose as a node.
         keyfile, certfile: enable TLS with this certificate (the key may be in certfile).
+        job_status, host, ext_host, dispy_port: dispy 4.15's names for ``callback``,
+            ``ip_addr``, ``ext_ip_addr`` and ``port`` (nodes then on ``dispy_port + 1``).
+        ipv4_udp_multicast, poll_interval: dispy 4.15 options this release refuses
+            (ValueError with the reason) unless left at their defaults.
 
     Example:
         >>> def compute(n):
@@ -81,8 +86,22 @@ class JobCluster(ClusterFacade):
         keyfile: str | None = None,
         certfile: str | None = None,
         msg_timeout: float = MSG_TIMEOUT,
+        *,
+        job_status: Callable[[DispyJob], Any] | None = None,
+        host: str | Sequence[str] | None = None,
+        ext_host: str | Sequence[str] | None = None,
+        dispy_port: int | None = None,
+        ipv4_udp_multicast: bool = False,
+        poll_interval: float | None = None,
     ) -> None:
+        # dispy 4.15 spellings (see dispy._compat): job_status is callback, host is ip_addr,
+        # ext_host is ext_ip_addr, dispy_port P is port P with nodes on P + 1.
         setup_logging(loglevel)
+        refuse_unsupported(ipv4_udp_multicast, poll_interval)
+        callback = pick_callback(callback, job_status)
+        ip_addr = pick(ip_addr, host, "ip_addr", "host")
+        ext_ip_addr = pick(ext_ip_addr, ext_host, "ext_ip_addr", "ext_host")
+        port, node_port = dispy_port_ports(dispy_port, port, node_port)
         if pulse_interval is not None and not 1 <= pulse_interval <= 600:
             raise ValueError(
                 f"pulse_interval must be between 1 and 600 seconds, not {pulse_interval}"
