@@ -276,10 +276,11 @@ class ClusterFacade:
         return self.wait()
 
     def status(self) -> ClusterStatus:
-        """The nodes known to this cluster and the number of jobs not ended (dispy 4.15)."""
+        """The nodes serving this cluster (set up, as :meth:`nodes`) and the number of jobs
+        not ended (dispy 4.15)."""
         with self._lock:
             pending = self._pending
-        return ClusterStatus(list(self._core.known_nodes.values()), pending)
+        return ClusterStatus(self.nodes(), pending)
 
     def discover_nodes(self, nodes: Any) -> int:
         """Look for ``nodes`` (one or a list: names, addresses, patterns, ``(host, port)``
