@@ -56,7 +56,8 @@ def test_compat_job_status_bounds_pending_jobs(node_factory, secret, tmp_path):
     assert 1 <= int(out["max_pending"]) <= 8  # the callback kept the bound
     assert out["results"] == f"60 {sum(i * i for i in range(60))}"
     assert out["status"] == "2 0"  # status(): both nodes, nothing pending
-    assert out["vars"] == "3481 True" and out["pickled"] == "True 3481"
+    assert out["vars"] == "3481 True"
+    assert out["pickled"] == "True 3481"
     assert out["node"].split(" ", 1)[0] in {node.name for node in nodes}
     assert "closed" in out
 
@@ -64,19 +65,23 @@ def test_compat_job_status_bounds_pending_jobs(node_factory, secret, tmp_path):
 def test_compat_discover_nodes_finds_a_node_started_late(node_factory, secret, tmp_path):
     first = node_factory.one(name="first")
     proc = program("discover_late.py", [first], secret, tmp_path)
-    assert proc.stdout is not None and proc.stdin is not None
+    assert proc.stdout is not None
+    assert proc.stdin is not None
     seen = []
     for line in proc.stdout:  # bounded: the program ends (and closes stdout) on its own
         seen.append(line)
         if line.startswith("ready"):
             break
-    assert seen and seen[-1].startswith("ready"), seen
+    assert seen, "the program printed nothing"
+    assert seen[-1].startswith("ready"), seen
     late = node_factory.one(name="late")
     proc.stdin.write(json.dumps([late.ip_addr, late.port]) + "\n")
     proc.stdin.flush()
     out = finish(proc)
-    assert out["discover"] == "0" and out["nodes"] == "2"
+    assert out["discover"] == "0"
+    assert out["nodes"] == "2"
     assert out["late"] == "[100, 101, 102] ['127.0.0.1'] True"
-    assert out["on"] == "True" and "shutdown" in out
+    assert out["on"] == "True"
+    assert "shutdown" in out
     first_line = "".join(seen)
     assert "['first-0', 'first-1', 'first-2', 'first-3'] [0, 1, 2, 3]" in first_line

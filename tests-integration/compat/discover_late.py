@@ -25,7 +25,7 @@ def compute(n):
 
 
 cluster = dispy.JobCluster(compute, nodes=NODES, host="127.0.0.1", dispy_port=PORT)
-jobs = [cluster.submit_job_id("first-%d" % i, i) for i in range(4)]
+jobs = [cluster.submit_job_id(f"first-{i}", i) for i in range(4)]
 cluster.wait()
 print("first", sorted(job.id for job in jobs), [job.result[0] for job in jobs])
 print("ready", flush=True)
@@ -37,11 +37,15 @@ while len(cluster.status().nodes) < 2 and time.time() < deadline:
     time.sleep(0.1)
 nodes = cluster.status().nodes
 print("nodes", len(nodes))
-node = [n for n in nodes if n.port == late[1]][0]
+node = next(n for n in nodes if n.port == late[1])
 jobs = [cluster.submit_job_id_node(100 + i, node, i) for i in range(3)]
 cluster.wait()
-print("late", [job.id for job in jobs], sorted(set(job.ip_addr for job in jobs)),
-      all(job.status == dispy.DispyJob.Finished for job in jobs))
+print(
+    "late",
+    [job.id for job in jobs],
+    sorted(set(job.ip_addr for job in jobs)),
+    all(job.status == dispy.DispyJob.Finished for job in jobs),
+)
 print("on", sorted(set(n.port for n in cluster.nodes())) == sorted([NODES[0][1], late[1]]))
 cluster.shutdown()
 print("shutdown")

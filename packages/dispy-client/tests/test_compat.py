@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import logging
 
-import dispy
 import pytest
+
+import dispy
 from dispy._compat import dispy_port_ports, pick, pick_callback
 
 
@@ -16,7 +17,8 @@ def compute(n):
 def test_logger_has_level_names_and_msg_timeout():
     assert dispy.logger is logging.getLogger("dispy")
     assert (dispy.logger.DEBUG, dispy.logger.INFO, dispy.logger.ERROR) == (10, 20, 40)
-    assert dispy.MsgTimeout > 0 and isinstance(dispy.__version__, str)
+    assert dispy.MsgTimeout > 0
+    assert isinstance(dispy.__version__, str)
 
 
 def test_httpd_import_says_it_comes_later():
@@ -57,6 +59,8 @@ def test_job_status_is_the_callback_and_wins_over_it():
     def b(job):
         pass
 
-    assert pick_callback(a, None) is a and pick_callback(None, b) is b
+    assert pick_callback(a, None) is a
+    assert pick_callback(None, b) is b
     assert pick_callback(a, b) is b
-    assert pick("x", None, "o", "t") == "x" and pick(None, "y", "o", "t") == "y"
+    assert pick("x", None, "o", "t") == "x"
+    assert pick(None, "y", "o", "t") == "y"

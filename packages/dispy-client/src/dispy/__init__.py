@@ -13,7 +13,6 @@ from dispy.jobs import DispyJob
 from dispy.nodes import DispyNode, DispyNodeAvailInfo, NodeAllocate
 from dispy.recovery import recover_jobs
 from dispy.shared import SchedulerError, SharedJobCluster
-
 from dispy_core.config import MSG_TIMEOUT
 
 logger = dispy_logger()

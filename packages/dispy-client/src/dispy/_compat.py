@@ -10,7 +10,7 @@ run believing it got them.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 from dispy.nodes import DispyNode
