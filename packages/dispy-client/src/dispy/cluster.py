@@ -95,13 +95,14 @@ class JobCluster(ClusterFacade):
         poll_interval: float | None = None,
     ) -> None:
         # dispy 4.15 spellings (see dispy._compat): job_status is callback, host is ip_addr,
-        # ext_host is ext_ip_addr, dispy_port P is port P with nodes on P + 1.
-        setup_logging(loglevel)
+        # ext_host is ext_ip_addr, dispy_port P is port P with nodes on P + 1. Checked before
+        # the logger is set up: a refused cluster leaves the logging as it was.
         refuse_unsupported(ipv4_udp_multicast, poll_interval)
         callback = pick_callback(callback, job_status)
         ip_addr = pick(ip_addr, host, "ip_addr", "host")
         ext_ip_addr = pick(ext_ip_addr, ext_host, "ext_ip_addr", "ext_host")
         port, node_port = dispy_port_ports(dispy_port, port, node_port)
+        setup_logging(loglevel)
         if pulse_interval is not None and not 1 <= pulse_interval <= 600:
             raise ValueError(
                 f"pulse_interval must be between 1 and 600 seconds, not {pulse_interval}"

@@ -144,8 +144,8 @@ class SharedJobCluster(ClusterFacade):
         poll_interval: float | None = None,
     ) -> None:
         # dispy 4.15 spellings (see dispy._compat): its dispy_port P put this client on P
-        # (client_port overrides), the nodes on P + 1 and the scheduler on P + 2.
-        setup_logging(loglevel)
+        # (client_port overrides), the nodes on P + 1 and the scheduler on P + 2. Checked
+        # before the logger is set up: a refused cluster leaves the logging as it was.
         refuse_unsupported(False, poll_interval)
         callback = pick_callback(callback, job_status)
         ip_addr = pick(ip_addr, host, "ip_addr", "host")
@@ -157,6 +157,7 @@ class SharedJobCluster(ClusterFacade):
                 scheduler_port = port + 2
         if client_port is not None:
             port = int(client_port)
+        setup_logging(loglevel)
         if not 0 <= int(port) <= 65535:
             raise ValueError(f"port must be 0..65535, not {port}")
         sched_port = SCHEDULER_PORT if scheduler_port is None else int(scheduler_port)
