@@ -85,3 +85,18 @@ def test_compat_discover_nodes_finds_a_node_started_late(node_factory, secret, t
     assert "shutdown" in out
     first_line = "".join(seen)
     assert "['first-0', 'first-1', 'first-2', 'first-3'] [0, 1, 2, 3]" in first_line
+
+
+def test_compat_deallocate_and_close_node(node_factory, secret, tmp_path):
+    nodes = node_factory(2, cpus=1)
+    out = finish(program("close_nodes.py", nodes, secret, tmp_path))
+    assert out["nodes"] == "2"
+    assert out["deallocate"] == "0"
+    first = min(nodes, key=lambda node: node.port)
+    assert out["done"] == "0 6"  # the deallocated node got none of the six jobs
+    assert out["allocate"] == "0"
+    assert out["back"] == "[True, True]"  # allocate_node took it back
+    assert out["close"] == "0"
+    assert out["long"] == "1.5 True"  # its running job ended first
+    assert out["after-close"] == f"['{first.name}'] [0.05, 0.05, 0.05, 0.05]"
+    assert "closed" in out

@@ -189,19 +189,30 @@ class ClusterFacade:
         self, job_id: Any, node: DispyNode | str, *args: Any, **kwargs: Any
     ) -> DispyJob | None:
         """Like :meth:`submit_node`, with the job's ``id`` set to ``job_id`` (dispy 4.15)."""
-        key = self._node_key(node)
+        key = self._pin(node, "submit_job_id_node")
         if key is None:
-            log.error("submit_job_id_node: %r is not a node of this cluster", node)
             return None
         return self._submit(key, args, kwargs, job_id)
 
     def submit_node(self, node: DispyNode | str, *args: Any, **kwargs: Any) -> DispyJob | None:
         """Like :meth:`submit`, but run the job only on ``node``."""
-        key = self._node_key(node)
+        key = self._pin(node, "submit_node")
         if key is None:
-            log.error("submit_node: %r is not a node of this cluster", node)
             return None
         return self._submit(key, args, kwargs)
+
+    def _pin(self, node: DispyNode | str, caller: str) -> tuple[str, int] | None:
+        key = self._node_key(node)
+        if key is None:
+            log.error("%s: %r is not a node of this cluster", caller, node)
+            return None
+        if key in getattr(self._core, "released", ()):
+            # it would wait there for ever: the node takes no more jobs of this cluster
+            log.error(
+                "%s: %r was deallocated or closed (allocate_node takes it back)", caller, node
+            )
+            return None
+        return key
 
     def _submit(
         self,
@@ -331,8 +342,10 @@ class ClusterFacade:
                 return key  # type: ignore[no-any-return]
         return None
 
-    def send_file(self, path: str, node: DispyNode | str) -> int:
+    def send_file(self, path: str, node: DispyNode | str, relay: bool = False) -> int:
         """Copy ``path`` (by its base name) into the computation's directory on ``node``.
+
+        ``relay`` (dispy 4.15) changes nothing: the file goes the way jobs go.
 
         Returns 0 on success, -1 on failure (the reason is logged).
         """
@@ -351,8 +364,11 @@ class ClusterFacade:
             return -1
         return 0
 
-    def node_jobs(self, node: DispyNode | str) -> list[DispyJob]:
-        """Jobs running (or queued to run) on ``node`` now."""
+    def node_jobs(self, node: DispyNode | str, from_node: bool = False) -> list[DispyJob]:
+        """Jobs running (or queued to run) on ``node`` now.
+
+        ``from_node`` (dispy 4.15) changes nothing: the client knows them already.
+        """
         key = self._node_key(node)
         if key is None:
             return []

@@ -12,6 +12,7 @@ from dispy._compat import dispy_port_ports, pick, pick_callback, refuse_unsuppor
 from dispy._core import ClusterCore, ClusterOptions
 from dispy._facade import (
     ClusterFacade,
+    _in_loop,
     absolute,
     as_list,
     cluster_secret,
@@ -179,4 +180,28 @@ class JobCluster(ClusterFacade):
         if key is None:
             return -1
         result: int = self._call(self._core.set_cpus(key, int(cpus)))
+        return result
+
+    def deallocate_node(self, node: DispyNode | str) -> int:
+        """Give ``node`` no more jobs of this cluster; those it has go on (dispy 4.15).
+
+        :meth:`allocate_node` takes it back. Returns 0, or -1 if it does not serve this
+        cluster.
+        """
+        return self._release(node, close=False, terminate=False)
+
+    def close_node(self, node: DispyNode | str, terminate_pending: bool = False) -> int:
+        """Close this cluster's computation on ``node`` (dispy 4.15): no more jobs go there;
+        those running end first, or are terminated with ``terminate_pending``.
+
+        :meth:`allocate_node` takes it back. Returns 0, or -1 if it does not serve this
+        cluster.
+        """
+        return self._release(node, close=True, terminate=bool(terminate_pending))
+
+    def _release(self, node: DispyNode | str, *, close: bool, terminate: bool) -> int:
+        key = self._node_key(node)
+        if key is None:
+            return -1
+        result: int = self._call(_in_loop(self._core.release, key, close, terminate))
         return result

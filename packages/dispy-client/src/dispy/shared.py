@@ -251,3 +251,13 @@ class SharedJobCluster(ClusterFacade):
         log.info("set_node_cpus: a SharedJobCluster does not change a node's CPUs")
         used: int = known.cpus
         return used
+
+    def deallocate_node(self, node: DispyNode | str) -> int:
+        """Not available on a shared cluster: the scheduler places its jobs. Returns -1."""
+        log.error("deallocate_node: a SharedJobCluster's nodes are the scheduler's to place")
+        return -1
+
+    def close_node(self, node: DispyNode | str, terminate_pending: bool = False) -> int:
+        """Not available on a shared cluster: the scheduler places its jobs. Returns -1."""
+        log.error("close_node: a SharedJobCluster's nodes are the scheduler's to place")
+        return -1
