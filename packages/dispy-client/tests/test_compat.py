@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import socket
 
 import pytest
 
@@ -64,3 +65,15 @@ def test_job_status_is_the_callback_and_wins_over_it():
     assert pick_callback(a, b) is b
     assert pick("x", None, "o", "t") == "x"
     assert pick(None, "y", "o", "t") == "y"
+
+
+
+def test_shared_dispy_port_puts_the_scheduler_two_ports_up():
+    # a port nothing listens on (bound, not listening): the error names it, P + 2
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+        with pytest.raises(dispy.SchedulerError, match=f"port {port}"):
+            dispy.SharedJobCluster(
+                compute, scheduler_host="127.0.0.1", dispy_port=port - 2, secret="x"
+            )
