@@ -67,7 +67,6 @@ def test_job_status_is_the_callback_and_wins_over_it():
     assert pick(None, "y", "o", "t") == "y"
 
 
-
 def test_shared_dispy_port_puts_the_scheduler_two_ports_up():
     # a port nothing listens on (bound, not listening): the error names it, P + 2
     with socket.socket() as sock:
