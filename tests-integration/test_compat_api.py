@@ -100,3 +100,30 @@ def test_compat_deallocate_and_close_node(node_factory, secret, tmp_path):
     assert out["long"] == "1.5 True"  # its running job ended first
     assert out["after-close"] == f"['{first.name}'] [0.05, 0.05, 0.05, 0.05]"
     assert "closed" in out
+
+
+def test_compat_shared_cluster_with_job_status(
+    node_factory, scheduler_factory, cluster_secret, tmp_path
+):
+    node = node_factory.one(cpus=2, name="shared")
+    sched = scheduler_factory([node])
+    env = dict(os.environ)
+    env.update(
+        DISPY_TEST_SCHEDULER="127.0.0.1",
+        DISPY_TEST_PORT=str(sched.scheduler_port - 2),  # 4.15: the scheduler is on P + 2
+        DISPY_SECRET=cluster_secret,
+        PYTHONUNBUFFERED="1",
+    )
+    proc = subprocess.Popen(
+        [sys.executable, str(COMPAT / "shared_job_status.py")],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    out = finish(proc)
+    assert out["done"] == f"True {sum(range(1000, 1010))}"
+    assert out["status"] == "True 0"
+    assert out["deallocate"] == "-1"  # the scheduler places a shared cluster's jobs
+    assert "closed" in out
