@@ -15,6 +15,18 @@ def compute(n):
     return n
 
 
+@pytest.fixture(autouse=True)
+def dispy_logging_restored():
+    # A cluster that fails after setting up logging leaves a handler bound to this test's
+    # captured stderr; later tests that read their own stderr would see nothing.
+    logger = logging.getLogger("dispy")
+    saved = (list(logger.handlers), logger.level, logger.propagate)
+    yield
+    logger.handlers[:] = saved[0]
+    logger.setLevel(saved[1])
+    logger.propagate = saved[2]
+
+
 def test_logger_has_level_names_and_msg_timeout():
     assert dispy.logger is logging.getLogger("dispy")
     assert (dispy.logger.DEBUG, dispy.logger.INFO, dispy.logger.ERROR) == (10, 20, 40)
