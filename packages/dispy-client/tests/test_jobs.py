@@ -34,7 +34,8 @@ def test_status_values_match_the_reference():
 def test_new_job_is_created_and_not_finished():
     job = new_job()
     assert job.status == DispyJob.Created
-    assert (job.id, job.result, job.exception, job.ip_addr) == (None, None, None, None)
+    assert (job.result, job.exception, job.ip_addr) == (None, None, None)
+    assert job.id == job._uid  # the submission number until the program sets its own
     assert (job.args, job.kwargs) == ((1, 2), {"k": 3})
     assert not job.finish.is_set()
 
@@ -94,3 +95,20 @@ def test_calling_waits_until_the_job_ends():
 def test_repr_names_the_status():
     job = new_job(uid=9)
     assert repr(job) == "<DispyJob 9 Created>"
+
+
+def test_job_vars_and_pickle_show_its_fields():
+    import pickle
+
+    job = new_job()
+    job.id = "mine"
+    job.status, job.result = DispyJob.Finished, 42
+    fields = vars(job)
+    assert fields == job.__dict__
+    assert (fields["id"], fields["result"], fields["args"]) == ("mine", 42, (1, 2))
+    # Plain pickle on purpose: what a user's program does with a job (a results file).
+    copy = pickle.loads(pickle.dumps(job))  # noqa: TID251
+    assert (copy.id, copy.status, copy(), copy.kwargs) == ("mine", DispyJob.Finished, 42, {"k": 3})
+    assert copy.finish.is_set()
+    assert "mine" in repr(copy)
+    assert "Finished" in repr(copy)

@@ -48,6 +48,7 @@ from dispy_core.engine import (
     ComputationOpened,
     Engine,
     Event,
+    NodeCpusChanged,
 )
 from dispy_core.protocol.errors import ProtocolError
 from dispy_core.protocol.framing import Outgoing, Payload
@@ -107,6 +108,9 @@ class ClusterCore(JobShell):
         self.refusals: dict[str, str] = {}
         # setup_args given to resetup_node(), which win over the NodeAllocate's for that node
         self.resetup_args: dict[NodeKey, tuple[Any, ...]] = {}
+        # Nodes let go by deallocate_node/close_node, with the CPUs they had: not given
+        # jobs (nor taken back if they reconnect) until allocate_node names them again.
+        self.released: dict[NodeKey, int] = {}
         self._file_req = 0
         self.port = opts.port
         self._incoming: deque[DispyJob] = deque()
@@ -381,4 +385,30 @@ class ClusterCore(JobShell):
 
     def allocate(self, alloc: NodeAllocate) -> None:
         self.opts.nodes.append(alloc)
+        for key in [k for k in self.released if alloc._matches(*k, self.opts.node_port)]:
+            cpus = self.released.pop(key)
+            if key in self.sessions and self.engine.allocation(self.comp_id, key) is not None:
+                self._apply(self._handle(NodeCpusChanged(key, self.comp_id, cpus)))
         self._ping_round()
+
+    def release(self, key: NodeKey, close: bool, terminate: bool) -> int:
+        """deallocate_node (``close`` False) and close_node of dispy 4.15.
+
+        The node gets no more jobs of this cluster; those it has go on. With ``close`` it
+        also closes the computation (ending its jobs with ``terminate``), so the session
+        ends as at the cluster's close. Returns 0, or -1 if the node does not serve it.
+        """
+        session = self.sessions.get(key)
+        alloc = self.engine.allocation(self.comp_id, key)
+        if session is None or alloc is None:
+            return -1
+        self.released.setdefault(key, alloc.cpus)
+        # 0 CPUs in the engine only: the node's own CPU setting is not this cluster's to
+        # change, and the engine then places nothing more there.
+        self._apply(self._handle(NodeCpusChanged(key, self.comp_id, 0)))
+        if close:
+            with contextlib.suppress(ConnectionClosed):
+                session.conn.send_nowait(
+                    CloseComputation(comp_id=self.comp_id, terminate=terminate)
+                )
+        return 0

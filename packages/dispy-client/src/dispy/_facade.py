@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from dispy._callbacks import CallbackRunner
+from dispy._compat import ClusterStatus
 from dispy._depends import DependencyError, FileSpec, read_file, split_depends, user_modules
 from dispy.jobs import DispyJob
 from dispy.nodes import DispyNode, NodeAllocate, to_allocate
@@ -187,16 +188,45 @@ class ClusterFacade:
         """
         return self._submit(None, args, kwargs)
 
+    def submit_job_id(self, job_id: Any, *args: Any, **kwargs: Any) -> DispyJob | None:
+        """Like :meth:`submit`, with the job's ``id`` set to ``job_id`` (dispy 4.15)."""
+        return self._submit(None, args, kwargs, job_id)
+
+    def submit_job_id_node(
+        self, job_id: Any, node: DispyNode | str, *args: Any, **kwargs: Any
+    ) -> DispyJob | None:
+        """Like :meth:`submit_node`, with the job's ``id`` set to ``job_id`` (dispy 4.15)."""
+        key = self._pin(node, "submit_job_id_node")
+        if key is None:
+            return None
+        return self._submit(key, args, kwargs, job_id)
+
     def submit_node(self, node: DispyNode | str, *args: Any, **kwargs: Any) -> DispyJob | None:
         """Like :meth:`submit`, but run the job only on ``node``."""
-        key = self._node_key(node)
+        key = self._pin(node, "submit_node")
         if key is None:
-            log.error("submit_node: %r is not a node of this cluster", node)
             return None
         return self._submit(key, args, kwargs)
 
+    def _pin(self, node: DispyNode | str, caller: str) -> tuple[str, int] | None:
+        key = self._node_key(node)
+        if key is None:
+            log.error("%s: %r is not a node of this cluster", caller, node)
+            return None
+        if key in getattr(self._core, "released", ()):
+            # it would wait there for ever: the node takes no more jobs of this cluster
+            log.error(
+                "%s: %r was deallocated or closed (allocate_node takes it back)", caller, node
+            )
+            return None
+        return key
+
     def _submit(
-        self, pin: tuple[str, int] | None, args: tuple[Any, ...], kwargs: dict[str, Any]
+        self,
+        pin: tuple[str, int] | None,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        job_id: Any = None,
     ) -> DispyJob | None:
         if self._closed:
             log.error("submit: cluster %s is closed", self.name)
@@ -212,6 +242,8 @@ class ClusterFacade:
             log.error("submit: job not created: %s", exc)
             return None
         job._pinned = pin
+        if job_id is not None:
+            job._id = job_id  # before the core sees the job: recorded with its first record
         job._on_id = self._core.id_changed
         with self._lock:
             self._pending += 1
@@ -261,6 +293,28 @@ class ClusterFacade:
     def __call__(self) -> bool:
         return self.wait()
 
+    def status(self) -> ClusterStatus:
+        """The nodes serving this cluster (set up, as :meth:`nodes`) and the number of jobs
+        not ended (dispy 4.15)."""
+        with self._lock:
+            pending = self._pending
+        return ClusterStatus(self.nodes(), pending)
+
+    def discover_nodes(self, nodes: Any) -> int:
+        """Look for ``nodes`` (one or a list: names, addresses, patterns, ``(host, port)``
+        or NodeAllocate) now, and use those that answer, as :meth:`allocate_node` does.
+
+        dispy 4.15 only pinged them; a node found is used here as well, since the nodes a
+        4.15 program discovers are the ones it listed. Returns 0, or -1 if one is invalid.
+        """
+        items = nodes if isinstance(nodes, list) else [nodes]
+        results = [self.allocate_node(item) for item in items]  # type: ignore[attr-defined]
+        return -1 if -1 in results else 0
+
+    def shutdown(self) -> None:
+        """Close the cluster (dispy 4.15; there is no scheduler here to stop with it)."""
+        self.close()
+
     def close(self, timeout: float | None = None, terminate: bool = False) -> bool:
         """Wait for the jobs (cancel them with ``terminate=True``), release the nodes.
 
@@ -295,8 +349,10 @@ class ClusterFacade:
                 return key  # type: ignore[no-any-return]
         return None
 
-    def send_file(self, path: str, node: DispyNode | str) -> int:
+    def send_file(self, path: str, node: DispyNode | str, relay: bool = False) -> int:
         """Copy ``path`` (by its base name) into the computation's directory on ``node``.
+
+        ``relay`` (dispy 4.15) changes nothing: the file goes the way jobs go.
 
         Returns 0 on success, -1 on failure (the reason is logged).
         """
@@ -315,8 +371,11 @@ class ClusterFacade:
             return -1
         return 0
 
-    def node_jobs(self, node: DispyNode | str) -> list[DispyJob]:
-        """Jobs running (or queued to run) on ``node`` now."""
+    def node_jobs(self, node: DispyNode | str, from_node: bool = False) -> list[DispyJob]:
+        """Jobs running (or queued to run) on ``node`` now.
+
+        ``from_node`` (dispy 4.15) changes nothing: the client knows them already.
+        """
         key = self._node_key(node)
         if key is None:
             return []

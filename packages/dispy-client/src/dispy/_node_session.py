@@ -142,6 +142,8 @@ def _cpus_for(
     """The CPUs the cluster's NodeAllocate gives the node known as ``key`` (0: not used)."""
     opts = core.opts
     ip_addr, port = key
+    if key in core.released:
+        return 0
     return cpus_for(
         opts.nodes,
         opts.node_port,

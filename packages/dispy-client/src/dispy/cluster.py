@@ -8,9 +8,11 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from dispy._callbacks import CallbackRunner
+from dispy._compat import dispy_port_ports, pick, pick_callback, refuse_unsupported
 from dispy._core import ClusterCore, ClusterOptions
 from dispy._facade import (
     ClusterFacade,
+    _in_loop,
     absolute,
     as_list,
     cluster_secret,
@@ -50,6 +52,10 @@ class JobCluster(ClusterFacade):
             default), the ``DISPY_SECRET`` environment variable is used if set; with
             neither, the cluster logs a warning, since anyone can then pose as a node.
         keyfile, certfile: enable TLS with this certificate (the key may be in certfile).
+        job_status, host, ext_host, dispy_port: dispy 4.15's names for ``callback``,
+            ``ip_addr``, ``ext_ip_addr`` and ``port`` (nodes then on ``dispy_port + 1``).
+        ipv4_udp_multicast, poll_interval: dispy 4.15 options this release refuses
+            (ValueError with the reason) unless left at their defaults.
 
     Example:
         >>> def compute(n):
@@ -82,7 +88,22 @@ class JobCluster(ClusterFacade):
         keyfile: str | None = None,
         certfile: str | None = None,
         msg_timeout: float = MSG_TIMEOUT,
+        *,
+        job_status: Callable[[DispyJob], Any] | None = None,
+        host: str | Sequence[str] | None = None,
+        ext_host: str | Sequence[str] | None = None,
+        dispy_port: int | None = None,
+        ipv4_udp_multicast: bool = False,
+        poll_interval: float | None = None,
     ) -> None:
+        # dispy 4.15 spellings (see dispy._compat): job_status is callback, host is ip_addr,
+        # ext_host is ext_ip_addr, dispy_port P is port P with nodes on P + 1. Checked before
+        # the logger is set up: a refused cluster leaves the logging as it was.
+        refuse_unsupported(ipv4_udp_multicast, poll_interval)
+        callback = pick_callback(callback, job_status)
+        ip_addr = pick(ip_addr, host, "ip_addr", "host")
+        ext_ip_addr = pick(ext_ip_addr, ext_host, "ext_ip_addr", "ext_host")
+        port, node_port = dispy_port_ports(dispy_port, port, node_port)
         setup_logging(loglevel)
         if pulse_interval is not None and not 1 <= pulse_interval <= 600:
             raise ValueError(
@@ -179,4 +200,28 @@ class JobCluster(ClusterFacade):
         if key is None:
             return -1
         result: int = self._call(self._core.set_cpus(key, int(cpus)))
+        return result
+
+    def deallocate_node(self, node: DispyNode | str) -> int:
+        """Give ``node`` no more jobs of this cluster; those it has go on (dispy 4.15).
+
+        :meth:`allocate_node` takes it back. Returns 0, or -1 if it does not serve this
+        cluster.
+        """
+        return self._release(node, close=False, terminate=False)
+
+    def close_node(self, node: DispyNode | str, terminate_pending: bool = False) -> int:
+        """Close this cluster's computation on ``node`` (dispy 4.15): no more jobs go there;
+        those running end first, or are terminated with ``terminate_pending``.
+
+        :meth:`allocate_node` takes it back. Returns 0, or -1 if it does not serve this
+        cluster.
+        """
+        return self._release(node, close=True, terminate=bool(terminate_pending))
+
+    def _release(self, node: DispyNode | str, *, close: bool, terminate: bool) -> int:
+        key = self._node_key(node)
+        if key is None:
+            return -1
+        result: int = self._call(_in_loop(self._core.release, key, close, terminate))
         return result

@@ -12,7 +12,8 @@ from dispy_core.serialize import Pickled
 
 
 class DispyJob:
-    """A submitted job. ``id`` is yours to set; everything else is filled in by dispy.
+    """A submitted job. ``id`` is yours to set (by default a number unique in this cluster,
+    in submission order); everything else is filled in by dispy.
 
     Calling the job (``job()``) waits for it to end and returns its result. ``finish`` is an
     event set when the result is in.
@@ -53,7 +54,7 @@ class DispyJob:
 
     def __init__(self, uid: int, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         self._uid = uid
-        self._id: Any = None
+        self._id: Any = uid  # 4.15 programs count jobs by id without setting it
         self._on_id: Callable[[DispyJob], None] | None = None
         self._logged = False  # a record with its id is in the recover file
         self.args = args
@@ -88,6 +89,32 @@ class DispyJob:
     def __repr__(self) -> str:
         ident = self.id if self.id is not None else self._uid
         return f"<DispyJob {ident} {JobStatus(self.status).name}>"
+
+    # __slots__ keep submit() cheap; these give programs the ``vars(job)`` and pickling
+    # that a plain object has, with the fields that mean something outside this process.
+    _PUBLIC = (
+        "args",
+        "kwargs",
+        "status",
+        "ip_addr",
+        "result",
+        "stdout",
+        "stderr",
+        "exception",
+        "start_time",
+        "end_time",
+    )
+
+    @property
+    def __dict__(self) -> dict[str, Any]:  # type: ignore[override]
+        """The job's fields by name (``vars(job)``); a copy, not the live attributes."""
+        fields = {"id": self._id}
+        for name in DispyJob._PUBLIC:
+            fields[name] = getattr(self, name)
+        return fields
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild_job, (self._uid, self.__dict__))
 
     @property
     def finish(self) -> threading.Event:
@@ -132,3 +159,18 @@ class DispyJob:
         if clear:
             self.result = None
         return result
+
+
+def _rebuild_job(uid: int, fields: dict[str, Any]) -> DispyJob:
+    """An unpickled job: its fields, ended (its waiters and cluster stay behind)."""
+    job = DispyJob(uid, fields.pop("args"), fields.pop("kwargs"))
+    job._id = fields.pop("id")
+    for name, value in fields.items():
+        setattr(job, name, value)
+    job._done = job.status in _ENDED
+    return job
+
+
+_ENDED = frozenset(
+    {JobStatus.Finished, JobStatus.Terminated, JobStatus.Cancelled, JobStatus.Abandoned}
+)

@@ -33,6 +33,14 @@ class DispyNodeAvailInfo:
             return None
         return cls(info.cpu, info.memory, info.disk, info.swap)
 
+    @property
+    def __dict__(self) -> dict[str, Any]:  # type: ignore[override]
+        """``vars(info)``: the four fields (a copy; __slots__ keep these small)."""
+        return {"cpu": self.cpu, "memory": self.memory, "disk": self.disk, "swap": self.swap}
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (DispyNodeAvailInfo, (self.cpu, self.memory, self.disk, self.swap))
+
     def __repr__(self) -> str:
         return (
             f"DispyNodeAvailInfo(cpu={self.cpu:.1f}, memory={self.memory}, "
@@ -170,14 +178,17 @@ def cpus_for(
 
 
 def to_allocate(item: Any) -> NodeAllocate:
-    """A NodeAllocate for each accepted form: string, ``(host, port)`` or NodeAllocate."""
+    """A NodeAllocate for each accepted form: string, ``(host, port)``, DispyNode or
+    NodeAllocate."""
     if isinstance(item, NodeAllocate):
         return item
+    if isinstance(item, DispyNode):  # as cluster_status and status() give them (4.15)
+        return NodeAllocate(item.ip_addr, item.port)
     if isinstance(item, str):
         return NodeAllocate(item)
     if isinstance(item, tuple | list) and len(item) == 2:
         return NodeAllocate(str(item[0]), int(item[1]))
     raise ValueError(
         f"invalid node {item!r}: give a host name, an IP address, a pattern like '192.168.1.*', "
-        "a (host, port) tuple or a NodeAllocate"
+        "a (host, port) tuple, a DispyNode or a NodeAllocate"
     )

@@ -8,6 +8,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from dispy._callbacks import CallbackRunner
+from dispy._compat import dispy_port_ports, pick, pick_callback, refuse_unsupported
 from dispy._core import ClusterOptions
 from dispy._facade import (
     ClusterFacade,
@@ -88,6 +89,11 @@ class SharedJobCluster(ClusterFacade):
             JobCluster (``node_port`` only matters for ``nodes`` entries without a port).
         pulse_interval, ping_interval: accepted and not used: the scheduler watches the
             nodes with its own ``--pulse_interval``.
+        job_status, host, ext_host, client_port, scheduler_host: dispy 4.15's names for
+            ``callback``, ``ip_addr``, ``ext_ip_addr``, ``port`` and ``scheduler_node``.
+        dispy_port: dispy 4.15's base port P: this client on P, nodes on P + 1, the
+            scheduler on P + 2 (``client_port`` and ``scheduler_port`` override).
+        poll_interval: dispy 4.15's polling, refused (ValueError) unless None.
 
     Raises:
         SchedulerError: the scheduler cannot be reached, refuses this client, or does not
@@ -129,7 +135,28 @@ class SharedJobCluster(ClusterFacade):
         node_port: int = NODE_PORT,
         pulse_interval: float | None = None,
         ping_interval: float | None = None,
+        job_status: Callable[[DispyJob], Any] | None = None,
+        host: str | Sequence[str] | None = None,
+        ext_host: str | Sequence[str] | None = None,
+        client_port: int | None = None,
+        scheduler_host: str | None = None,
+        dispy_port: int | None = None,
+        poll_interval: float | None = None,
     ) -> None:
+        # dispy 4.15 spellings (see dispy._compat): its dispy_port P put this client on P
+        # (client_port overrides), the nodes on P + 1 and the scheduler on P + 2. Checked
+        # before the logger is set up: a refused cluster leaves the logging as it was.
+        refuse_unsupported(False, poll_interval)
+        callback = pick_callback(callback, job_status)
+        ip_addr = pick(ip_addr, host, "ip_addr", "host")
+        ext_ip_addr = pick(ext_ip_addr, ext_host, "ext_ip_addr", "ext_host")
+        scheduler_node = pick(scheduler_node, scheduler_host, "scheduler_node", "scheduler_host")
+        if dispy_port is not None:
+            port, node_port = dispy_port_ports(dispy_port, port, node_port)
+            if scheduler_port is None:
+                scheduler_port = port + 2
+        if client_port is not None:
+            port = int(client_port)
         setup_logging(loglevel)
         if not 0 <= int(port) <= 65535:
             raise ValueError(f"port must be 0..65535, not {port}")
@@ -230,3 +257,13 @@ class SharedJobCluster(ClusterFacade):
         log.info("set_node_cpus: a SharedJobCluster does not change a node's CPUs")
         used: int = known.cpus
         return used
+
+    def deallocate_node(self, node: DispyNode | str) -> int:
+        """Not available on a shared cluster: the scheduler places its jobs. Returns -1."""
+        log.error("deallocate_node: a SharedJobCluster's nodes are the scheduler's to place")
+        return -1
+
+    def close_node(self, node: DispyNode | str, terminate_pending: bool = False) -> int:
+        """Not available on a shared cluster: the scheduler places its jobs. Returns -1."""
+        log.error("close_node: a SharedJobCluster's nodes are the scheduler's to place")
+        return -1

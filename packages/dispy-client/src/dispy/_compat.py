@@ -1,0 +1,88 @@
+"""What programs written for dispy 4.15 use that our reference spells differently.
+
+4.15 named some JobCluster arguments after what they were (``host``, ``dispy_port``,
+``job_status``) where the reference names them after what they carry (``ip_addr``, ``port``,
+``callback``); both spellings are accepted and mean the same. Its options that have no
+behaviour here (UDP multicast, polling) are refused with the reason, so a program does not
+run believing it got them.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+from dispy.nodes import DispyNode
+
+
+class ClusterStatus(NamedTuple):
+    """What ``cluster.status()`` returns: the nodes known to the cluster, jobs not ended."""
+
+    nodes: list[DispyNode]
+    jobs_pending: int
+
+
+class _Logger(logging.Logger):
+    """The ``dispy`` logger, with the level names 4.15 programs read off it
+    (``dispy.logger.DEBUG``)."""
+
+    DEBUG = logging.DEBUG
+    INFO = logging.INFO
+    WARNING = logging.WARNING
+    WARN = logging.WARNING
+    ERROR = logging.ERROR
+    CRITICAL = logging.CRITICAL
+
+
+def dispy_logger() -> logging.Logger:
+    """The ``dispy`` logger, made a :class:`_Logger` so the level names are on it."""
+    logger = logging.getLogger("dispy")
+    if not isinstance(logger, _Logger):
+        # The logger object is shared by every module (getLogger returns this one), so the
+        # class is changed in place rather than a second logger made.
+        logger.__class__ = _Logger
+    return logger
+
+
+def pick_callback(
+    callback: Callable[..., Any] | None, job_status: Callable[..., Any] | None
+) -> Callable[..., Any] | None:
+    """4.15's ``job_status`` is our ``callback`` (same calls); 4.15 took job_status when
+    both were given."""
+    if job_status is not None and callback is not None and job_status is not callback:
+        logging.getLogger("dispy").warning("'callback' is ignored in favor of 'job_status'")
+    return job_status if job_status is not None else callback
+
+
+def pick(ours: Any, theirs: Any, ours_name: str, theirs_name: str) -> Any:
+    """``ours`` or the 4.15 spelling ``theirs`` of the same option (not both, differing)."""
+    if theirs is None:
+        return ours
+    if ours is not None and ours != theirs:
+        raise ValueError(f"give {ours_name} or {theirs_name}, not both")
+    return theirs
+
+
+def refuse_unsupported(ipv4_udp_multicast: bool, poll_interval: float | None) -> None:
+    """Refuse the 4.15 options this release cannot honour, saying what to do instead."""
+    if ipv4_udp_multicast:
+        raise ValueError(
+            "ipv4_udp_multicast is not supported: nodes are found by UDP broadcast on the "
+            "local network and by listing them in nodes= (addresses or (host, port))"
+        )
+    if poll_interval is not None:
+        raise ValueError(
+            "poll_interval is not supported: nodes reach this client over TCP; behind a "
+            "firewall give ext_ip_addr (NAT) or run dispy-relay / an SSH forward instead"
+        )
+
+
+def dispy_port_ports(dispy_port: int | None, port: int, node_port: int) -> tuple[int, int]:
+    """4.15's ``dispy_port`` P: the client listens on P, nodes on P + 1 (its defaults
+    were 9700 / 9701, which ours are too, whatever ``port`` and ``node_port`` say)."""
+    if dispy_port is None:
+        return port, node_port
+    if not 0 < int(dispy_port) < 65535:
+        raise ValueError(f"dispy_port must be 1..65534, not {dispy_port!r}")
+    return int(dispy_port), int(dispy_port) + 1

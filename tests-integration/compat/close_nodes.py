@@ -1,0 +1,57 @@
+"""A dispy 4.15 style program: take a node out of a cluster and back with
+deallocate_node / allocate_node, and close the computation on one with close_node while a
+job of its runs there.
+
+Run unchanged by tests-integration/test_compat_api.py; only the first lines read where the
+nodes are (a 4.15 user would write nodes=['*']).
+"""
+
+import json
+import os
+
+NODES = [tuple(node) for node in json.loads(os.environ["DISPY_TEST_NODES"])]
+PORT = int(os.environ["DISPY_TEST_PORT"])
+
+# --- from here on, what a dispy 4.15 user writes ---------------------------------------
+import time  # noqa: E402
+
+import dispy  # noqa: E402
+
+
+def compute(seconds):
+    import time
+
+    time.sleep(seconds)
+    return seconds
+
+
+cluster = dispy.JobCluster(compute, nodes=NODES, host="127.0.0.1", dispy_port=PORT)
+deadline = time.time() + 30
+while len(cluster.status().nodes) < 2 and time.time() < deadline:
+    time.sleep(0.1)
+first, second = sorted(cluster.status().nodes, key=lambda node: node.port)
+print("nodes", len(cluster.status().nodes))
+
+print("deallocate", cluster.deallocate_node(first))
+jobs = [cluster.submit(0.05) for i in range(6)]
+cluster.wait()
+used = {n.name: n.jobs_done for n in cluster.status().nodes}
+print("done", used.get(first.name, 0), used.get(second.name, 0))
+
+print("allocate", cluster.allocate_node(first))
+time.sleep(0.5)
+jobs = [cluster.submit_node(first, 0.05) for i in range(2)]
+cluster.wait()
+print("back", [job.status == dispy.DispyJob.Finished for job in jobs])
+
+long_job = cluster.submit_node(second, 1.5)
+while long_job.status != dispy.DispyJob.Running and time.time() < deadline:
+    time.sleep(0.05)
+print("close", cluster.close_node(second))
+print("long", long_job(), long_job.status == dispy.DispyJob.Finished)
+jobs = [cluster.submit(0.05) for i in range(4)]
+cluster.wait()
+used = {n.name: n.jobs_done for n in cluster.nodes()}
+print("after-close", sorted(used), [j.result for j in jobs])
+cluster.close()
+print("closed")
