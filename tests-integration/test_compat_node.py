@@ -44,9 +44,7 @@ def test_compat_node_globals_and_setup(node_factory, secret, tmp_path):
     node = node_factory.one(cpus=2, name="compat-globals")
     out = run_program("node_globals", [node], secret, tmp_path)
     lines = out.splitlines()
-    assert lines == [
-        f"job None on compat-globals at 127.0.0.1: {n * n * 3}" for n in range(5)
-    ], out
+    assert lines == [f"job None on compat-globals at 127.0.0.1: {n * n * 3}" for n in range(5)], out
 
 
 def test_compat_program_output_is_bytes(node_factory, secret, tmp_path):
@@ -79,5 +77,6 @@ def test_compat_cancel_returns_partial_result(node_factory, secret, tmp_path):
     assert status == "status Cancelled", out
     # the job was interrupted (not killed) about a second in: its best so far came back
     kind, best = eval(result)  # a tuple the program printed
-    assert kind == "interrupted" and 5 < best < 1000000, out
+    assert kind == "interrupted", out
+    assert 5 < best < 1000000, out
     assert lines[2] == "next ('complete', 2)", out

@@ -1,3 +1,4 @@
+# ruff: noqa: F821, UP031  (4.15 style: names the node provides, %-formatting)
 # A 'delegate' computation: each job names a function, sent with the job
 # (dispy_job_depends) or with the cluster (depends), that the delegate finds in its globals.
 import json
@@ -34,8 +35,9 @@ if __name__ == "__main__":
     import dispy
 
     # 'doubled' and its class go with the cluster; the others with each job
-    cluster = dispy.JobCluster(delegate, nodes=NODES, secret=SECRET, depends=[doubled, Doubler],
-                               **CLIENT)
+    cluster = dispy.JobCluster(
+        delegate, nodes=NODES, secret=SECRET, depends=[doubled, Doubler], **CLIENT
+    )
     jobs = []
     for i in range(4):
         func = square if i % 2 == 0 else negate

@@ -1,3 +1,4 @@
+# ruff: noqa: F821, UP031  (4.15 style: names the node provides, %-formatting)
 # A computation that reads what setup left in its globals, and the names the node gives
 # every job (dispy_node_name, dispy_node_ip_addr), in the style of 4.15's examples.
 import json
