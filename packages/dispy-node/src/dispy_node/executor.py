@@ -50,6 +50,8 @@ STREAM_SLICE = 256 << 10
 # Cancelling a running job first interrupts it (SIGINT: KeyboardInterrupt in the job) so it
 # can return a partial result from its handler; a job still running this many seconds later
 # is killed, with whatever it started. 4.15 interrupted, then killed after about 6 seconds.
+# Either way the worker and its process group go once the job has ended, and a fresh worker
+# takes its place.
 CANCEL_GRACE = 6.0
 
 
@@ -386,13 +388,18 @@ class Computation:
             if worker.cancelling:
                 # The interrupted job ended: Cancelled, with the result its handler
                 # returned (a partial one), or none if the interrupt ended it.
-                worker.cancelling = False
                 if kind == "finished":
                     self._on_reply(Reply(job_id, "cancelled", start, end, payload))
                 else:
                     self._on_reply(local_reply(job_id, "cancelled", None, start))
-            else:
-                self._on_reply(Reply(job_id, kind, start, end, payload))
+                # A cancel leaves nothing of the job behind: what it started, and a worker
+                # an interrupt may have left half-way through some library's state, go; a
+                # fresh worker replaces it (_worker_lost).
+                if worker.pid:
+                    with contextlib.suppress(OSError):
+                        os.killpg(worker.pid, signal.SIGKILL)
+                return
+            self._on_reply(Reply(job_id, kind, start, end, payload))
             if self.closing:
                 return
             if len(self._workers) > self.cpus:
