@@ -200,8 +200,11 @@ class _Worker:  # pragma: no cover - runs in a forked child
             os._exit(0)  # the daemon is gone
         self.inbox += chunk
 
-    def provisional_result(self, result: Any, timeout: float | None = None) -> int:
-        del timeout
+    def provisional_result(
+        self, result: Any, relay: bool = False, timeout: float | None = None
+    ) -> int:
+        # 4.15's signature: ``relay`` (through a scheduler) is how every result goes anyway
+        del relay, timeout
         data = serialize.dumps(result, plain_first=True)
         size = nbytes(data)
         if size > DEFAULT_MAX_MESSAGE:
@@ -213,8 +216,8 @@ class _Worker:  # pragma: no cover - runs in a forked child
         self.send(_wire.OP_PROVISIONAL, 0, now, now, data)
         return 0
 
-    def send_file(self, path: str, timeout: float | None = None) -> int:
-        del timeout
+    def send_file(self, path: str, relay: bool = False, timeout: float | None = None) -> int:
+        del relay, timeout  # as provisional_result
         home = os.path.realpath(self.home)
         try:
             # The job names a file of its own file system (absolute, or relative to where it
