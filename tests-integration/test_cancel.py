@@ -5,9 +5,10 @@ from __future__ import annotations
 import psutil
 import pytest
 from harness import History, wait_for
-from harness.computations import block_on, pid_and_value
+from harness.computations import block_on, deaf_to_interrupt, pid_and_value
 
 from dispy import DispyJob
+from dispy_node.executor import CANCEL_GRACE
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -46,6 +47,32 @@ def test_cancel_running_job_kills_its_process(node_factory, cluster_factory, tmp
     assert cluster.cancel(job) == -1  # already ended
 
     # The node gives the CPU to the next job.
+    after = history.submit(cluster, str(tmp_path / "after"), 0)
+    assert after.finish.wait(20)
+    assert after.status == DispyJob.Finished
+    assert cluster.wait(timeout=10)
+    history.check(allowed={DispyJob.Cancelled, DispyJob.Finished})
+    cluster.close()
+
+
+def test_cancel_kills_a_job_that_ignores_the_interrupt(node_factory, cluster_factory, tmp_path):
+    """A cancel first interrupts a job; one deaf to it is killed after the grace period."""
+    node = node_factory.one(cpus=1, name="deaf")
+    history = History()
+    cluster = cluster_factory(
+        deaf_to_interrupt, [node], callback=history.callback, cluster_status=history.cluster_status
+    )
+    job, proc = _start_blocking_job(cluster, history, tmp_path, "running")
+    assert cluster.cancel(job) == 0
+    # The interrupt alone does not end it: it still runs well within the grace period.
+    assert not job.finish.wait(CANCEL_GRACE / 3), "a job that ignores SIGINT ended early"
+    assert not _gone(proc)
+    assert job.finish.wait(CANCEL_GRACE + 10), "the grace period should end the job"
+    assert job.status == DispyJob.Cancelled
+    assert job.result is None
+    wait_for(lambda: _gone(proc), 10, f"the cancelled job's process {proc.pid} should die")
+
+    # A fresh worker takes the CPU.
     after = history.submit(cluster, str(tmp_path / "after"), 0)
     assert after.finish.wait(20)
     assert after.status == DispyJob.Finished

@@ -49,8 +49,8 @@ def test_python_script_exit_status_and_output(node_factory, cluster_factory, tmp
     for code, job in jobs.items():
         assert job.status == DispyJob.Finished, (job, job.exception)
         assert job.result == int(code)  # the exit status
-        assert job.stdout == f"args ['{code}', 'two words']\n"
-        assert job.stderr == f"warning from {code}\n"
+        assert job.stdout == f"args ['{code}', 'two words']\n".encode()
+        assert job.stderr == f"warning from {code}\n".encode()
         assert job.ip_addr == "127.0.0.1"
     # Only strings (and numbers, which become strings) are accepted as program arguments.
     assert cluster.submit(["not", "a", "string"]) is None
@@ -67,10 +67,10 @@ def test_shell_script_with_shebang(node_factory, cluster_factory, tmp_path):
     bad = cluster.submit("5", "z")
     assert cluster.wait(timeout=30)
     assert (ok.status, ok.result) == (DispyJob.Finished, 0)
-    assert ok.stdout == "shell got 2 args: 0|x y\n"
-    assert ok.stderr == "shell stderr\n"
+    assert ok.stdout == b"shell got 2 args: 0|x y\n"
+    assert ok.stderr == b"shell stderr\n"
     assert (bad.status, bad.result) == (DispyJob.Finished, 5)
-    assert bad.stdout == "shell got 2 args: 5|z\n"
+    assert bad.stdout == b"shell got 2 args: 5|z\n"
     cluster.close()
 
 

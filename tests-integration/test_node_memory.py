@@ -65,11 +65,11 @@ def test_a_program_printing_200_mb_keeps_the_daemon_small(node_factory, cluster_
     assert job.status == DispyJob.Finished, (job.status, job.exception)
     assert job.result == 0
     assert rss.growth < 48 * MiB, f"the daemon grew by {rss.growth / MiB:.0f} MiB"
-    assert job.stdout.endswith("the end\n")  # the tail is kept
+    assert job.stdout.endswith(b"the end\n")  # the tail is kept (a program's output: bytes)
     assert len(job.stdout) < 4 * MiB + 1000
-    assert job.stdout.startswith("[dispy-node: the first ")
-    assert "output over max_job_output" in job.stderr
-    assert job.stderr.startswith("done\n")
+    assert job.stdout.startswith(b"[dispy-node: the first ")
+    assert b"output over max_job_output" in job.stderr
+    assert job.stderr.startswith(b"done\n")
     cluster.close()
 
 

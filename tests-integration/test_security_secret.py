@@ -66,7 +66,7 @@ def test_a_program_job_does_not_see_the_secret(
     assert job is not None
     job()
     assert job.status == DispyJob.Finished, job.exception
-    assert job.stdout.strip() == "False None"
+    assert job.stdout.strip() == b"False None"
     cluster.close()
 
 

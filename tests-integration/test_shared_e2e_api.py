@@ -318,8 +318,8 @@ def test_program_computation(node_factory, scheduler_factory, shared_factory, tm
     for code, job in jobs.items():
         assert job.status == DispyJob.Finished, (job, job.exception)
         assert job.result == int(code)
-        assert job.stdout == f"args ['{code}', 'two words'] prog\n"
-        assert job.stderr == "to stderr\n"
+        assert job.stdout == f"args ['{code}', 'two words'] prog\n".encode()  # bytes, as 4.15
+        assert job.stderr == b"to stderr\n"
     cluster.close()
 
 

@@ -81,6 +81,22 @@ def block_on(marker: str, seconds: float = 60.0) -> int:
     return os.getpid()
 
 
+def deaf_to_interrupt(marker: str, seconds: float = 60.0) -> int:
+    """Like :func:`block_on`, but ignoring SIGINT: a job a cancel must kill."""
+    import os
+    import signal
+    import time
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    with open(marker + ".tmp", "w") as f:
+        f.write(str(os.getpid()))
+    os.replace(marker + ".tmp", marker)
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        time.sleep(0.05)
+    return os.getpid()
+
+
 def pid_and_value(n: int) -> tuple[int, int]:
     import os
 

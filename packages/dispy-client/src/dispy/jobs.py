@@ -62,8 +62,8 @@ class DispyJob:
         self.status: int = JobStatus.Created
         self.ip_addr: str | None = None
         self.result: Any = None
-        self.stdout: str | None = None
-        self.stderr: str | None = None
+        self.stdout: str | bytes | None = None  # bytes from a program computation
+        self.stderr: str | bytes | None = None
         self.exception: str | None = None
         self.start_time: float | None = None
         self.end_time: float | None = None

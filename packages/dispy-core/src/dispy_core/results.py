@@ -43,7 +43,8 @@ OUTCOME_STATUS: dict[JobOutcome, JobStatus] = {
 }
 
 # What a receiver reads from one reply: (status, result, stdout, stderr, exception).
-ReadReply = tuple[JobStatus, Any, str, str, "str | None"]
+# stdout and stderr: str from a Python function, bytes from a program (as 4.15 gave them)
+ReadReply = tuple[JobStatus, Any, "str | bytes", "str | bytes", "str | None"]
 
 
 @dataclass(slots=True)

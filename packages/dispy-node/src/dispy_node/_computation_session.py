@@ -293,7 +293,20 @@ class ComputationSession(ReplyPath):
             max_file_size=config.max_file_size,
             max_output=config.max_job_output,
             allocate=self.node.buffers.take,
+            job_globals=self._job_globals(dest),
         )
+
+    def _job_globals(self, dest: str) -> dict[str, str]:
+        """Names 4.15's jobs found among their globals, which programs still read."""
+        config = self.node.config
+        ip_addr = config.ext_ip_addr or config.ip_addr or ""
+        if not ip_addr and self.conn is not None and self.conn.local_address:
+            ip_addr = str(self.conn.local_address[0])  # the address the client reached
+        return {
+            "dispy_node_name": config.name,
+            "dispy_node_ip_addr": ip_addr,
+            "dispy_job_path": dest,
+        }
 
     async def _fail_start(self, setup: ComputationSetup, reason: str) -> None:
         log.warning("computation %s could not start: %s", setup.name, reason)

@@ -81,30 +81,56 @@ class _Control:
                 return None
 
 
-def _install(objects: Any) -> list[str]:
-    """Make depends visible to the computation by name, as if defined in its module."""
+# A name set into a namespace by a job's dispy_job_depends, and what it held before (or
+# _ABSENT): restored when the job ends, so one job's functions do not leak into the next.
+_ABSENT = object()
+Installed = list[tuple[dict[str, Any], str, Any]]
+
+
+def _namespaces(computation: Any = None) -> list[dict[str, Any]]:
+    """Where the computation looks names up: its own module globals (a function sent by
+    value has a dict of its own, which 4.15 programs read with ``globals()``), the node's
+    ``__main__`` and builtins."""
     import builtins
 
-    main = sys.modules["__main__"]
-    names: list[str] = []
+    spaces = [vars(sys.modules["__main__"]), vars(builtins)]
+    own = getattr(computation, "__globals__", None)
+    if isinstance(own, dict) and all(own is not space for space in spaces):
+        spaces.insert(0, own)
+    return spaces
+
+
+def _set(spaces: list[dict[str, Any]], name: str, value: Any, undo: Installed) -> None:
+    for space in spaces:
+        undo.append((space, name, space.get(name, _ABSENT)))
+        space[name] = value
+
+
+def _install(objects: Any, computation: Any = None) -> Installed:
+    """Make depends visible to the computation by name, as if defined in its module."""
+    undo: Installed = []
+    spaces = _namespaces(computation)
     for obj in objects or ():
         target = obj if hasattr(obj, "__name__") else type(obj)
         name = getattr(target, "__name__", None)
         if isinstance(name, str) and not inspect.ismodule(obj):
-            setattr(main, name, target)
-            setattr(builtins, name, target)
-            names.append(name)
-    return names
+            _set(spaces, name, target, undo)
+    return undo
 
 
-def _uninstall(names: list[str]) -> None:
-    import builtins
+def _set_globals(values: dict[str, str], computation: Any) -> None:
+    """The node's names (dispy_node_name, ...) as globals of setup and of every job."""
+    spaces = _namespaces(computation)
+    for name, value in values.items():
+        _set(spaces, name, value, [])
 
-    main = sys.modules["__main__"]
-    for name in names:
-        for space in (main, builtins):
-            with contextlib.suppress(AttributeError):
-                delattr(space, name)
+
+def _uninstall(undo: Installed) -> None:
+    for space, name, before in reversed(undo):
+        if before is _ABSENT:
+            space.pop(name, None)
+        else:
+            space[name] = before
 
 
 class _Worker:  # pragma: no cover - runs in a forked child
@@ -174,8 +200,11 @@ class _Worker:  # pragma: no cover - runs in a forked child
             os._exit(0)  # the daemon is gone
         self.inbox += chunk
 
-    def provisional_result(self, result: Any, timeout: float | None = None) -> int:
-        del timeout
+    def provisional_result(
+        self, result: Any, relay: bool = False, timeout: float | None = None
+    ) -> int:
+        # 4.15's signature: ``relay`` (through a scheduler) is how every result goes anyway
+        del relay, timeout
         data = serialize.dumps(result, plain_first=True)
         size = nbytes(data)
         if size > DEFAULT_MAX_MESSAGE:
@@ -187,8 +216,8 @@ class _Worker:  # pragma: no cover - runs in a forked child
         self.send(_wire.OP_PROVISIONAL, 0, now, now, data)
         return 0
 
-    def send_file(self, path: str, timeout: float | None = None) -> int:
-        del timeout
+    def send_file(self, path: str, relay: bool = False, timeout: float | None = None) -> int:
+        del relay, timeout  # as provisional_result
         home = os.path.realpath(self.home)
         try:
             # The job names a file of its own file system (absolute, or relative to where it
@@ -229,6 +258,16 @@ class _Worker:  # pragma: no cover - runs in a forked child
 
         builtins.dispy_provisional_result = self.provisional_result  # type: ignore[attr-defined]
         builtins.dispy_send_file = self.send_file  # type: ignore[attr-defined]
+        # A cancel interrupts the running job (KeyboardInterrupt, as 4.15 did) so that it
+        # can return a partial result from its handler; between jobs the interrupt is a
+        # late one for a job that has ended and is ignored, so the worker stays warm.
+        in_job = [False]
+
+        def interrupt(_signum: int, _frame: Any) -> None:
+            if in_job[0]:
+                raise KeyboardInterrupt
+
+        signal.signal(signal.SIGINT, interrupt)
         real_out, real_err = sys.stdout, sys.stderr
         # reused from job to job: cleared, not rebuilt, per job
         out, err = CapturedText(self.max_output), CapturedText(self.max_output)
@@ -243,14 +282,18 @@ class _Worker:  # pragma: no cover - runs in a forked child
             outcome = _wire.OUTCOME_FINISHED
             result: Any = None
             exc_text: str | None = None
-            installed: list[str] = []
+            installed: Installed = []
             sys.stdout, sys.stderr = out, err
             try:
                 loaded = serialize.loads(payload)
                 args, kwargs = loaded[0], loaded[1]
                 if len(loaded) > 2:
-                    installed = _install(loaded[2])
-                result = self.computation(*args, **kwargs)
+                    installed = _install(loaded[2], self.computation)
+                in_job[0] = True
+                try:
+                    result = self.computation(*args, **kwargs)
+                finally:
+                    in_job[0] = False
             except BaseException:
                 outcome = _wire.OUTCOME_TERMINATED
                 exc_text = traceback.format_exc()
@@ -328,9 +371,11 @@ def main() -> None:
     try:
         sys.path.insert(0, os.getcwd())
         bundle = serialize.loads(item[1])
-        _install(bundle.get("depends"))
         computation = bundle["computation"]
         setup = bundle.get("setup")
+        for user in (setup, computation):  # the same dict when both came in one pickle
+            _set_globals(item[0].get("globals") or {}, user)
+            _install(bundle.get("depends"), user)
         if setup is not None:
             # setup_args: a NodeAllocate's arguments for this node (none by default)
             status = setup(*bundle.get("setup_args", ()))

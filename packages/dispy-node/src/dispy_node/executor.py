@@ -47,6 +47,12 @@ WORKER_CONNECT_TIMEOUT = 30.0
 EXIT_STATUS_WAIT = 2.0
 STREAM_ABOVE = 256 << 10
 STREAM_SLICE = 256 << 10
+# Cancelling a running job first interrupts it (SIGINT: KeyboardInterrupt in the job) so it
+# can return a partial result from its handler; a job still running this many seconds later
+# is killed, with whatever it started. 4.15 interrupted, then killed after about 6 seconds.
+# Either way the worker and its process group go once the job has ended, and a fresh worker
+# takes its place.
+CANCEL_GRACE = 6.0
 
 
 SendFileHandler = Callable[[int, str, int, float, Payload], Awaitable[str | None]]
@@ -76,8 +82,10 @@ class Computation:
         max_file_size: int = 0,
         max_output: int = DEFAULT_MAX_OUTPUT,
         allocate: Callable[[int], bytearray | memoryview] = bytearray,
+        job_globals: dict[str, str] | None = None,
     ) -> None:
         self.comp_id = comp_id
+        self.job_globals = job_globals or {}
         self.allocate = allocate  # buffers for large results
         self.name = name
         self.cpus = cpus
@@ -158,6 +166,7 @@ class Computation:
             "op": "init",
             "max_file_size": self.max_file_size,
             "max_output": self.max_output,
+            "globals": self.job_globals,
         }
         self._proc.stdin.write(_wire.control_frame(init, self._bundle))
         self._bundle = b""
@@ -260,9 +269,18 @@ class Computation:
                 worker.cancelling = True
                 if worker.pid:
                     with contextlib.suppress(OSError):
-                        os.killpg(worker.pid, signal.SIGKILL)
+                        os.kill(worker.pid, signal.SIGINT)
+                    self._tasks.start(self._kill_after_grace(worker, job_id))
                 return True
         return False
+
+    async def _kill_after_grace(self, worker: _Worker, job_id: int) -> None:
+        """Kill a cancelled job that is still running after :data:`CANCEL_GRACE`."""
+        await asyncio.sleep(CANCEL_GRACE)
+        if worker.job == job_id and worker.cancelling and worker.pid:
+            log.info("job %s of %s ignored its interrupt; killing it", job_id, self.name)
+            with contextlib.suppress(OSError):
+                os.killpg(worker.pid, signal.SIGKILL)
 
     def kick(self) -> None:
         """Try again to start queued jobs (after may_start() said no)."""
@@ -367,6 +385,20 @@ class Computation:
             worker.job = None
             self._job_ended.set()
             kind: JobOutcome = "finished" if outcome == _wire.OUTCOME_FINISHED else "terminated"
+            if worker.cancelling:
+                # The interrupted job ended: Cancelled, with the result its handler
+                # returned (a partial one), or none if the interrupt ended it.
+                if kind == "finished":
+                    self._on_reply(Reply(job_id, "cancelled", start, end, payload))
+                else:
+                    self._on_reply(local_reply(job_id, "cancelled", None, start))
+                # A cancel leaves nothing of the job behind: what it started, and a worker
+                # an interrupt may have left half-way through some library's state, go; a
+                # fresh worker replaces it (_worker_lost).
+                if worker.pid:
+                    with contextlib.suppress(OSError):
+                        os.killpg(worker.pid, signal.SIGKILL)
+                return
             self._on_reply(Reply(job_id, kind, start, end, payload))
             if self.closing:
                 return

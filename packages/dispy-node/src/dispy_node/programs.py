@@ -185,13 +185,17 @@ class ProgramComputation:
         finally:
             self._procs.pop(job_id, None)
         end = time.time()
-        stdout, stderr = finish(
-            out.value().decode(errors="replace"),
+        # A program's output need not be text: it goes back as bytes, as 4.15 gave it
+        # (surrogateescape round-trips every byte through the cut notices added as text).
+        text_out, text_err = finish(
+            out.value().decode(errors="surrogateescape"),
             out.dropped,
-            err.value().decode(errors="replace"),
+            err.value().decode(errors="surrogateescape"),
             err.dropped,
             self.max_output,
         )
+        stdout = text_out.encode(errors="surrogateescape")
+        stderr = text_err.encode(errors="surrogateescape")
         if out.dropped or err.dropped:
             log.warning(
                 "job %s of %s: output over max_job_output (%d bytes) truncated",
