@@ -44,7 +44,9 @@ def test_compat_node_globals_and_setup(node_factory, secret, tmp_path):
     node = node_factory.one(cpus=2, name="compat-globals")
     out = run_program("node_globals", [node], secret, tmp_path)
     lines = out.splitlines()
-    assert lines == [f"job None on compat-globals at 127.0.0.1: {n * n * 3}" for n in range(5)], out
+    # job.id defaults to the submission number (1, 2, ...), as in 4.15
+    expected = [f"job {n + 1} on compat-globals at 127.0.0.1: {n * n * 3}" for n in range(5)]
+    assert lines == expected, out
 
 
 def test_compat_program_output_is_bytes(node_factory, secret, tmp_path):
@@ -59,12 +61,12 @@ def test_compat_delegate_calls_functions_sent_as_dependencies(node_factory, secr
     node = node_factory.one(cpus=1, name="compat-delegate")
     out = run_program("delegate", [node], secret, tmp_path)
     assert out.splitlines() == [
-        "job None: square 1",
-        "job None: negate -2",
-        "job None: square 9",
-        "job None: negate -4",
-        "job None: doubled 42",
-        "job None: failed KeyError: 'square'",
+        "job 1: square 1",
+        "job 2: negate -2",
+        "job 3: square 9",
+        "job 4: negate -4",
+        "job 5: doubled 42",
+        "job 6: failed KeyError: 'square'",
     ], out
 
 
