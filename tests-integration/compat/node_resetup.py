@@ -57,7 +57,9 @@ if __name__ == "__main__":
         job = cluster.submit(i)
         job.id = i
         queued.append(job)
-    print("resetup", cluster.resetup_node(node, "second"), flush=True)
+    # as in 4.15: the node's NodeAllocate gives the new arguments when it is asked again
+    allocs[0].setup_args = ("second",)
+    print("resetup", cluster.resetup_node(node), flush=True)
     after = []
     for i in range(16, 20):
         job = cluster.submit(i)

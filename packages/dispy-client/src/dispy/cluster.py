@@ -174,10 +174,16 @@ class JobCluster(ClusterFacade):
         return 0
 
     def resetup_node(
-        self, node: DispyNode | str, *setup_args: Any, terminate_pending: bool = False
+        self,
+        node: DispyNode | str,
+        terminate_pending: bool = False,
+        *,
+        setup_args: tuple[Any, ...] | None = None,
     ) -> int:
         """Run ``setup`` on ``node`` again, with ``setup_args`` (none given: the ones its
-        NodeAllocate has then, as ``allocate()`` is asked again).
+        NodeAllocate has then, as ``allocate()`` is asked again: how a dispy 4.15 program
+        gives new arguments, with 4.15's signature ``resetup_node(node,
+        terminate_pending=False)``).
 
         Jobs wait (or go to other nodes) meanwhile; the node's running jobs finish first
         unless ``terminate_pending``; the computation's globals there start afresh. Returns
@@ -187,7 +193,7 @@ class JobCluster(ClusterFacade):
         key = self._node_key(node)
         if key is None:
             return -1
-        args = tuple(setup_args) if setup_args else None
+        args = tuple(setup_args) if setup_args is not None else None
         result: int = self._call(resetup(self._core, key, args, terminate_pending))
         return result
 
