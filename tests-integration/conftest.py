@@ -31,6 +31,7 @@ from harness import (
 )
 from harness.procs import check_no_leaks, dispy_children
 from harness.scheduler import SchedulerFactory, SchedulerProcess
+from harness.shared_recovery import SharedClients
 
 import dispy
 
@@ -293,3 +294,11 @@ def scheduler_factory(
     problems = factory.teardown()
     if problems:
         pytest.fail("scheduler teardown:\n  " + "\n  ".join(problems))
+
+
+@pytest.fixture
+def shared_clients(tmp_path: Path, cluster_secret: str) -> Iterator[SharedClients]:
+    """SharedJobCluster client processes (harness.shared_recovery), killed at the end."""
+    started = SharedClients(tmp_path, cluster_secret)
+    yield started
+    started.teardown()

@@ -16,7 +16,6 @@ import socket
 import subprocess
 import time
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -24,7 +23,6 @@ from harness.executions import ExecutionLog, Gate, expected
 from harness.polling import wait_for
 from harness.ports import LOOPBACK, free_port
 from harness.shared_recovery import (
-    SharedClients,
     check_recovered,
     done_ids,
     finished_all,
@@ -40,16 +38,8 @@ from dispy import DispyJob
 pytestmark = pytest.mark.timeout(90)
 
 
-@pytest.fixture
-def clients(tmp_path: Path, cluster_secret: str) -> Iterator[SharedClients]:
-    """SharedJobCluster client processes, killed at the end."""
-    started = SharedClients(tmp_path, cluster_secret)
-    yield started
-    started.teardown()
-
-
 def test_client_killed_its_jobs_run_on_and_are_recovered_through_the_scheduler(
-    node_factory, scheduler_factory, clients, tmp_path
+    node_factory, scheduler_factory, shared_clients, tmp_path
 ):
     nodes = node_factory(2, cpus=1, name="kept")
     store = tmp_path / "store"
@@ -59,7 +49,7 @@ def test_client_killed_its_jobs_run_on_and_are_recovered_through_the_scheduler(
     victim_file = tmp_path / "victim.recover"
     # 6 jobs on 2 CPUs: some run, the others wait in the scheduler when the client dies.
     victim_jobs = list(range(1, 7))
-    victim = clients(
+    victim = shared_clients(
         sched,
         name="victim",
         recover_file=victim_file,
@@ -67,7 +57,7 @@ def test_client_killed_its_jobs_run_on_and_are_recovered_through_the_scheduler(
         jobs=[(n, 0.5, str(gate_a)) for n in victim_jobs],
     )
     bystander_jobs = list(range(101, 105))
-    bystander = clients(
+    bystander = shared_clients(
         sched,
         name="bystander",
         recover_file=tmp_path / "bystander.recover",
@@ -96,7 +86,7 @@ def test_client_killed_its_jobs_run_on_and_are_recovered_through_the_scheduler(
 
 
 def test_clean_empties_the_store_at_start_and_without_it_results_stay(
-    node_factory, scheduler_factory, clients, tmp_path
+    node_factory, scheduler_factory, shared_clients, tmp_path
 ):
     nodes = node_factory(2, cpus=1, name="cleaned")
     store = tmp_path / "store"
@@ -105,7 +95,7 @@ def test_clean_empties_the_store_at_start_and_without_it_results_stay(
     gate = Gate(tmp_path / "gate")
     recover_file = tmp_path / "gone.recover"
     numbers = [1, 2, 3]
-    client = clients(
+    client = shared_clients(
         sched,
         name="gone",
         recover_file=recover_file,
@@ -170,7 +160,7 @@ def test_no_scheduler_there_one_clear_error_at_once(cluster_secret):
 
 
 def test_recover_in_two_steps_then_terminate_pending(
-    node_factory, scheduler_factory, clients, tmp_path
+    node_factory, scheduler_factory, shared_clients, tmp_path
 ):
     # One node with 2 CPUs: 1 ends at once, then 2 and 3 run side by side (none waits
     # behind a gated job in a node's queue).
@@ -180,7 +170,7 @@ def test_recover_in_two_steps_then_terminate_pending(
     runs = ExecutionLog(tmp_path / "runs")
     gate, never = Gate(tmp_path / "gate"), Gate(tmp_path / "never")
     recover_file = tmp_path / "steps.recover"
-    client = clients(
+    client = shared_clients(
         sched,
         name="steps",
         recover_file=recover_file,
@@ -239,14 +229,14 @@ def test_a_port_that_never_answers_fails_within_msg_timeout(cluster_secret):
 
 
 def test_client_killed_while_waiting_for_its_turn_its_jobs_run_when_it_comes(
-    node_factory, scheduler_factory, clients, tmp_path
+    node_factory, scheduler_factory, shared_clients, tmp_path
 ):
     nodes = node_factory(2, cpus=1, name="turns")
     store = tmp_path / "store"
     sched = scheduler_factory(nodes, "--pulse_interval", "1", "--dest_path_prefix", str(store))
     runs = ExecutionLog(tmp_path / "runs")
     gate = Gate(tmp_path / "gate")
-    alone = clients(
+    alone = shared_clients(
         sched,
         name="alone",
         recover_file=tmp_path / "alone.recover",
@@ -259,7 +249,7 @@ def test_client_killed_while_waiting_for_its_turn_its_jobs_run_when_it_comes(
     runs.wait_running(1, 20)
     recover_file = tmp_path / "waiter.recover"
     numbers = [1, 2, 3]
-    waiter = clients(
+    waiter = shared_clients(
         sched,
         name="waiter",
         recover_file=recover_file,
@@ -277,13 +267,13 @@ def test_client_killed_while_waiting_for_its_turn_its_jobs_run_when_it_comes(
 
 
 def test_client_killed_with_nothing_submitted_leaves_nothing_behind(
-    node_factory, scheduler_factory, clients, tmp_path
+    node_factory, scheduler_factory, shared_clients, tmp_path
 ):
     nodes = node_factory(2, cpus=1, name="idle")
     store = tmp_path / "store"
     sched = scheduler_factory(nodes, "--pulse_interval", "1", "--dest_path_prefix", str(store))
     recover_file = tmp_path / "idle.recover"
-    client = clients(
+    client = shared_clients(
         sched, name="idle", recover_file=recover_file, log_dir=tmp_path / "runs", jobs=[]
     )
     client.wait_line("submitted", 30)
@@ -299,7 +289,7 @@ def test_client_killed_with_nothing_submitted_leaves_nothing_behind(
 
 
 def test_client_killed_in_the_middle_of_many_jobs_each_runs_once_and_is_recovered_once(
-    node_factory, scheduler_factory, clients, tmp_path
+    node_factory, scheduler_factory, shared_clients, tmp_path
 ):
     nodes = node_factory(2, cpus=2, name="many")
     store = tmp_path / "store"
@@ -307,7 +297,7 @@ def test_client_killed_in_the_middle_of_many_jobs_each_runs_once_and_is_recovere
     runs = ExecutionLog(tmp_path / "runs")
     recover_file = tmp_path / "many.recover"
     numbers = list(range(1, 301))
-    client = clients(
+    client = shared_clients(
         sched,
         name="many",
         recover_file=recover_file,
@@ -361,7 +351,7 @@ def _certificate(folder: Path, name: str) -> tuple[Path, Path]:
 
 
 def test_client_killed_recovered_over_tls_to_the_scheduler(
-    node_factory, scheduler_factory, clients, tmp_path
+    node_factory, scheduler_factory, shared_clients, tmp_path
 ):
     cert, key = _certificate(tmp_path, "clients")
     nodes = node_factory(2, cpus=1, name="sealed")
@@ -375,7 +365,7 @@ def test_client_killed_recovered_over_tls_to_the_scheduler(
     gate = Gate(tmp_path / "gate")
     recover_file = tmp_path / "sealed.recover"
     numbers = [1, 2, 3]
-    client = clients(
+    client = shared_clients(
         sched,
         name="sealed",
         recover_file=recover_file,

@@ -13,8 +13,6 @@ import json
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from harness.executions import ExecutionLog, Gate, expected
@@ -23,7 +21,6 @@ from harness.polling import wait_for
 from harness.ports import LOOPBACK
 from harness.shared_recovery import (
     LOST_WITHIN,
-    SharedClients,
     check_recovered,
     done_ids,
     finished_all,
@@ -43,16 +40,8 @@ from dispy import DispyJob
 pytestmark = pytest.mark.timeout(90)
 
 
-@pytest.fixture
-def clients(tmp_path: Path, cluster_secret: str) -> Iterator[SharedClients]:
-    """SharedJobCluster client processes, killed at the end."""
-    started = SharedClients(tmp_path, cluster_secret)
-    yield started
-    started.teardown()
-
-
 def test_scheduler_killed_results_come_back_through_the_restarted_one(
-    node_factory, scheduler_factory, clients, tmp_path
+    node_factory, scheduler_factory, shared_clients, tmp_path
 ):
     nodes = tagged_nodes(node_factory, "survivor", cpus=2)
     store = tmp_path / "store"
@@ -61,7 +50,7 @@ def test_scheduler_killed_results_come_back_through_the_restarted_one(
     gate, late_gate = Gate(tmp_path / "gate"), Gate(tmp_path / "late-gate")
     recover_file = tmp_path / "orphan.recover"
     numbers = [1, 2, 3, 4]
-    client = clients(
+    client = shared_clients(
         sched,
         name="orphan",
         recover_file=recover_file,
@@ -112,7 +101,7 @@ def test_scheduler_killed_results_come_back_through_the_restarted_one(
 
     # The nodes serve the restarted scheduler's new computations.
     later = [11, 12, 13, 14, 15, 16]
-    fresh = clients(
+    fresh = shared_clients(
         sched,
         name="fresh",
         recover_file=tmp_path / "fresh.recover",
@@ -126,7 +115,7 @@ def test_scheduler_killed_results_come_back_through_the_restarted_one(
 
 
 def test_client_then_scheduler_killed_stored_and_held_results_all_come_back(
-    node_factory, scheduler_factory, clients, tmp_path
+    node_factory, scheduler_factory, shared_clients, tmp_path
 ):
     nodes = node_factory(2, cpus=1, name="twice")
     store = tmp_path / "store"
@@ -135,7 +124,7 @@ def test_client_then_scheduler_killed_stored_and_held_results_all_come_back(
     first, second = Gate(tmp_path / "first"), Gate(tmp_path / "second")
     recover_file = tmp_path / "twice.recover"
     numbers = [1, 2, 3, 4]
-    client = clients(
+    client = shared_clients(
         sched,
         name="twice",
         recover_file=recover_file,
@@ -166,7 +155,7 @@ def test_client_then_scheduler_killed_stored_and_held_results_all_come_back(
 
 
 def test_scheduler_killed_jobs_it_had_not_placed_are_reported_never_run(
-    node_factory, scheduler_factory, clients, tmp_path
+    node_factory, scheduler_factory, shared_clients, tmp_path
 ):
     # One CPU and one job sent ahead: of four jobs, two are on the node, two wait in the
     # scheduler (whose store keeps no job arguments) when it is killed.
@@ -177,7 +166,7 @@ def test_scheduler_killed_jobs_it_had_not_placed_are_reported_never_run(
     gate = Gate(tmp_path / "gate")
     recover_file = tmp_path / "narrow.recover"
     numbers = [1, 2, 3, 4]
-    client = clients(
+    client = shared_clients(
         sched,
         name="narrow",
         recover_file=recover_file,
@@ -210,7 +199,7 @@ def test_scheduler_killed_jobs_it_had_not_placed_are_reported_never_run(
 
 
 def test_two_computations_on_the_nodes_scheduler_killed_twice_nothing_lost(
-    node_factory, scheduler_factory, clients, tmp_path
+    node_factory, scheduler_factory, shared_clients, tmp_path
 ):
     nodes = tagged_nodes(node_factory, "both", cpus=2)
     store = tmp_path / "store"
@@ -219,7 +208,7 @@ def test_two_computations_on_the_nodes_scheduler_killed_twice_nothing_lost(
     gate = Gate(tmp_path / "gate")
     plans = {"red": [1, 2], "blue": [11, 12]}
     started = {
-        name: clients(
+        name: shared_clients(
             sched,
             name=name,
             recover_file=tmp_path / f"{name}.recover",
@@ -250,7 +239,7 @@ def test_two_computations_on_the_nodes_scheduler_killed_twice_nothing_lost(
     assert Counter(runs.starts()) == Counter({n: 1 for n in [1, 2, 11, 12]})
     wait_for(lambda: not store_files(store), 10, lambda: f"store: {store_files(store)}")
     later = [21, 22, 23, 24]
-    fresh = clients(
+    fresh = shared_clients(
         sched,
         name="fresh",
         recover_file=tmp_path / "fresh.recover",
@@ -262,7 +251,7 @@ def test_two_computations_on_the_nodes_scheduler_killed_twice_nothing_lost(
 
 
 def test_scheduler_restarted_a_job_longer_than_its_recovery_ends_cancelled_not_running(
-    node_factory, scheduler_factory, clients, tmp_path
+    node_factory, scheduler_factory, shared_clients, tmp_path
 ):
     node = node_factory.one(cpus=1, name="long")
     store = tmp_path / "store"
@@ -272,7 +261,7 @@ def test_scheduler_restarted_a_job_longer_than_its_recovery_ends_cancelled_not_r
     runs = ExecutionLog(tmp_path / "runs")
     never = Gate(tmp_path / "never")
     recover_file = tmp_path / "long.recover"
-    client = clients(
+    client = shared_clients(
         sched,
         name="long",
         recover_file=recover_file,
@@ -291,7 +280,7 @@ def test_scheduler_restarted_a_job_longer_than_its_recovery_ends_cancelled_not_r
     assert not recover_file.exists()
     assert runs.ends()[1] == 0
     later = [5, 6]
-    fresh = clients(
+    fresh = shared_clients(
         sched,
         name="fresh",
         recover_file=tmp_path / "fresh.recover",
@@ -303,7 +292,7 @@ def test_scheduler_restarted_a_job_longer_than_its_recovery_ends_cancelled_not_r
 
 
 def test_a_node_down_while_the_scheduler_restarts_is_asked_again_later(
-    node_factory, scheduler_factory, clients, tmp_path
+    node_factory, scheduler_factory, shared_clients, tmp_path
 ):
     node = node_factory.one(cpus=1, name="away")
     store = tmp_path / "store"
@@ -311,7 +300,7 @@ def test_a_node_down_while_the_scheduler_restarts_is_asked_again_later(
     runs = ExecutionLog(tmp_path / "runs")
     gate = Gate(tmp_path / "gate")
     recover_file = tmp_path / "away.recover"
-    client = clients(
+    client = shared_clients(
         sched,
         name="away",
         recover_file=recover_file,
@@ -346,7 +335,7 @@ def test_a_node_down_while_the_scheduler_restarts_is_asked_again_later(
 
 
 def test_scheduler_stopped_cleanly_keeps_what_its_gone_clients_had(
-    node_factory, scheduler_factory, clients, tmp_path
+    node_factory, scheduler_factory, shared_clients, tmp_path
 ):
     nodes = node_factory(2, cpus=1, name="stopped")
     store = tmp_path / "store"
@@ -355,7 +344,7 @@ def test_scheduler_stopped_cleanly_keeps_what_its_gone_clients_had(
     first, second = Gate(tmp_path / "first"), Gate(tmp_path / "second")
     recover_file = tmp_path / "stopped.recover"
     numbers = [1, 2, 3]
-    client = clients(
+    client = shared_clients(
         sched,
         name="stopped",
         recover_file=recover_file,
@@ -368,7 +357,7 @@ def test_scheduler_stopped_cleanly_keeps_what_its_gone_clients_had(
     wait_for(lambda: len(results_in(store, sched_id)) == 1, 20, "job 1's result stored")
     # ... and a client still there, its job running too.
     alive_file = tmp_path / "alive.recover"
-    alive = clients(
+    alive = shared_clients(
         sched,
         name="alive",
         recover_file=alive_file,
@@ -393,7 +382,7 @@ def test_scheduler_stopped_cleanly_keeps_what_its_gone_clients_had(
 
 
 def test_scheduler_killed_in_the_middle_of_many_jobs_every_job_that_ran_comes_back_once(
-    node_factory, scheduler_factory, clients, tmp_path
+    node_factory, scheduler_factory, shared_clients, tmp_path
 ):
     nodes = node_factory(2, cpus=2, name="midway")
     store = tmp_path / "store"
@@ -401,7 +390,7 @@ def test_scheduler_killed_in_the_middle_of_many_jobs_every_job_that_ran_comes_ba
     runs = ExecutionLog(tmp_path / "runs")
     recover_file = tmp_path / "midway.recover"
     numbers = list(range(1, 301))
-    client = clients(
+    client = shared_clients(
         sched,
         name="midway",
         recover_file=recover_file,
