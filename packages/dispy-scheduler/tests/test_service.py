@@ -8,7 +8,7 @@ import pytest
 
 from dispy_core.protocol.fanout import Target
 from dispy_scheduler._state import new_sched_id, open_store
-from dispy_scheduler.service import _target
+from dispy_scheduler.service import Scheduler, Settings, _target
 
 
 @pytest.mark.parametrize(
@@ -38,3 +38,16 @@ def test_clean_empties_the_store(tmp_path: Path) -> None:
     (record.files_dir / "dep.txt").write_text("x")
     open_store(tmp_path, clean=True)
     assert not (record.files_dir / "dep.txt").exists()
+
+
+def test_computations_left_by_a_previous_run_are_being_asked_before_anything_listens(
+    tmp_path: Path,
+) -> None:
+    # A recover_jobs connecting the moment the restarted scheduler listens must wait for
+    # the nodes' answers; before this mark was set at construction, it could find nothing
+    # pending and close the record, and a result the nodes then gave was dropped.
+    open_store(tmp_path, clean=False).open(5, 9, "c", "function", "127.0.0.1:1")
+    sched = Scheduler(Settings(store_root=tmp_path))
+    [record] = sched.disk.found()
+    assert record.asking is not None
+    assert not record.asking.is_set()

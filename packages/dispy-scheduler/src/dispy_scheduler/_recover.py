@@ -117,7 +117,8 @@ async def recover_from_nodes(
     """
     deadline = time.monotonic() + timeout
     nodes = cs.nodes() if nodes is None else list(nodes)
-    cs.asking = asyncio.Event()
+    if cs.asking is None:  # the service may have marked it already (see Scheduler)
+        cs.asking = asyncio.Event()
     answered = [0]
     counts: list[int] = []
 

@@ -143,6 +143,11 @@ class Scheduler(Shell):
         self._loops: list[asyncio.Task[None]] = []
         # sched_ids of the computations a previous run left in the store: never reused
         self.previous_ids: set[int] = {record.sched_id for record in self.store.found()}
+        # Marked as being asked before any listener opens: a recover_jobs that connects at
+        # once then waits for the nodes' answers (recover_from_nodes, started by start())
+        # instead of finding nothing pending and closing the record under a late result.
+        for record in self.disk.found():
+            record.asking = asyncio.Event()
 
     # -- lifecycle --------------------------------------------------------------------------
 
