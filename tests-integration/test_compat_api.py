@@ -98,6 +98,10 @@ def test_compat_deallocate_and_close_node(node_factory, secret, tmp_path):
     assert out["back"] == "[True, True]"  # allocate_node took it back
     assert out["close"] == "0"
     assert out["long"] == "1.5 True"  # its running job ended first
+    # jobs waiting for it alone end Cancelled, each with a cluster_status event, as in 4.15
+    assert out["waiting"] == "[True, True]"
+    assert out["why"] == "[True, True]"
+    assert out["cancelled"] == "True"
     assert out["after-close"] == f"['{first.name}'] [0.05, 0.05, 0.05, 0.05]"
     assert "closed" in out
 

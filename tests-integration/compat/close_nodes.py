@@ -25,7 +25,17 @@ def compute(seconds):
     return seconds
 
 
-cluster = dispy.JobCluster(compute, nodes=NODES, host="127.0.0.1", dispy_port=PORT)
+cancelled = []
+
+
+def cluster_status(status, node, job):
+    if status == dispy.DispyJob.Cancelled:
+        cancelled.append((job.id, node.name if node else None))
+
+
+cluster = dispy.JobCluster(
+    compute, nodes=NODES, host="127.0.0.1", dispy_port=PORT, cluster_status=cluster_status
+)
 deadline = time.time() + 30
 while len(cluster.status().nodes) < 2 and time.time() < deadline:
     time.sleep(0.1)
@@ -47,8 +57,15 @@ print("back", [job.status == dispy.DispyJob.Finished for job in jobs])
 long_job = cluster.submit_node(second, 1.5)
 while long_job.status != dispy.DispyJob.Running and time.time() < deadline:
     time.sleep(0.05)
+waiting = [cluster.submit_node(second, 0.05) for i in range(2)]  # behind the long one
 print("close", cluster.close_node(second))
 print("long", long_job(), long_job.status == dispy.DispyJob.Finished)
+for job in waiting:
+    job()
+print("waiting", [job.status == dispy.DispyJob.Cancelled for job in waiting])
+print("why", [job.exception.startswith("Cancelled") for job in waiting])
+time.sleep(0.2)  # cluster_status runs in its own thread
+print("cancelled", sorted(cancelled) == sorted((job.id, second.name) for job in waiting))
 jobs = [cluster.submit(0.05) for i in range(4)]
 cluster.wait()
 used = {n.name: n.jobs_done for n in cluster.nodes()}

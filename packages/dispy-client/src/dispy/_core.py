@@ -43,6 +43,7 @@ from dispy_core.aio.handshake import open_connection
 from dispy_core.aio.tasks import TaskOwner
 from dispy_core.buffers import BufferPool
 from dispy_core.engine import (
+    CancelRequested,
     ComputationClosed,
     ComputationDropped,
     ComputationOpened,
@@ -407,6 +408,12 @@ class ClusterCore(JobShell):
         # change, and the engine then places nothing more there.
         self._apply(self._handle(NodeCpusChanged(key, self.comp_id, 0)))
         if close:
+            # Jobs waiting for this node alone would wait for ever: they end now, Cancelled
+            # (with their cluster_status events), as 4.15's close_node dropped them.
+            waiting = tuple(self.engine.pinned_waiting(self.comp_id, key))
+            if waiting:
+                reason = f"Cancelled: node {key[0]}:{key[1]} closed (close_node)"
+                self._apply(self._handle(CancelRequested(self.comp_id, waiting, reason)))
             with contextlib.suppress(ConnectionClosed):
                 session.conn.send_nowait(
                     CloseComputation(comp_id=self.comp_id, terminate=terminate)

@@ -202,7 +202,8 @@ class JobShell(JobEnds):
     def _on_ended(self, command: JobEnded) -> None:
         job = self.jobs.pop(command.job_id, None)
         if job is not None:
-            self._finish(job, command.status, exception=command.reason)
+            node = self.known_nodes.get(command.node) if command.node is not None else None
+            self._finish(job, command.status, exception=command.reason, node=node)
 
     def _on_node_status(self, command: NodeStatusChanged) -> None:
         node = self.known_nodes[command.node]

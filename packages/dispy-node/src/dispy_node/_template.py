@@ -125,12 +125,38 @@ def _set_globals(values: dict[str, str], computation: Any) -> None:
         _set(spaces, name, value, [])
 
 
+# The modules a 4.15 node had imported where jobs ran: its programs use ``os.getpid()`` or
+# ``time.sleep()`` in a computation without importing them. Offered as builtins, so a name
+# the computation defines (or imports) itself still wins.
+NODE_MODULES = (
+    "copy", "errno", "glob", "hashlib", "io", "marshal", "multiprocessing", "os", "pickle",
+    "platform", "re", "shutil", "signal", "socket", "stat", "struct", "subprocess", "sys",
+    "tempfile", "threading", "time", "traceback",
+)  # fmt: skip
+
+
+def _offer_node_modules() -> None:
+    import builtins
+    import importlib
+
+    for name in NODE_MODULES:
+        if not hasattr(builtins, name):
+            setattr(builtins, name, importlib.import_module(name))
+
+
 def _uninstall(undo: Installed) -> None:
     for space, name, before in reversed(undo):
         if before is _ABSENT:
             space.pop(name, None)
         else:
             space[name] = before
+
+
+def _refused(reason: str) -> int:
+    """What dispy_send_file and dispy_provisional_result answer when they cannot deliver:
+    -1, as in 4.15 (programs test for it), with the reason on the job's stderr."""
+    print(reason, file=sys.stderr)
+    return -1
 
 
 class _Worker:  # pragma: no cover - runs in a forked child
@@ -203,12 +229,14 @@ class _Worker:  # pragma: no cover - runs in a forked child
     def provisional_result(
         self, result: Any, relay: bool = False, timeout: float | None = None
     ) -> int:
+        """Send ``result`` to the client as the job's provisional result: 0 once sent, -1
+        (and why, on the job's stderr) when it cannot go, as 4.15's programs expect."""
         # 4.15's signature: ``relay`` (through a scheduler) is how every result goes anyway
         del relay, timeout
-        data = serialize.dumps(result, plain_first=True)
+        data = serialize.dumps(result, plain_first=True)  # unpicklable: raises, as in 4.15
         size = nbytes(data)
         if size > DEFAULT_MAX_MESSAGE:
-            raise ValueError(
+            return _refused(
                 f"dispy_provisional_result: {size} bytes pickled, over the "
                 f"{DEFAULT_MAX_MESSAGE} bytes one message can carry"
             )
@@ -217,6 +245,8 @@ class _Worker:  # pragma: no cover - runs in a forked child
         return 0
 
     def send_file(self, path: str, relay: bool = False, timeout: float | None = None) -> int:
+        """Send the job's file ``path`` to the client: 0 once the client has it, -1 (and
+        why, on the job's stderr) when it cannot go, as 4.15's programs expect."""
         del relay, timeout  # as provisional_result
         home = os.path.realpath(self.home)
         try:
@@ -226,22 +256,28 @@ class _Worker:  # pragma: no cover - runs in a forked child
             rel = os.path.relpath(os.path.realpath(os.path.abspath(path)), home)
             full = safe_join(home, rel, "the computation's directory")
         except ValueError:  # UnsafePathError too; relpath's across drives
-            raise ValueError(
+            return _refused(
                 f"dispy_send_file: {path!r} is outside the computation's directory {home}"
-            ) from None
-        stat = os.stat(full)
+            )
+        try:
+            stat = os.stat(full)
+        except OSError as exc:
+            return _refused(f"dispy_send_file: {path!r}: {exc.strerror or exc}")
         if stat.st_size > DEFAULT_MAX_MESSAGE:
-            raise ValueError(
+            return _refused(
                 f"dispy_send_file: {path!r} is {stat.st_size} bytes, over the "
                 f"{DEFAULT_MAX_MESSAGE} bytes one message can carry"
             )
         if self.max_file_size and stat.st_size > self.max_file_size:
-            raise ValueError(
+            return _refused(
                 f"dispy_send_file: {path!r} is {stat.st_size} bytes, over this node's "
                 f"max_file_size of {self.max_file_size} bytes"
             )
-        with open(full, "rb") as fh:
-            data = fh.read()
+        try:
+            with open(full, "rb") as fh:
+                data = fh.read()
+        except OSError as exc:
+            return _refused(f"dispy_send_file: {path!r}: {exc.strerror or exc}")
         encoded = rel.encode()
         head = _wire.SEND_FILE.pack(len(encoded), stat.st_mode & 0o7777, stat.st_mtime)
         now = time.time()
@@ -250,7 +286,7 @@ class _Worker:  # pragma: no cover - runs in a forked child
         if op != _wire.OP_ACK:
             raise RuntimeError("dispy_send_file: unexpected answer from the node")
         if reply:
-            raise OSError(f"dispy_send_file: {bytes(reply).decode(errors='replace')}")
+            return _refused(f"dispy_send_file: {bytes(reply).decode(errors='replace')}")
         return 0
 
     def run(self) -> None:
@@ -373,6 +409,7 @@ def main() -> None:
         bundle = serialize.loads(item[1])
         computation = bundle["computation"]
         setup = bundle.get("setup")
+        _offer_node_modules()
         for user in (setup, computation):  # the same dict when both came in one pickle
             _set_globals(item[0].get("globals") or {}, user)
             _install(bundle.get("depends"), user)
@@ -489,7 +526,7 @@ def _close(bundle: dict[str, Any], children: set[int], ctrl: _Control) -> None:
     reason = None
     if callable(cleanup):
         try:
-            cleanup()
+            cleanup(*bundle.get("setup_args", ()))  # setup's arguments, as 4.15 passed them
         except BaseException:
             reason = traceback.format_exc()
     ctrl.send({"op": "closed", "error": reason})

@@ -186,17 +186,20 @@ class Computation:
 
         Returns the cleanup error, if any.
         """
-        self.closing = True
         if not self._ready:
+            self.closing = True
             # Setup has not finished (it may never): the process reads no control message
             # until it does, so there is no one to ask for a cleanup; stop it now.
             await self._kill_process()
             await self._tasks.close()
             return None
         if not terminate:
+            # Jobs queued here run too (workers keep taking them until the queue is empty);
+            # no new ones come, as the session no longer routes any to this computation.
             while self._queue or self.running:
                 self._job_ended.clear()
                 await self._job_ended.wait()
+        self.closing = True
         for job_id, _ in list(self._queue):
             self._on_reply(local_reply(job_id, "cancelled", "Cancelled", time.time()))
         self._queue.clear()
@@ -262,7 +265,7 @@ class Computation:
             self._queued_ids.discard(job_id)
             self._queue = deque(item for item in self._queue if item[0] != job_id)
             self.queued_bytes = sum(len(payload) for _, payload in self._queue)
-            self._on_reply(local_reply(job_id, "cancelled", None, time.time()))
+            self._on_reply(local_reply(job_id, "cancelled", "Cancelled", time.time()))
             return True
         for worker in self._workers.values():
             if worker.job == job_id and not worker.cancelling:
@@ -391,7 +394,7 @@ class Computation:
                 if kind == "finished":
                     self._on_reply(Reply(job_id, "cancelled", start, end, payload))
                 else:
-                    self._on_reply(local_reply(job_id, "cancelled", None, start))
+                    self._on_reply(local_reply(job_id, "cancelled", "Cancelled", start))
                 # A cancel leaves nothing of the job behind: what it started, and a worker
                 # an interrupt may have left half-way through some library's state, go; a
                 # fresh worker replaces it (_worker_lost).
@@ -460,7 +463,7 @@ class Computation:
             job_id, start = worker.job, worker.job_start
             worker.job = None
             if worker.cancelling:
-                self._on_reply(local_reply(job_id, "cancelled", None, start))
+                self._on_reply(local_reply(job_id, "cancelled", "Cancelled", start))
             else:
                 info: dict[str, Any] | None = None
                 with contextlib.suppress(TimeoutError):

@@ -72,12 +72,13 @@ class ResultsAccepted:
 @dataclass(frozen=True, slots=True)
 class JobEnded:
     """The engine ended a job itself (never ran, or its node was lost): ``status`` with
-    ``reason`` as the job's exception text."""
+    ``reason`` as the job's exception text; ``node``: the node it was on or pinned to."""
 
     comp_id: int
     job_id: int
     status: JobStatus
     reason: str
+    node: NodeKey | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -173,8 +173,12 @@ class ProvisionalReceived:
 
 @dataclass(frozen=True, slots=True)
 class CancelRequested:
+    """Cancel these jobs: those waiting end now with ``reason`` as their exception, those
+    on a node are cancelled there."""
+
     comp_id: int
     job_ids: tuple[int, ...]
+    reason: str = "Cancelled"
 
 
 @dataclass(frozen=True, slots=True)

@@ -130,6 +130,17 @@ class Engine:
         jobs = alloc.comp.jobs
         return [jid for jid in alloc.placed if jobs[jid].status is not _CREATED]
 
+    def pinned_waiting(self, comp_id: int, node: NodeKey) -> list[int]:
+        """Jobs submitted to the node alone that have not started: waiting for it, or sent
+        ahead and waiting there for a CPU."""
+        comp = self._comps.get(comp_id)
+        alloc = comp.allocs.get(node) if comp is not None else None
+        if alloc is None:
+            return []
+        jobs = alloc.comp.jobs
+        ahead = [j for j in alloc.placed if jobs[j].status is _CREATED and jobs[j].pinned == node]
+        return [j for j in alloc.pinned if j in jobs] + ahead
+
     def job_status(self, comp_id: int, job_id: int) -> tuple[JobStatus, NodeKey | None] | None:
         """A live job's status and node (None: queued), or None once it has ended."""
         comp = self._comps.get(comp_id)
@@ -311,7 +322,7 @@ class Engine:
             else:
                 move(job, JobStatus.Cancelled)
                 del jobs[job.job_id]
-                out.append(JobEnded(comp.comp_id, job.job_id, JobStatus.Cancelled, ended))
+                out.append(JobEnded(comp.comp_id, job.job_id, JobStatus.Cancelled, ended, key))
         abandoned = dead or reason != "closed"
         status = NodeStatus.AbandonedNode if abandoned else NodeStatus.Closed
         out.append(NodeStatusChanged(key, comp.comp_id, status, reason if abandoned else None))
@@ -431,9 +442,9 @@ class Engine:
         move(job, JobStatus.ProvisionalResult)
 
     def _on_cancel(self, ev: CancelRequested, now: float) -> None:
-        self._cancel(self._comp(ev.comp_id), ev.job_ids)
+        self._cancel(self._comp(ev.comp_id), ev.job_ids, ev.reason)
 
-    def _cancel(self, comp: Computation, job_ids: Iterable[int]) -> None:
+    def _cancel(self, comp: Computation, job_ids: Iterable[int], reason: str = "Cancelled") -> None:
         jobs, out = comp.jobs, self._out
         on_nodes: dict[NodeKey, list[int]] = {}
         for jid in job_ids:
@@ -444,7 +455,7 @@ class Engine:
                 move(job, JobStatus.Cancelled)
                 del jobs[jid]
                 comp.queued -= 1  # its queue entry is skipped when it surfaces
-                out.append(JobEnded(comp.comp_id, jid, JobStatus.Cancelled, "Cancelled"))
+                out.append(JobEnded(comp.comp_id, jid, JobStatus.Cancelled, reason, job.pinned))
             else:
                 on_nodes.setdefault(job.alloc.node.key, []).append(jid)
         for key, ids in on_nodes.items():
