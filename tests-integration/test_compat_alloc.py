@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from harness.polling import wait_for
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -53,6 +54,11 @@ def test_node_setup_args_and_depends_per_node(node_factory, secret, tmp_path):
         assert files == f"data-{data}.txt"
         seen[data] = seen.get(data, 0) + 1
     assert set(seen) == {"alloc-a", "alloc-b"}, seen
+    # cleanup got the arguments setup had on each node
+    for name, scale in (("alloc-a", 10), ("alloc-b", 100)):
+        done = tmp_path / f"cleanup-data-{name}.txt"
+        wait_for(done.exists, 20, f"cleanup on {name}")
+        assert done.read_text() == f"data-{name}.txt {scale}"
 
 
 def test_resetup_node_reruns_setup_with_new_args_and_keeps_queued_jobs(

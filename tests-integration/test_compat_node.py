@@ -82,3 +82,17 @@ def test_compat_cancel_returns_partial_result(node_factory, secret, tmp_path):
     assert kind == "interrupted", out
     assert 5 < best < 1000000, out
     assert lines[2] == "next ('complete', 2)", out
+
+
+def test_compat_provisional_results_name_the_node(node_factory, secret, tmp_path):
+    node = node_factory.one(cpus=2, name="compat-prov")
+    out = run_program("provisional_best", [node], secret, tmp_path)
+    lines = dict(line.split(" ", 1) for line in out.splitlines())
+    assert lines["names"] == "compat-prov", out  # dispy_node_name in every provisional result
+    assert lines["winner"] == "[1]", out
+    # the winner ran on: a missing file is -1 (reason on stderr), its log arrived (0)
+    assert lines["first"] == "True (-1, 0)", out
+    assert lines["refused"] == "True", out
+    expected = ["%.4f" % (1.0 / (i + 2)) for i in range(25)]
+    assert lines["log"] == repr(expected), out
+    assert lines["second"] == "True", out  # cancelled by the callback

@@ -10,6 +10,7 @@ import os
 # The test's nodes (a 4.15 program would find them with nodes=['*']); the secret comes
 # from DISPY_SECRET in the environment, which dispy reads itself.
 NODES = [tuple(node) for node in json.loads(os.environ["DISPY_TEST_NODES"])]
+OUT_DIR = os.getcwd()  # where this program runs: the test's nodes share its file system
 
 
 def setup(data_file, scale):
@@ -19,6 +20,12 @@ def setup(data_file, scale):
         node_data = fd.read().strip()
     node_scale = scale
     return 0
+
+
+def cleanup(data_file, scale):
+    # 4.15 calls cleanup with the arguments setup had on that node
+    with open(os.path.join(OUT_DIR, "cleanup-" + data_file), "w") as fd:
+        fd.write(f"{data_file} {scale}")
 
 
 def compute(n):
@@ -53,7 +60,9 @@ if __name__ == "__main__":
     scales = (10, 100)
     allocs = [NodeData(host, port, scales[i]) for i, (host, port) in enumerate(NODES)]
     # ip_addr and port keep the test on loopback on a free port (other tests run too)
-    cluster = dispy.JobCluster(compute, nodes=allocs, setup=setup, ip_addr="127.0.0.1", port=0)
+    cluster = dispy.JobCluster(
+        compute, nodes=allocs, setup=setup, cleanup=cleanup, ip_addr="127.0.0.1", port=0
+    )
     jobs = []
     for i in range(8):
         job = cluster.submit(i)
