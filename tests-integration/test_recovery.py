@@ -456,3 +456,38 @@ def test_recovered_jobs_keep_their_ids(node_factory, clients, tmp_path):
     assert not recovery_problems([0, 1, 2, 3, *WARMUP], seen, recovered)
     assert recovered
     assert [j.id for j in recovered] == [j.result[0] for j in recovered]
+
+
+def test_recover_jobs_without_a_file_takes_the_newest_default_one(
+    node_factory, clients, tmp_path, monkeypatch
+):
+    """dispy 4.15 programs call ``recover_jobs()`` with no file: the newest ``_dispy_*``
+    recover file in the current directory (a cluster's default name) is the one."""
+    node = node_factory.one(cpus=2, name="latest")
+    log = ExecutionLog(tmp_path / "executions")
+    work = tmp_path / "work"
+    work.mkdir()
+    recover_file = tmp_path / "recover.jsonl"
+    jobs = [(n, 0.5, None) for n in range(4)]
+    client = clients(
+        nodes=[node.address], recover_file=recover_file, log_dir=log, jobs=jobs, warmup=WARMUP
+    )
+    seen = _kill_when_sent(client, recover_file, len(jobs) + len(WARMUP))
+    node.wait_log("is gone", 10)
+    older = work / "_dispy_20260101000000"
+    older.write_text("an older run's file: not the one to read\n")
+    os.utime(older, (time.time() - 3600, time.time() - 3600))
+    latest = work / "_dispy_20261129120000"
+    os.replace(recover_file, latest)
+    monkeypatch.chdir(work)
+    recovered = dispy.recover_jobs(timeout=20)
+    assert not recovery_problems([0, 1, 2, 3, *WARMUP], seen, recovered)
+    assert {j.result[0] for j in recovered} >= {0, 1, 2, 3} - set(seen)
+    assert not latest.exists()  # the one it read is done with
+    assert older.exists()
+
+
+def test_recover_jobs_without_a_file_and_none_there(tmp_path, monkeypatch, caplog):
+    monkeypatch.chdir(tmp_path)
+    assert dispy.recover_jobs() == []
+    assert "no recover file given and none (_dispy_*)" in caplog.text

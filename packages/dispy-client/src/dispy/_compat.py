@@ -9,7 +9,9 @@ run believing it got them.
 
 from __future__ import annotations
 
+import glob
 import logging
+import os
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -86,3 +88,14 @@ def dispy_port_ports(dispy_port: int | None, port: int, node_port: int) -> tuple
     if not 0 < int(dispy_port) < 65535:
         raise ValueError(f"dispy_port must be 1..65534, not {dispy_port!r}")
     return int(dispy_port), int(dispy_port) + 1
+
+
+def latest_recover_file(directory: str) -> str | None:
+    """The newest recover file named by default (``_dispy_*``) in ``directory``: what
+    ``recover_jobs()`` without a file collects, as in 4.15."""
+    found = [
+        path
+        for path in glob.glob(os.path.join(glob.escape(directory), "_dispy_*"))
+        if os.path.isfile(path)
+    ]
+    return max(found, key=lambda path: (os.path.getmtime(path), path)) if found else None

@@ -35,6 +35,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, TextIO
 
+from dispy._compat import latest_recover_file
 from dispy.jobs import DispyJob
 from dispy_core.aio.connection import Connection, ConnectionClosed, PeerRefused, open_connection
 from dispy_core.protocol.errors import ProtocolError
@@ -304,14 +305,16 @@ def _header_secret(path: str, header: dict[str, Any]) -> str:
 
 
 def recover_jobs(
-    recover_file: str, timeout: float | None = None, terminate_pending: bool = False
+    recover_file: str | None = None, timeout: float | None = None, terminate_pending: bool = False
 ) -> list[DispyJob]:
     """Collect the jobs of a client that stopped, from the nodes that ran them.
 
     Args:
         recover_file: the cluster's recover file (``recover_file`` of JobCluster or
             SharedJobCluster, by default ``_dispy_YYYYMMDDHHMMSS`` in the directory it ran
-            in). A SharedJobCluster's jobs are recovered through its scheduler.
+            in). None (as dispy 4.15 allowed): the newest ``_dispy_*`` file in the current
+            directory; if there is none, a warning and no jobs. A SharedJobCluster's jobs are
+            recovered through its scheduler.
         timeout: seconds to wait for jobs still running (None: until all are done).
         terminate_pending: cancel the jobs that are not done when ``timeout`` passes.
 
@@ -325,6 +328,13 @@ def recover_jobs(
         or scheduler could not be asked (call again once it is back: a scheduler being
         restarted, a node on a network that is down).
     """
+    if recover_file is None:
+        recover_file = latest_recover_file(".")
+        if recover_file is None:
+            log.warning(
+                "recover_jobs: no recover file given and none (_dispy_*) in %s", os.getcwd()
+            )
+            return []
     plan = _Plan(recover_file)
     if not plan.secret:
         peers = [plan.scheduler] if plan.scheduler is not None else sorted(plan.nodes)
