@@ -80,6 +80,20 @@ def refuse_unsupported(ipv4_udp_multicast: bool, poll_interval: float | None) ->
         )
 
 
+def refuse_415_positions(cls: str, misplaced: dict[str, tuple[Any, str]]) -> None:
+    """Refuse 4.15 arguments given by position where our signature (the reference's) has
+    another parameter: ``misplaced`` maps a parameter to (its value, what 4.15 had there)
+    for values that cannot be that parameter (a function as an address, a number as a host).
+    One clear error rather than a cluster that silently means something else."""
+    for name, (value, theirs) in misplaced.items():
+        if value is not None:
+            raise TypeError(
+                f"{cls}: {value!r} was given as {name}, where dispy 4.15.2 took {theirs}; "
+                f"arguments after depends follow the reference's order: give {theirs} "
+                "(and 4.15's other arguments) by keyword"
+            )
+
+
 def dispy_port_ports(dispy_port: int | None, port: int, node_port: int) -> tuple[int, int]:
     """4.15's ``dispy_port`` P: the client listens on P, nodes on P + 1 (its defaults
     were 9700 / 9701, which ours are too, whatever ``port`` and ``node_port`` say)."""

@@ -8,7 +8,13 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from dispy._callbacks import CallbackRunner
-from dispy._compat import dispy_port_ports, pick, pick_callback, refuse_unsupported
+from dispy._compat import (
+    dispy_port_ports,
+    pick,
+    pick_callback,
+    refuse_415_positions,
+    refuse_unsupported,
+)
 from dispy._core import ClusterCore, ClusterOptions
 from dispy._facade import (
     ClusterFacade,
@@ -100,6 +106,15 @@ class JobCluster(ClusterFacade):
         # ext_host is ext_ip_addr, dispy_port P is port P with nodes on P + 1. Checked before
         # the logger is set up: a refused cluster leaves the logging as it was.
         refuse_unsupported(ipv4_udp_multicast, poll_interval)
+        # 4.15.2's 7th and 8th: dispy_port (a number), ext_host (an address)
+        number_as_host = ext_ip_addr if isinstance(ext_ip_addr, int) else None
+        refuse_415_positions(
+            "JobCluster",
+            {
+                "ext_ip_addr": (number_as_host, "dispy_port"),
+                "port": (port if isinstance(port, str) else None, "ext_host"),
+            },
+        )
         callback = pick_callback(callback, job_status)
         ip_addr = pick(ip_addr, host, "ip_addr", "host")
         ext_ip_addr = pick(ext_ip_addr, ext_host, "ext_ip_addr", "ext_host")

@@ -8,7 +8,13 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from dispy._callbacks import CallbackRunner
-from dispy._compat import dispy_port_ports, pick, pick_callback, refuse_unsupported
+from dispy._compat import (
+    dispy_port_ports,
+    pick,
+    pick_callback,
+    refuse_415_positions,
+    refuse_unsupported,
+)
 from dispy._core import ClusterOptions
 from dispy._facade import (
     ClusterFacade,
@@ -147,6 +153,13 @@ class SharedJobCluster(ClusterFacade):
         # (client_port overrides), the nodes on P + 1 and the scheduler on P + 2. Checked
         # before the logger is set up: a refused cluster leaves the logging as it was.
         refuse_unsupported(False, poll_interval)
+        refuse_415_positions(
+            "SharedJobCluster",
+            {  # 4.15.2's 4th and 5th: job_status and cluster_status (functions)
+                "ip_addr": (ip_addr if callable(ip_addr) else None, "job_status"),
+                "port": (port if callable(port) else None, "cluster_status"),
+            },
+        )
         callback = pick_callback(callback, job_status)
         ip_addr = pick(ip_addr, host, "ip_addr", "host")
         ext_ip_addr = pick(ext_ip_addr, ext_host, "ext_ip_addr", "ext_host")
