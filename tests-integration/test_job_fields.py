@@ -34,6 +34,7 @@ def test_job_fields_filled_for_success_and_exception(node_factory, cluster_facto
     assert ok.exception is None
     assert ok.ip_addr == "127.0.0.1"
     for job in (ok, bad):
+        assert before <= job.submit_time <= job.start_time  # submit_time: as in 4.15
         assert job.start_time is not None
         assert job.end_time is not None
         assert before - 1 <= job.start_time <= job.end_time <= after + 1, (
@@ -53,4 +54,7 @@ def test_job_fields_filled_for_success_and_exception(node_factory, cluster_facto
     assert bad.stderr == "err -7\n"
 
     history.check(talk, allowed={DispyJob.Finished, DispyJob.Terminated})
+    # 4.15's byte counts per node: arguments sent, replies (with output) received
+    (dispy_node,) = cluster.status().nodes
+    assert 0 < dispy_node.tx < dispy_node.rx < 10_000, (dispy_node.tx, dispy_node.rx)
     cluster.close()

@@ -135,6 +135,11 @@ def test_callback_cluster_status_print_status_and_set_node_cpus(
     assert "18 job(s)" in table, table
     done = sum(node.jobs_done for node in cluster.nodes())
     assert done == 18
+    # 4.15's byte counts: every node that ran jobs was sent arguments and sent replies
+    for node in cluster.nodes():
+        if node.jobs_done:
+            assert node.tx > 0, (node, node.tx)
+            assert node.rx > 0, (node, node.rx)
     cluster.close()
 
 

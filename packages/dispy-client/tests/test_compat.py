@@ -99,12 +99,12 @@ def test_415_positional_arguments_that_cannot_mean_ours_are_refused():
 
     # JobCluster(computation, nodes, depends, job_status, cluster_status, host, dispy_port,
     # ext_host, ...) in 4.15.2: the 4th to 6th mean the same here; a port as 7th does not.
-    with pytest.raises(TypeError, match="where dispy 4.15.2 took dispy_port"):
+    with pytest.raises(TypeError, match=r"where dispy 4\.15\.2 took dispy_port"):
         dispy.JobCluster(compute, ["127.0.0.1"], [], job_status, None, "127.0.0.1", 9700)
-    with pytest.raises(TypeError, match="where dispy 4.15.2 took ext_host"):
+    with pytest.raises(TypeError, match=r"where dispy 4\.15\.2 took ext_host"):
         dispy.JobCluster(compute, ["127.0.0.1"], [], None, None, None, None, "10.0.0.1")
     # SharedJobCluster(computation, nodes, depends, job_status, cluster_status, ...)
-    with pytest.raises(TypeError, match="where dispy 4.15.2 took job_status"):
+    with pytest.raises(TypeError, match=r"where dispy 4\.15\.2 took job_status"):
         dispy.SharedJobCluster(compute, ["127.0.0.1"], [], job_status)
-    with pytest.raises(TypeError, match="where dispy 4.15.2 took cluster_status"):
+    with pytest.raises(TypeError, match=r"where dispy 4\.15\.2 took cluster_status"):
         dispy.SharedJobCluster(compute, ["127.0.0.1"], [], None, cluster_status)

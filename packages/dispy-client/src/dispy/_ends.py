@@ -102,6 +102,7 @@ class JobEnds:
             job.end_time = report.end
             job.ip_addr = host
             node.jobs_done += 1
+            node.rx += report.size
             node.cpu_time += max(0.0, report.end - report.start)
             ended.append((job, status))
         return ended

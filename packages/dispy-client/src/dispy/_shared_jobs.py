@@ -21,7 +21,7 @@ from dispy._shell import job_frames
 from dispy.jobs import DispyJob
 from dispy.nodes import DispyNode, DispyNodeAvailInfo, NodeAllocate, cpus_for, find_allocation
 from dispy_core.aio.connection import Connection, ConnectionClosed
-from dispy_core.protocol.framing import Payload
+from dispy_core.protocol.framing import Payload, nbytes
 from dispy_core.protocol.jobs import JobStatus, NodeStatus
 from dispy_core.protocol.messages import (
     FilePut,
@@ -193,6 +193,8 @@ class SharedJobs(JobEnds):
             on_node.add(uid)
             self.where[uid] = key
             node.busy += 1
+            if job._payload is not None:
+                node.tx += nbytes(job._payload)
             self._status(JobStatus.Running, node, job)
 
     def _leave_node(self, uid: int) -> None:

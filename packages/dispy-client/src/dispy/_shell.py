@@ -319,6 +319,7 @@ class JobShell(JobEnds):
                         message = self._file_message(spec, job_id=job._uid)
                         session.conn.send_nowait(message, spec.data)
                 job._files = None
+        node = session.node
         for batch, parts in job_frames(jobs):
             notify = [uid for uid, _ in batch if uid in ahead] if ahead else []
             try:
@@ -326,6 +327,7 @@ class JobShell(JobEnds):
                 session.conn.send_nowait(submit, parts[0] if len(parts) == 1 else parts)
             except ConnectionClosed:
                 return
+            node.tx += sum(length for _, length in batch)
 
     def _jobs_started(self, session: NodeSession, job_ids: list[int]) -> None:
         if self.sessions.get(session.key) is session:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 from _thread import LockType, allocate_lock
 from collections.abc import Callable
+from time import time as _now
 from typing import Any
 
 from dispy_core.protocol.jobs import JobStatus
@@ -48,6 +49,7 @@ class DispyJob:
         "status",
         "stderr",
         "stdout",
+        "submit_time",
     )
 
     _event_lock = threading.Lock()
@@ -65,6 +67,7 @@ class DispyJob:
         self.stdout: str | bytes | None = None  # bytes from a program computation
         self.stderr: str | bytes | None = None
         self.exception: str | None = None
+        self.submit_time = _now()
         self.start_time: float | None = None
         self.end_time: float | None = None
         self._payload: Pickled | None = None
@@ -101,6 +104,7 @@ class DispyJob:
         "stdout",
         "stderr",
         "exception",
+        "submit_time",
         "start_time",
         "end_time",
     )

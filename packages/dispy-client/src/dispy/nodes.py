@@ -67,6 +67,8 @@ class DispyNode:
         self.busy = 0
         self.jobs_done = 0
         self.cpu_time = 0.0
+        self.tx = 0  # bytes of job arguments sent to it (as in 4.15)
+        self.rx = 0  # bytes of job replies received from it
         self.avail_info: DispyNodeAvailInfo | None = None
         self.update_time = 0.0
         self.error: str | None = None
