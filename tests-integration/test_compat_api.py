@@ -91,6 +91,7 @@ def test_compat_deallocate_and_close_node(node_factory, secret, tmp_path):
     nodes = node_factory(2, cpus=1)
     out = finish(program("close_nodes.py", nodes, secret, tmp_path))
     assert out["nodes"] == "2"
+    assert out["name"] == "compute"  # cluster.name() was a method in 4.15
     assert out["deallocate"] == "0"
     first = min(nodes, key=lambda node: node.port)
     assert out["done"] == "0 6"  # the deallocated node got none of the six jobs

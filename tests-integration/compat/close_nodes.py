@@ -41,6 +41,7 @@ while len(cluster.status().nodes) < 2 and time.time() < deadline:
     time.sleep(0.1)
 first, second = sorted(cluster.status().nodes, key=lambda node: node.port)
 print("nodes", len(cluster.status().nodes))
+print("name", cluster.name())
 
 print("deallocate", cluster.deallocate_node(first))
 jobs = [cluster.submit(0.05) for i in range(6)]

@@ -8,7 +8,7 @@ import socket
 import pytest
 
 import dispy
-from dispy._compat import dispy_port_ports, pick, pick_callback
+from dispy._compat import ComputationName, dispy_port_ports, pick, pick_callback
 
 
 def compute(n):
@@ -108,3 +108,11 @@ def test_415_positional_arguments_that_cannot_mean_ours_are_refused():
         dispy.SharedJobCluster(compute, ["127.0.0.1"], [], job_status)
     with pytest.raises(TypeError, match=r"where dispy 4\.15\.2 took cluster_status"):
         dispy.SharedJobCluster(compute, ["127.0.0.1"], [], None, cluster_status)
+
+
+def test_computation_name_is_a_string_and_callable_as_in_415():
+    name = ComputationName("compute")
+    assert name == "compute"
+    assert name() == "compute"
+    assert "%s" % name == "compute"  # noqa: UP031  (as a 4.15 program prints it)
+    assert type(name()) is str

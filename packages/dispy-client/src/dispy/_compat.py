@@ -25,6 +25,16 @@ class ClusterStatus(NamedTuple):
     jobs_pending: int
 
 
+class ComputationName(str):
+    """A cluster's ``name``: the computation's name, also callable (``cluster.name()``) as
+    4.15's method was; printing it shows the name either way."""
+
+    __slots__ = ()
+
+    def __call__(self) -> str:
+        return str(self)
+
+
 class _Logger(logging.Logger):
     """The ``dispy`` logger, with the level names 4.15 programs read off it
     (``dispy.logger.DEBUG``)."""

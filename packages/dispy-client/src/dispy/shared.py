@@ -9,6 +9,7 @@ from typing import Any
 
 from dispy._callbacks import CallbackRunner
 from dispy._compat import (
+    ComputationName,
     dispy_port_ports,
     pick,
     pick_callback,
@@ -199,7 +200,7 @@ class SharedJobCluster(ClusterFacade):
             except OSError as exc:
                 raise ValueError(f"cannot resolve ip_addr {addr!r}: {exc}") from None
         self._program = comp.kind == "program"
-        self.name = name = comp.name
+        self.name = name = ComputationName(comp.name)
         self.scheduler = (sched_addr, sched_port)
         self._options = ClusterOptions(
             name=name,
