@@ -387,9 +387,7 @@ def setup_square(tag: Any = None) -> int:
     return 0
 
 
-def test_a_node_allocates_own_depends_and_setup_args_go_with_its_answer(
-    fake_scheduler, tmp_path
-):
+def test_a_node_allocates_own_depends_and_setup_args_go_with_its_answer(fake_scheduler, tmp_path):
     own = tmp_path / "own.txt"
     own.write_text("for a only")
 
@@ -415,13 +413,15 @@ def test_a_node_allocates_own_depends_and_setup_args_go_with_its_answer(
         for host in ("127.0.0.2", "127.0.0.3", "127.0.0.4"):
             got[host] = sched.expect(NodeAllocation, lambda a, h=host: a.ip_addr == h)
         a, a_payload = got["127.0.0.2"]
-        assert a.cpus == 2 and a.start is not None
+        assert a.cpus == 2
+        assert a.start is not None
         assert [(p, size) for p, size, _, _ in a.files] == [("own.txt", len("for a only"))]
         assert a_payload[a.start :] == b"for a only"
         bundle = serialize.loads(a_payload[: a.start])
         assert bundle["setup_args"] == ("tag-a",)
         b, b_payload = got["127.0.0.3"]
-        assert b.files == [] and b.start == len(b_payload)
+        assert b.files == []
+        assert b.start == len(b_payload)
         assert serialize.loads(b_payload)["setup_args"] == ("tag-b",)
         c, c_payload = got["127.0.0.4"]  # no per-node data: the common set-up
         assert (c.start, c.files, c_payload) == (None, [], b"")
@@ -429,9 +429,7 @@ def test_a_node_allocates_own_depends_and_setup_args_go_with_its_answer(
         wait_for(lambda: len(cluster.nodes()) == 3, 5)
 
 
-def test_setup_args_with_a_program_computation_decline_the_node(
-    fake_scheduler, tmp_path, records
-):
+def test_setup_args_with_a_program_computation_decline_the_node(fake_scheduler, tmp_path, records):
     program = tmp_path / "prog.py"
     program.write_text("print('hi')\n")
     sched = fake_scheduler()
