@@ -52,6 +52,7 @@ def test_each_node_gets_its_own_setup_args_and_file_and_others_the_common_setup(
     for job in jobs:
         assert job.status == DispyJob.Finished, (job.status, job.exception)
         n, name, tag, data, files = job.result
+        assert n == jobs.index(job)
         seen.add(name)
         if name == "own-c":
             assert (tag, data, files) == ("common", None, [])
