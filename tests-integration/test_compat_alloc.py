@@ -106,7 +106,7 @@ def test_shared_cluster_node_setup_args_and_depends_per_node(
     for _, job_id, n, name, data, greeting, files in results:
         assert job_id == n
         # setup's arguments and the data file came from that node's own allocation
-        assert data == name and greeting == name, (name, data, greeting)
+        assert (data, greeting) == (name, name)
         assert files == f"data-{name}.txt"  # only that node's file was sent to it
         seen.add(name)
     assert seen == {"shared-a", "shared-b"}, seen
