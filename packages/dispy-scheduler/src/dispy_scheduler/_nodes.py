@@ -10,8 +10,8 @@ as the client sent them (read from the computation's record on disk) and
 ``computation.start`` with the client's bundle (or, for a node the client gave a set-up of
 its own in ``sched.allocate``, its own bundle and extra files). Everything else the node
 sends is handed, in the loop turn it arrives in, to the shell
-(:mod:`dispy_scheduler._shell`) or forwarded to the computation's client. When the connection ends, for whatever reason, the engine
-hears it once (``NodeLost``).
+(:mod:`dispy_scheduler._shell`) or forwarded to the computation's client. When the
+connection ends, for whatever reason, the engine hears it once (``NodeLost``).
 """
 
 from __future__ import annotations
