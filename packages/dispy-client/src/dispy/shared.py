@@ -63,7 +63,9 @@ class SharedJobCluster(ClusterFacade):
             patterns, ``(host, port)`` tuples, :class:`NodeAllocate` objects): the scheduler
             offers each of its nodes and these decide, here, whether and with how many
             CPUs. Names and addresses (not patterns) are also given to the scheduler, which
-            looks for nodes there.
+            looks for nodes there. A NodeAllocate's own ``depends`` and ``setup_args`` (also
+            set by its ``allocate()``) go to the scheduler with that node's answer, and the
+            node is set up with them, as with JobCluster.
         depends: functions, classes, objects, modules or files the computation needs.
         ip_addr: the local address to connect from (any when None).
         port: the local port to connect from when it is free (51347 by default; 0 or a
