@@ -83,3 +83,37 @@ def test_resetup_node_reruns_setup_with_new_args_and_keeps_queued_jobs(
     old_pids = {pid for _, _, tag, pid in rows if tag == "first-0"}
     assert old_pids, lines
     assert not old_pids & {str(pid) for _, _, pid in pinned}, lines
+
+
+def test_shared_cluster_node_setup_args_and_depends_per_node(
+    node_factory, scheduler_factory, cluster_secret, tmp_path
+):
+    nodes = [node_factory.one(cpus=1, name="shared-a"), node_factory.one(cpus=1, name="shared-b")]
+    sched = scheduler_factory(nodes)
+    env = dict(
+        os.environ,
+        DISPY_TEST_SCHEDULER="127.0.0.1",
+        DISPY_TEST_PORT=str(sched.scheduler_port - 2),  # 4.15: the scheduler is on P + 2
+        DISPY_SECRET=cluster_secret,
+    )
+    proc = subprocess.run(
+        [sys.executable, str(COMPAT / "shared_setup_args.py")],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    lines = proc.stdout.splitlines()
+    results = [line.split() for line in lines if line.startswith("result ")]
+    assert len(results) == 8, lines
+    seen = set()
+    for _, job_id, n, name, data, greeting, files in results:
+        assert job_id == n
+        # setup's arguments and the data file came from that node's own allocation
+        assert (data, greeting) == (name, name)
+        assert files == f"data-{name}.txt"  # only that node's file was sent to it
+        seen.add(name)
+    assert seen == {"shared-a", "shared-b"}, seen
+    assert "closed" in lines

@@ -345,3 +345,25 @@ def span(release: str, started: str, seconds: float = 0.0, timeout: float = 30.0
         _time.sleep(0.02)
     _time.sleep(seconds)
     return start, _time.time()
+
+
+def setup_own(data_file: str | None = None, tag: str = "common") -> int:
+    """Setup for a node's own set-up: keep its ``setup_args`` and its own file's text
+    (a node given none keeps the defaults) in globals the jobs read."""
+    global OWN_TAG, OWN_DATA
+    OWN_TAG = tag
+    OWN_DATA = None
+    if data_file is not None:
+        with open(data_file) as fh:
+            OWN_DATA = fh.read()
+    return 0
+
+
+def own_values(n: int) -> tuple[int, str | None, str, str | None, list[str]]:
+    """(n, the node's name, setup's tag and file text, the data files in the directory)."""
+    import os
+    import time as _time
+
+    _time.sleep(0.2)  # long enough for every node to take jobs
+    files = sorted(name for name in os.listdir(".") if name.startswith("own-data-"))
+    return n, globals().get("dispy_node_name"), OWN_TAG, OWN_DATA, files

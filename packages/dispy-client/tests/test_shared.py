@@ -383,16 +383,72 @@ def test_a_wrong_secret_is_a_clear_error(fake_scheduler, tmp_path):
     assert not list(tmp_path.iterdir())  # no recover file
 
 
-@pytest.mark.parametrize(
-    "alloc",
-    [dispy.NodeAllocate("127.0.0.1", setup_args=(1,)), dispy.NodeAllocate("*", depends=[len])],
-    ids=["setup_args", "depends"],
-)
-def test_per_node_setup_is_refused_with_a_clear_error(tmp_path, alloc):
-    # The scheduler hands every node the same computation: per-node data would be lost.
-    with pytest.raises(ValueError, match="SharedJobCluster does not support NodeAllocate"):
-        dispy.SharedJobCluster(
-            square, nodes=[alloc], port=0, secret=SECRET, recover_file=str(tmp_path / "r")
+def setup_square(tag: Any = None) -> int:
+    return 0
+
+
+def test_a_node_allocates_own_depends_and_setup_args_go_with_its_answer(fake_scheduler, tmp_path):
+    own = tmp_path / "own.txt"
+    own.write_text("for a only")
+
+    class PerNode(dispy.NodeAllocate):
+        def allocate(self, cluster, ip_addr, name, cpus, avail_info=None, platform=""):
+            # as a 4.15 program does: the node's own setup, set for the node asked about
+            self.setup_args = (f"tag-{name}",)
+            self.depends = [str(own)] if name == "a" else []
+            return cpus
+
+    sched = fake_scheduler(
+        nodes=[
+            fake_scheduler.Node("127.0.0.2", name="a"),
+            fake_scheduler.Node("127.0.0.3", name="b"),
+            fake_scheduler.Node("127.0.0.4", name="c"),
+        ]
+    )
+    nodes = [dispy.NodeAllocate("127.0.0.4"), PerNode("127.0.0.[23]")]
+    with shared(sched, tmp_path, nodes=nodes, setup=setup_square) as cluster:
+        _, common = sched.expect(ComputationStart)
+        wait_for(lambda: len(sched.received(NodeAllocation)) == 3, 5)
+        got = {}
+        for host in ("127.0.0.2", "127.0.0.3", "127.0.0.4"):
+            got[host] = sched.expect(NodeAllocation, lambda a, h=host: a.ip_addr == h)
+        a, a_payload = got["127.0.0.2"]
+        assert a.cpus == 2
+        assert a.start is not None
+        assert [(p, size) for p, size, _, _ in a.files] == [("own.txt", len("for a only"))]
+        assert a_payload[a.start :] == b"for a only"
+        bundle = serialize.loads(a_payload[: a.start])
+        assert bundle["setup_args"] == ("tag-a",)
+        b, b_payload = got["127.0.0.3"]
+        assert b.files == []
+        assert b.start == len(b_payload)
+        assert serialize.loads(b_payload)["setup_args"] == ("tag-b",)
+        c, c_payload = got["127.0.0.4"]  # no per-node data: the common set-up
+        assert (c.start, c.files, c_payload) == (None, [], b"")
+        assert serialize.loads(common).get("setup_args") in (None, ())
+        wait_for(lambda: len(cluster.nodes()) == 3, 5)
+
+
+def test_setup_args_with_a_program_computation_decline_the_node(fake_scheduler, tmp_path, records):
+    program = tmp_path / "prog.py"
+    program.write_text("print('hi')\n")
+    sched = fake_scheduler()
+    nodes = [dispy.NodeAllocate("*", setup_args=(1,))]
+    with shared(sched, tmp_path, computation=str(program), nodes=nodes):
+        allocation, _ = sched.expect(NodeAllocation)
+        assert allocation.cpus == 0
+        wait_for(lambda: any("setup_args need" in r.getMessage() for r in records), 5)
+
+
+def test_resetup_node_is_a_clear_error_on_a_shared_cluster(fake_scheduler, tmp_path, records):
+    sched = fake_scheduler()
+    with shared(sched, tmp_path) as cluster:
+        wait_for(lambda: len(cluster.nodes()) == 1, 5)
+        assert cluster.resetup_node(cluster.nodes()[0]) == -1
+        assert cluster.resetup_node("127.0.0.1", setup_args=(2,)) == -1
+        assert any(
+            "resetup_node: a SharedJobCluster" in r.getMessage() and r.levelno == logging.ERROR
+            for r in records
         )
 
 

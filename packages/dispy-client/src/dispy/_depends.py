@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
 
-from dispy_core.protocol.framing import DEFAULT_MAX_MESSAGE
+from dispy_core import serialize
+from dispy_core.protocol.framing import DEFAULT_MAX_MESSAGE, parts_of
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,3 +121,30 @@ def split_depends(
         else:
             objects.append(dep)
     return objects, files
+
+
+def own_setup(
+    bundle: dict[str, Any] | None, depends: list[Any], setup_args: tuple[Any, ...]
+) -> tuple[list[FileSpec], bytes | None]:
+    """A node's own files and computation.start payload, for a NodeAllocate's ``depends``
+    and ``setup_args`` (``bundle`` None: a program computation, whose payload stays the
+    common one, so None is returned for it).
+
+    JobCluster and SharedJobCluster both use it: the bundle is pickled again with the extra
+    objects and the arguments, so only that node's setup sees them.
+
+    Raises:
+        DependencyError: a dependency cannot be read, or ``setup_args`` are given for a
+            program computation (it has no setup to call with them).
+    """
+    objects, files = split_depends(depends, program=bundle is None)
+    if bundle is None:
+        if setup_args:
+            raise DependencyError("setup_args need a Python function computation with setup")
+        return files, None
+    own = dict(bundle)
+    own["depends"] = list(own["depends"]) + objects
+    own["setup_args"] = tuple(setup_args)
+    pickled = serialize.dumps(own)
+    # one buffer: the scheduler is told its size (a list's parts arrive concatenated anyway)
+    return files, pickled if isinstance(pickled, bytes) else b"".join(parts_of(pickled))

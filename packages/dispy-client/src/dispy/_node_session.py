@@ -18,9 +18,8 @@ from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from dispy._depends import DependencyError, FileSpec, split_depends
+from dispy._depends import FileSpec, own_setup
 from dispy.nodes import DispyNode, DispyNodeAvailInfo, cpus_for, find_allocation
-from dispy_core import serialize
 from dispy_core.aio.connection import Connection, ConnectionClosed, PeerRefused
 from dispy_core.config import DEFAULT_PULSE
 from dispy_core.engine import NodeCpusChanged, NodeHeard, NodeReady
@@ -89,15 +88,8 @@ def _per_node(core: ClusterCore, key: NodeKey) -> tuple[list[FileSpec], Outgoing
     setup_args = core.resetup_args.get(key, alloc.setup_args if alloc is not None else ())
     if not depends and not setup_args:
         return opts.files, opts.start_payload
-    objects, files = split_depends(depends, program=opts.bundle is None)
-    if opts.bundle is None:
-        if setup_args:
-            raise DependencyError("setup_args need a Python function computation with setup")
-        return opts.files + files, opts.start_payload
-    bundle = dict(opts.bundle)
-    bundle["depends"] = list(bundle["depends"]) + objects
-    bundle["setup_args"] = tuple(setup_args)
-    return opts.files + files, serialize.dumps(bundle)
+    files, start = own_setup(opts.bundle, depends, tuple(setup_args))
+    return opts.files + files, opts.start_payload if start is None else start
 
 
 async def resetup(

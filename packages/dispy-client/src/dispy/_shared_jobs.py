@@ -16,6 +16,7 @@ import time
 from collections import deque
 from typing import TYPE_CHECKING
 
+from dispy._depends import own_setup
 from dispy._ends import JobEnds
 from dispy._shell import job_frames
 from dispy.jobs import DispyJob
@@ -125,14 +126,15 @@ class SharedJobs(JobEnds):
         )
         cpus = min(cpus, offer.cpus)
         alloc = find_allocation(nodes, offer.ip_addr, offer.port, opts.node_port)
+        own: tuple[list[FileSpec], bytes | None] | None = None
         if cpus > 0 and alloc is not None and (alloc.depends or alloc.setup_args):
-            # allocate() set per-node data the scheduler cannot carry: not silently dropped
-            log.error(
-                "node %s not used: SharedJobCluster does not support NodeAllocate depends or "
-                "setup_args (use JobCluster)",
-                offer.name,
-            )
-            cpus = 0
+            # The node's own set-up (set in its constructor, or by allocate() just now) goes
+            # with this answer; the scheduler uses it for that node only (PROTOCOL.md 13).
+            try:
+                own = own_setup(opts.bundle, list(alloc.depends), tuple(alloc.setup_args))
+            except ValueError as exc:  # DependencyError, SerializationError
+                log.error("node %s (%s:%d) not used: per-node setup: %s", offer.name, *key, exc)
+                cpus = 0
         if cpus <= 0 and not answer_zero:
             return False
         if cpus > 0:
@@ -145,10 +147,9 @@ class SharedJobs(JobEnds):
         else:
             log.info("node %s (%s:%d) offered: not used by this cluster", offer.name, *key)
         if self.conn is not None and self.lost is None:
+            message, payload = allocation(self.comp_id, key, cpus, own)
             with contextlib.suppress(ConnectionClosed):
-                self.conn.send_nowait(
-                    NodeAllocation(comp_id=self.comp_id, ip_addr=key[0], port=key[1], cpus=cpus)
-                )
+                self.conn.send_nowait(message, payload)
         return cpus > 0
 
     def _on_node(self, msg: SharedNode) -> None:
@@ -412,3 +413,23 @@ class SharedJobs(JobEnds):
             return f"file not confirmed: {str(exc) or type(exc).__name__}"
         finally:
             self._file_waiters.pop(req, None)
+
+
+def allocation(
+    comp_id: int, key: NodeKey, cpus: int, own: tuple[list[FileSpec], bytes | None] | None
+) -> tuple[NodeAllocation, bytes | list[bytes]]:
+    """``sched.allocate`` for the node known as ``key``, with its own set-up (``own``: its
+    files and start payload, None for the common ones) and the payload that carries it."""
+    if own is None:
+        return NodeAllocation(comp_id=comp_id, ip_addr=key[0], port=key[1], cpus=cpus), b""
+    files, start = own
+    message = NodeAllocation(
+        comp_id=comp_id,
+        ip_addr=key[0],
+        port=key[1],
+        cpus=cpus,
+        start=None if start is None else len(start),
+        files=[(f.path, len(f.data), f.mode, float(f.mtime)) for f in files],
+    )
+    parts = [] if start is None else [start]
+    return message, parts + [f.data for f in files]

@@ -70,7 +70,9 @@ class SharedJobCluster(ClusterFacade):
             patterns, ``(host, port)`` tuples, :class:`NodeAllocate` objects): the scheduler
             offers each of its nodes and these decide, here, whether and with how many
             CPUs. Names and addresses (not patterns) are also given to the scheduler, which
-            looks for nodes there.
+            looks for nodes there. A NodeAllocate's own ``depends`` and ``setup_args`` (also
+            set by its ``allocate()``) go to the scheduler with that node's answer, and the
+            node is set up with them, as with JobCluster.
         depends: functions, classes, objects, modules or files the computation needs.
         ip_addr: the local address to connect from (any when None).
         port: the local port to connect from when it is free (51347 by default; 0 or a
@@ -182,12 +184,6 @@ class SharedJobCluster(ClusterFacade):
         resolved = cluster_secret(secret)
         comp = prepare_computation(computation, depends, setup, cleanup, dest_path)
         node_list = resolve_nodes(nodes)
-        if any(alloc.depends or alloc.setup_args for alloc in node_list):
-            # The scheduler hands every node the same computation: it carries no per-node data.
-            raise ValueError(
-                "SharedJobCluster does not support NodeAllocate depends or setup_args; "
-                "use JobCluster for per-node setup"
-            )
         sched_name = scheduler_node or "127.0.0.1"
         try:
             sched_addr = netinfo.resolve(sched_name)
@@ -207,6 +203,7 @@ class SharedJobCluster(ClusterFacade):
             kind=comp.kind,
             start_payload=comp.start_payload,
             files=comp.files,
+            bundle=comp.bundle,
             nodes=node_list,
             ip_addrs=ip_addrs,
             ext_ip_addrs=as_list(ext_ip_addr),
@@ -275,6 +272,21 @@ class SharedJobCluster(ClusterFacade):
     def deallocate_node(self, node: DispyNode | str) -> int:
         """Not available on a shared cluster: the scheduler places its jobs. Returns -1."""
         log.error("deallocate_node: a SharedJobCluster's nodes are the scheduler's to place")
+        return -1
+
+    def resetup_node(
+        self,
+        node: DispyNode | str,
+        terminate_pending: bool = False,
+        *,
+        setup_args: tuple[Any, ...] | None = None,
+    ) -> int:
+        """Not available on a shared cluster (dispy 4.15 had none that worked for one
+        either): the scheduler sets its nodes up. Returns -1."""
+        log.error(
+            "resetup_node: a SharedJobCluster's nodes are set up by the scheduler; give "
+            "per-node setup_args with a NodeAllocate, or use JobCluster"
+        )
         return -1
 
     def close_node(self, node: DispyNode | str, terminate_pending: bool = False) -> int:

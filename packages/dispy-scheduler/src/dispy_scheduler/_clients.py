@@ -54,8 +54,8 @@ from dispy_core.protocol.messages import (
     SharedSubmit,
     clip,
 )
-from dispy_scheduler._nodes import set_up
-from dispy_scheduler._state import DepFile, SharedComp, new_sched_id
+from dispy_scheduler._nodes import set_up, tell
+from dispy_scheduler._state import DepFile, OwnSetup, SharedComp, new_sched_id
 
 if TYPE_CHECKING:
     from dispy_scheduler.service import Scheduler
@@ -167,7 +167,7 @@ def _on_message(
     elif isinstance(msg, ComputationStart):
         return _start(sched, link, comp, payload)
     elif isinstance(msg, NodeAllocation):
-        _allocate(sched, link, comp, msg)
+        _allocate(sched, link, comp, msg, payload)
     elif isinstance(msg, JobCancel):
         if comp.opened:
             sched.handle(CancelRequested(comp.sched_id, tuple(msg.job_ids)))
@@ -287,7 +287,9 @@ async def _start(sched: Scheduler, link: ClientLink, comp: SharedComp, payload: 
     sched.offer_comp(comp)
 
 
-def _allocate(sched: Scheduler, link: ClientLink, comp: SharedComp, msg: NodeAllocation) -> None:
+def _allocate(
+    sched: Scheduler, link: ClientLink, comp: SharedComp, msg: NodeAllocation, payload: Payload
+) -> None:
     key = (msg.ip_addr, msg.port)
     node = sched.nodes.get(key)
     if msg.cpus == 0 or comp.closing or comp.start is None:
@@ -297,7 +299,50 @@ def _allocate(sched: Scheduler, link: ClientLink, comp: SharedComp, msg: NodeAll
         return
     if key in comp.setup:
         return  # already set up: its CPUs stay as they are (set_node_cpus, documented)
+    try:
+        own = own_setup(sched, link, comp, msg, payload)
+    except ValueError as exc:
+        # That node could not run the computation as its client meant: not used.
+        link.notice(f"node {key[0]}:{key[1]} not set up: {exc}")
+        comp.own.pop(key, None)
+        tell(comp, node, "setup_failed", str(exc))
+        return
+    if own is None:
+        comp.own.pop(key, None)
+    else:
+        comp.own[key] = own
     set_up(sched, comp, node, msg.cpus)
+
+
+def own_setup(
+    sched: Scheduler, link: ClientLink, comp: SharedComp, msg: NodeAllocation, payload: Payload
+) -> OwnSetup | None:
+    """The node's own set-up carried by ``msg`` (PROTOCOL.md 13, "Per-node set-up"), or
+    None when it has none (the common one is used).
+
+    Raises:
+        ValueError: the payload does not match the sizes, or a file is over
+            ``--max_file_size`` (as a common one would be, the node is not set up without it).
+    """
+    if msg.start is None and not msg.files:
+        return None
+    sizes = [msg.start or 0] + [size for _, size, _, _ in msg.files]
+    if sum(sizes) != len(payload):
+        raise ValueError(
+            f"sched.allocate's payload of {len(payload)} bytes does not match its sizes"
+        )
+    data = bytes(payload)
+    start = None if msg.start is None else data[: msg.start]
+    at = msg.start or 0
+    files = []
+    for path, size, mode, mtime in msg.files:
+        refused = _too_big(sched, link, path, size)
+        if refused is not None:
+            raise ValueError(refused)
+        put = FilePut(comp_id=comp.sched_id, path=path, size=size, mode=mode, mtime=mtime)
+        files.append((put, data[at : at + size]))
+        at += size
+    return OwnSetup(start, files)
 
 
 def _submit(

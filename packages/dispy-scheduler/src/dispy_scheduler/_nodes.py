@@ -7,10 +7,11 @@ itself (``node.info``). It is then offered to every computation; for each one
 whose client takes it (``sched.allocate``), the computation is set up on it under the
 scheduler's ``sched_id``: ``computation`` with ``--pulse_interval``, the dependency files
 as the client sent them (read from the computation's record on disk) and
-``computation.start`` with the client's bundle. Everything else the node sends is handed,
-in the loop turn it arrives in, to the shell (:mod:`dispy_scheduler._shell`) or forwarded
-to the computation's client. When the connection ends, for whatever reason, the engine
-hears it once (``NodeLost``).
+``computation.start`` with the client's bundle (or, for a node the client gave a set-up of
+its own in ``sched.allocate``, its own bundle and extra files). Everything else the node
+sends is handed, in the loop turn it arrives in, to the shell
+(:mod:`dispy_scheduler._shell`) or forwarded to the computation's client. When the
+connection ends, for whatever reason, the engine hears it once (``NodeLost``).
 """
 
 from __future__ import annotations
@@ -137,12 +138,12 @@ def _lost(sched: Scheduler, link: NodeLink, reason: str) -> None:
         if link.key in comp.setup and link.key not in comp.ready:
             comp.setup.pop(link.key, None)
             comp.closing_on.discard(link.key)
-            _tell(comp, link, "abandoned", reason)
+            tell(comp, link, "abandoned", reason)
         comp.offered.discard(link.key)
         sched.maybe_finish(comp.sched_id)
 
 
-def _tell(comp: SharedComp, link: NodeLink, status: str, reason: str | None) -> None:
+def tell(comp: SharedComp, link: NodeLink, status: str, reason: str | None) -> None:
     if comp.client is not None:
         comp.client.send(
             SharedNode(
@@ -159,7 +160,7 @@ def set_up(sched: Scheduler, comp: SharedComp, link: NodeLink, cpus: int) -> Non
     """Set the computation up on the node with ``cpus`` (at most the node's)."""
     if comp.setup_error is not None:
         # a dependency was refused here: the node could not run it as its client meant
-        _tell(comp, link, "setup_failed", comp.setup_error)
+        tell(comp, link, "setup_failed", comp.setup_error)
         return
     cpus = min(cpus, link.info.cpus)
     comp.setup[link.key] = cpus
@@ -172,7 +173,7 @@ async def _set_up(sched: Scheduler, comp: SharedComp, link: NodeLink, cpus: int)
     except OSError as exc:
         log.error("computation %s: cannot read its files: %s", comp.name, exc)
         comp.setup.pop(link.key, None)
-        _tell(comp, link, "setup_failed", f"scheduler cannot read the files: {exc}")
+        tell(comp, link, "setup_failed", f"scheduler cannot read the files: {exc}")
         return
     if comp.setup.get(link.key) != cpus or link.conn.closed or comp.start is None:
         return  # the node or the computation went meanwhile
@@ -188,9 +189,14 @@ async def _set_up(sched: Scheduler, comp: SharedComp, link: NodeLink, cpus: int)
             pulse_interval=sched.settings.pulse_interval,
         )
     )
+    own = comp.own.get(link.key)
+    if own is not None:
+        # after the common files: one of the same path replaces the common one there
+        files = files + own.files
     for put, data in files:
         link.send(put, data)
-    link.send(ComputationStart(comp_id=comp.sched_id), comp.start)
+    start = comp.start if own is None or own.start is None else own.start
+    link.send(ComputationStart(comp_id=comp.sched_id), start)
 
 
 def _read_files(comp: SharedComp) -> list[tuple[FilePut, bytes]]:
@@ -230,7 +236,7 @@ def _on_message(
             log.warning("node %s cannot run %s: %s", link.name, comp.name, last.strip())
             comp.setup.pop(link.key, None)
             comp.ready.discard(link.key)
-            _tell(comp, link, "setup_failed", msg.reason)
+            tell(comp, link, "setup_failed", msg.reason)
             sched.handle(NodeLost(link.key, msg.reason, msg.comp_id))
             sched.maybe_finish(comp.sched_id)
     elif isinstance(msg, ComputationClosed):

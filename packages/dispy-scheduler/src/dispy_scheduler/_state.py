@@ -90,6 +90,15 @@ class DepFile:
     mtime: float | None
 
 
+@dataclass(frozen=True, slots=True)
+class OwnSetup:
+    """One node's own set-up (a NodeAllocate's depends / setup_args, PROTOCOL.md 13):
+    its computation.start payload (None: the common one) and its extra files."""
+
+    start: bytes | None
+    files: list[tuple[FilePut, bytes]]
+
+
 @dataclass(eq=False)
 class SharedComp:
     """One client computation (see the module docstring)."""
@@ -117,6 +126,9 @@ class SharedComp:
     offered: set[NodeKey] = field(default_factory=set)
     setup: dict[NodeKey, int] = field(default_factory=dict)  # nodes set up: cpus asked
     ready: set[NodeKey] = field(default_factory=set)
+    # nodes with a set-up of their own (sched.allocate's start/files): used there instead
+    # of the common one; kept (in memory) until the client answers for that node again
+    own: dict[NodeKey, OwnSetup] = field(default_factory=dict)
     # results sent to the client, not acknowledged yet: their node, report and reply
     unacked: dict[int, tuple[NodeKey, JobReport, Payload]] = field(default_factory=dict)
     closing: bool = False

@@ -295,6 +295,10 @@ class JobProvisional(_Message):
     job_id: Id
 
 
+FileMode = Annotated[int, Field(ge=0, le=0o7777)]
+FileTime = Annotated[float, Field(ge=-MAX_TIME, le=MAX_TIME, allow_inf_nan=False)]
+
+
 class FilePut(_Message):
     """A file, payload = contents, ``path`` relative to the computation's directory.
 
@@ -421,6 +425,12 @@ class NodeAllocation(_Message):
     ip_addr: Host
     port: Port
     cpus: Annotated[int, Field(ge=0, le=MAX_CPUS)]
+    # The node's own set-up (a NodeAllocate's depends / setup_args), used there instead of
+    # the common one: ``start`` bytes of the payload are its computation.start payload
+    # (None: the common one), then the bytes of ``files`` (path, size, mode, mtime), in
+    # order, sent there after the common files.
+    start: Size | None = None
+    files: list[tuple[Path, Size, FileMode, FileTime]] = Field(default=[], max_length=MAX_IDS)
 
 
 class SharedNode(_Message):
