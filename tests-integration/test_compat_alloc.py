@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 from harness.polling import wait_for
+from harness.ports import free_port
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -27,6 +28,7 @@ def run_compat(name: str, nodes, secret: str, cwd: Path, timeout: float = 60) ->
         os.environ,
         DISPY_TEST_NODES=json.dumps([list(node.address) for node in nodes]),
         DISPY_SECRET=secret,
+        DISPY_TEST_PORT=str(free_port()),  # the client's dispy_port, loopback only
     )
     proc = subprocess.run(
         [sys.executable, str(COMPAT / name)],

@@ -7,7 +7,7 @@ import time
 
 NODES = [tuple(node) for node in json.loads(os.environ["DISPY_TEST_NODES"])]
 SECRET = os.environ["DISPY_SECRET"]
-CLIENT = json.loads(os.environ.get("DISPY_TEST_CLIENT", "{}"))  # loopback, a free port
+PORT = int(os.environ["DISPY_TEST_PORT"])  # a free client port (4.15: dispy_port)
 
 
 def search(limit):
@@ -32,7 +32,15 @@ if __name__ == "__main__":
         if job.status == dispy.DispyJob.ProvisionalResult:
             print("provisional %s" % (job.result,))
 
-    cluster = dispy.JobCluster(search, nodes=NODES, secret=SECRET, callback=progress, **CLIENT)
+    cluster = dispy.JobCluster(
+        search,
+        nodes=NODES,
+        secret=SECRET,
+        callback=progress,
+        host="127.0.0.1",
+        dispy_port=PORT,
+        loglevel=dispy.logger.WARNING,
+    )
     job = cluster.submit(1000000)
     deadline = time.time() + 30
     while job.status != dispy.DispyJob.Running and time.time() < deadline:

@@ -11,6 +11,7 @@ import os
 
 NODES = [tuple(node) for node in json.loads(os.environ["DISPY_TEST_NODES"])]
 PORT = int(os.environ["DISPY_TEST_PORT"])
+SECRET = os.environ["DISPY_SECRET"]
 
 # --- from here on, what a dispy 4.15 user writes ---------------------------------------
 import time  # noqa: E402
@@ -34,12 +35,17 @@ def cluster_status(status, node, job):
 
 
 cluster = dispy.JobCluster(
-    compute, nodes=NODES, host="127.0.0.1", dispy_port=PORT, cluster_status=cluster_status
+    compute,
+    nodes=NODES,
+    host="127.0.0.1",
+    dispy_port=PORT,
+    secret=SECRET,
+    cluster_status=cluster_status,
 )
 deadline = time.time() + 30
 while len(cluster.status().nodes) < 2 and time.time() < deadline:
     time.sleep(0.1)
-first, second = sorted(cluster.status().nodes, key=lambda node: node.port)
+first, second = sorted(cluster.status().nodes, key=lambda node: node.name)
 print("nodes", len(cluster.status().nodes))
 print("name", cluster.name())
 
@@ -69,7 +75,7 @@ time.sleep(0.2)  # cluster_status runs in its own thread
 print("cancelled", sorted(cancelled) == sorted((job.id, second.name) for job in waiting))
 jobs = [cluster.submit(0.05) for i in range(4)]
 cluster.wait()
-used = {n.name: n.jobs_done for n in cluster.nodes()}
+used = {n.name: n.jobs_done for n in cluster.status().nodes}
 print("after-close", sorted(used), [j.result for j in jobs])
 cluster.close()
 print("closed")

@@ -6,7 +6,7 @@ import os
 
 NODES = [tuple(node) for node in json.loads(os.environ["DISPY_TEST_NODES"])]
 SECRET = os.environ["DISPY_SECRET"]
-CLIENT = json.loads(os.environ.get("DISPY_TEST_CLIENT", "{}"))  # loopback, a free port
+PORT = int(os.environ["DISPY_TEST_PORT"])  # a free client port (4.15: dispy_port)
 
 
 def delegate(func_name, n):
@@ -36,7 +36,13 @@ if __name__ == "__main__":
 
     # 'doubled' and its class go with the cluster; the others with each job
     cluster = dispy.JobCluster(
-        delegate, nodes=NODES, secret=SECRET, depends=[doubled, Doubler], **CLIENT
+        delegate,
+        nodes=NODES,
+        secret=SECRET,
+        depends=[doubled, Doubler],
+        host="127.0.0.1",
+        dispy_port=PORT,
+        loglevel=dispy.logger.WARNING,
     )
     jobs = []
     for i in range(4):

@@ -11,6 +11,7 @@ import sys
 
 NODES = [tuple(node) for node in json.loads(os.environ["DISPY_TEST_NODES"])]
 PORT = int(os.environ["DISPY_TEST_PORT"])
+SECRET = os.environ["DISPY_SECRET"]
 
 # --- from here on, what a dispy 4.15 user writes ---------------------------------------
 import time  # noqa: E402
@@ -24,12 +25,13 @@ def compute(n):
     return (n, socket.gethostname())
 
 
-cluster = dispy.JobCluster(compute, nodes=NODES, host="127.0.0.1", dispy_port=PORT)
+cluster = dispy.JobCluster(compute, nodes=NODES, host="127.0.0.1", dispy_port=PORT, secret=SECRET)
 jobs = [cluster.submit_job_id(f"first-{i}", i) for i in range(4)]
 cluster.wait()
 print("first", sorted(job.id for job in jobs), [job.result[0] for job in jobs])
 print("ready", flush=True)
 
+before = {n.name for n in cluster.status().nodes}
 late = tuple(json.loads(sys.stdin.readline()))
 print("discover", cluster.discover_nodes([late]))
 deadline = time.time() + 30
@@ -37,7 +39,7 @@ while len(cluster.status().nodes) < 2 and time.time() < deadline:
     time.sleep(0.1)
 nodes = cluster.status().nodes
 print("nodes", len(nodes))
-node = next(n for n in nodes if n.port == late[1])
+node = next(n for n in nodes if n.name not in before)
 jobs = [cluster.submit_job_id_node(100 + i, node, i) for i in range(3)]
 cluster.wait()
 print(
@@ -46,6 +48,6 @@ print(
     sorted(set(job.ip_addr for job in jobs)),
     all(job.status == dispy.DispyJob.Finished for job in jobs),
 )
-print("on", sorted(set(n.port for n in cluster.nodes())) == sorted([NODES[0][1], late[1]]))
+print("on", sorted(n.name for n in cluster.status().nodes) == sorted(before | {node.name}))
 cluster.shutdown()
 print("shutdown")

@@ -6,7 +6,7 @@ import os
 
 NODES = [tuple(node) for node in json.loads(os.environ["DISPY_TEST_NODES"])]
 SECRET = os.environ["DISPY_SECRET"]
-CLIENT = json.loads(os.environ.get("DISPY_TEST_CLIENT", "{}"))  # loopback, a free port
+PORT = int(os.environ["DISPY_TEST_PORT"])  # a free client port (4.15: dispy_port)
 
 
 def setup(scale):
@@ -27,12 +27,18 @@ def compute(n):
 
 
 if __name__ == "__main__":
-    import functools
-
     import dispy
 
+    # setup's argument comes with each node's NodeAllocate (4.15 refuses functools.partial)
+    nodes = [dispy.NodeAllocate(host, port, setup_args=(3,)) for host, port in NODES]
     cluster = dispy.JobCluster(
-        compute, nodes=NODES, secret=SECRET, setup=functools.partial(setup, 3), **CLIENT
+        compute,
+        nodes=nodes,
+        secret=SECRET,
+        setup=setup,
+        host="127.0.0.1",
+        dispy_port=PORT,
+        loglevel=dispy.logger.WARNING,
     )
     jobs = [cluster.submit(n) for n in range(5)]
     for job in jobs:

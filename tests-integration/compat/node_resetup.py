@@ -8,9 +8,11 @@ import json
 import os
 import time
 
-# The test's nodes (a 4.15 program would find them with nodes=['*']); the secret comes
-# from DISPY_SECRET in the environment, which dispy reads itself.
+# The test's nodes (a 4.15 program would find them with nodes=['*']), the nodes' secret and
+# a free client port (4.15 reads neither from the environment itself).
 NODES = [tuple(node) for node in json.loads(os.environ["DISPY_TEST_NODES"])]
+SECRET = os.environ["DISPY_SECRET"]
+PORT = int(os.environ["DISPY_TEST_PORT"])
 
 
 def setup(tag):
@@ -30,6 +32,18 @@ def compute(n):
 import dispy  # noqa: E402
 
 
+class Tagged(dispy.NodeAllocate):
+    """Remembers the name of the node it was matched with (4.15's DispyNode has no port)."""
+
+    node_name = None
+
+    def allocate(self, cluster, ip_addr, name, cpus, avail_info=None, platform=""):
+        cpus = super().allocate(cluster, ip_addr, name, cpus, avail_info, platform)
+        if cpus > 0:
+            self.node_name = name
+        return cpus
+
+
 def report(phase, jobs):
     for job in jobs:
         tag, pid = job()
@@ -38,11 +52,18 @@ def report(phase, jobs):
 
 if __name__ == "__main__":
     allocs = [
-        dispy.NodeAllocate(host, port, setup_args=(f"first-{i}",))
-        for i, (host, port) in enumerate(NODES)
+        Tagged(host, port, setup_args=(f"first-{i}",)) for i, (host, port) in enumerate(NODES)
     ]
-    # ip_addr and port keep the test on loopback on a free port (other tests run too)
-    cluster = dispy.JobCluster(compute, nodes=allocs, setup=setup, ip_addr="127.0.0.1", port=0)
+    # host and dispy_port keep the test on loopback on a free port (other tests run too)
+    cluster = dispy.JobCluster(
+        compute,
+        nodes=allocs,
+        setup=setup,
+        host="127.0.0.1",
+        dispy_port=PORT,
+        secret=SECRET,
+        loglevel=dispy.logger.WARNING,
+    )
     jobs = []
     for i in range(6):
         job = cluster.submit(i)
@@ -51,7 +72,7 @@ if __name__ == "__main__":
     report("phase1", jobs)
 
     # the first node (as listed), set up again while more jobs wait
-    node = next(n for n in cluster.nodes() if n.port == NODES[0][1])
+    node = next(n for n in cluster.status().nodes if n.name == allocs[0].node_name)
     queued = []
     for i in range(6, 16):
         job = cluster.submit(i)
@@ -70,9 +91,11 @@ if __name__ == "__main__":
 
     # once the node serves again, jobs sent to it see the new setup
     deadline = time.time() + 20
-    while time.time() < deadline and not any(n.port == NODES[0][1] for n in cluster.nodes()):
+    while time.time() < deadline and not any(
+        n.name == allocs[0].node_name for n in cluster.status().nodes
+    ):
         time.sleep(0.1)
-    node = next(n for n in cluster.nodes() if n.port == NODES[0][1])
+    node = next(n for n in cluster.status().nodes if n.name == allocs[0].node_name)
     pinned = []
     for i in range(20, 23):
         job = cluster.submit_node(node, i)

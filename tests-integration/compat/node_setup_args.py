@@ -7,9 +7,11 @@ Run by tests-integration/test_compat_alloc.py; prints one ``result`` line per jo
 import json
 import os
 
-# The test's nodes (a 4.15 program would find them with nodes=['*']); the secret comes
-# from DISPY_SECRET in the environment, which dispy reads itself.
+# The test's nodes (a 4.15 program would find them with nodes=['*']), the nodes' secret and
+# a free client port (4.15 reads neither from the environment itself).
 NODES = [tuple(node) for node in json.loads(os.environ["DISPY_TEST_NODES"])]
+SECRET = os.environ["DISPY_SECRET"]
+PORT = int(os.environ["DISPY_TEST_PORT"])
 OUT_DIR = os.getcwd()  # where this program runs: the test's nodes share its file system
 
 
@@ -59,9 +61,16 @@ class NodeData(dispy.NodeAllocate):
 if __name__ == "__main__":
     scales = (10, 100)
     allocs = [NodeData(host, port, scales[i]) for i, (host, port) in enumerate(NODES)]
-    # ip_addr and port keep the test on loopback on a free port (other tests run too)
+    # host and dispy_port keep the test on loopback on a free port (other tests run too)
     cluster = dispy.JobCluster(
-        compute, nodes=allocs, setup=setup, cleanup=cleanup, ip_addr="127.0.0.1", port=0
+        compute,
+        nodes=allocs,
+        setup=setup,
+        cleanup=cleanup,
+        host="127.0.0.1",
+        dispy_port=PORT,
+        secret=SECRET,
+        loglevel=dispy.logger.WARNING,
     )
     jobs = []
     for i in range(8):

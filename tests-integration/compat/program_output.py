@@ -8,7 +8,7 @@ import sys
 
 NODES = [tuple(node) for node in json.loads(os.environ["DISPY_TEST_NODES"])]
 SECRET = os.environ["DISPY_SECRET"]
-CLIENT = json.loads(os.environ.get("DISPY_TEST_CLIENT", "{}"))  # loopback, a free port
+PORT = int(os.environ["DISPY_TEST_PORT"])  # a free client port (4.15: dispy_port)
 
 SCRIPT = (
     """#!%s
@@ -28,7 +28,14 @@ if __name__ == "__main__":
     with open(path, "w") as fh:
         fh.write(SCRIPT)
     os.chmod(path, os.stat(path).st_mode | stat.S_IXUSR)
-    cluster = dispy.JobCluster(path, nodes=NODES, secret=SECRET, **CLIENT)
+    cluster = dispy.JobCluster(
+        path,
+        nodes=NODES,
+        secret=SECRET,
+        host="127.0.0.1",
+        dispy_port=PORT,
+        loglevel=dispy.logger.WARNING,
+    )
     jobs = [cluster.submit(str(i)) for i in range(3)]
     for job in jobs:
         job()

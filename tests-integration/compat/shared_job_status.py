@@ -9,6 +9,7 @@ import os
 
 SCHEDULER = os.environ["DISPY_TEST_SCHEDULER"]
 PORT = int(os.environ["DISPY_TEST_PORT"])
+SECRET = os.environ["DISPY_SECRET"]  # the scheduler's cluster secret
 
 # --- from here on, what a dispy 4.15 user writes ---------------------------------------
 import threading  # noqa: E402
@@ -35,6 +36,7 @@ cluster = dispy.SharedJobCluster(
     job_status=job_status,
     scheduler_host=SCHEDULER,
     dispy_port=PORT,
+    secret=SECRET,
     loglevel=dispy.logger.WARNING,
 )
 jobs = [cluster.submit_job_id(f"job-{i}", i) for i in range(10)]
