@@ -12,10 +12,9 @@ import os
 NODES = [tuple(node) for node in json.loads(os.environ["DISPY_TEST_NODES"])]
 SECRET = os.environ["DISPY_SECRET"]
 PORT = int(os.environ["DISPY_TEST_PORT"])
-OUT_DIR = os.getcwd()  # where this program runs: the test's nodes share its file system
 
 
-def setup(data_file, scale):
+def setup(data_file, scale, out_dir):
     # runs once on each node, in the computation's directory, before any job there
     global node_data, node_scale
     with open(data_file) as fd:
@@ -24,9 +23,12 @@ def setup(data_file, scale):
     return 0
 
 
-def cleanup(data_file, scale):
+def cleanup(data_file, scale, out_dir):
     # 4.15 calls cleanup with the arguments setup had on that node
-    with open(os.path.join(OUT_DIR, "cleanup-" + data_file), "w") as fd:
+    # (out_dir: where the program runs; the test's nodes share its file system)
+    import os
+
+    with open(os.path.join(out_dir, "cleanup-" + data_file), "w") as fd:
         fd.write(f"{data_file} {scale}")
 
 
@@ -54,7 +56,7 @@ class NodeData(dispy.NodeAllocate):
         with open(data_file, "w") as fd:
             fd.write(f"data for {name}")
         self.depends = [data_file]
-        self.setup_args = (data_file, self.scale)
+        self.setup_args = (data_file, self.scale, os.getcwd())
         return cpus
 
 

@@ -9,7 +9,7 @@ import os
 
 NODES = [tuple(node) for node in json.loads(os.environ["DISPY_TEST_NODES"])]
 SECRET = os.environ["DISPY_SECRET"]
-CLIENT = json.loads(os.environ.get("DISPY_TEST_CLIENT", "{}"))  # loopback, a free port
+PORT = int(os.environ["DISPY_TEST_PORT"])  # a free client port (4.15: dispy_port)
 
 
 def search(steps, pause):
@@ -47,7 +47,15 @@ if __name__ == "__main__":
     import dispy
 
     names, winners, jobs = set(), [], []
-    cluster = dispy.JobCluster(search, nodes=NODES, secret=SECRET, job_status=job_status, **CLIENT)
+    cluster = dispy.JobCluster(
+        search,
+        nodes=NODES,
+        secret=SECRET,
+        job_status=job_status,
+        host="127.0.0.1",
+        dispy_port=PORT,
+        loglevel=dispy.logger.WARNING,
+    )
     jobs.append(cluster.submit(25, 0.02))
     jobs.append(cluster.submit(100000, 0.1))
     cluster.wait()
