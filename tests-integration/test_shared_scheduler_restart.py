@@ -337,25 +337,31 @@ def test_a_node_down_while_the_scheduler_restarts_is_asked_again_later(
 def test_scheduler_stopped_cleanly_keeps_what_its_gone_clients_had(
     node_factory, scheduler_factory, shared_clients, tmp_path
 ):
-    nodes = node_factory(2, cpus=1, name="stopped")
+    a, b = node_factory(2, cpus=1, name="stopped")
     store = tmp_path / "store"
-    sched = scheduler_factory(nodes, "--pulse_interval", "1", "--dest_path_prefix", str(store))
+    sched = scheduler_factory([a, b], "--pulse_interval", "1", "--dest_path_prefix", str(store))
     runs = ExecutionLog(tmp_path / "runs")
     first, second = Gate(tmp_path / "first"), Gate(tmp_path / "second")
     recover_file = tmp_path / "stopped.recover"
-    numbers = [1, 2, 3]
+    numbers = [1, 2, 3, 4]
+    # Node a alone, one CPU and one job ahead: two of its four jobs are on the node and two
+    # wait in the scheduler. Job 1 lasts long enough (0.1 s) for the queue on the node to
+    # stay one job deep after it ends.
     client = shared_clients(
         sched,
         name="stopped",
         recover_file=recover_file,
         log_dir=runs,
-        jobs=[(1, 0.0, str(first)), (2, 0.0, str(second)), (3, 0.0, str(second))],
+        jobs=[(1, 0.1, str(first))] + [(n, 0.0, str(second)) for n in numbers[1:]],
+        options={"nodes": [list(a.address)]},
     )
     kill_when_sent(client, recover_file, len(numbers))
     sched_id = sched_id_of(recover_file)
     first.open()
     wait_for(lambda: len(results_in(store, sched_id)) == 1, 20, "job 1's result stored")
-    # ... and a client still there, its job running too.
+    # Job 2 runs on node a, job 3 waits there: job 4 certainly waits in the scheduler.
+    runs.wait_running(1, 20)
+    # ... and a client still there, its job running too (on node b: node a has no place).
     alive_file = tmp_path / "alive.recover"
     alive = shared_clients(
         sched,
@@ -367,12 +373,19 @@ def test_scheduler_stopped_cleanly_keeps_what_its_gone_clients_had(
     )
     alive.wait_line("submitted", 30)
     wait_for(lambda: runs.starts()[7] == 1, 20, "job 7 runs")
+    assert [runs.starts()[n] for n in numbers] == [1, 1, 0, 0]
     assert sched.stop() == 0  # SIGINT, as an operator's restart does
+    # The job still queued in the scheduler went to node a at the stop.
+    sched.wait_log(
+        f"1 job(s) of its gone client queued here sent to node {a.address[0]}:{a.address[1]}",
+        1,
+    )
     # The client still there is told, and keeps its recover file.
     [(status, _result, exc)] = lost_jobs_told(alive, [7]).values()
     assert status == DispyJob.Abandoned
     assert "scheduler shutting down" in exc
     second.open()
+    wait_for(lambda: all(runs.ends()[n] == 1 for n in [*numbers, 7]), 20, "jobs end on nodes")
     sched.start()
     recovered = dispy.recover_jobs(str(recover_file), timeout=30)
     check_recovered(recovered, numbers)

@@ -270,3 +270,71 @@ def test_an_exclusive_computation_waits_and_is_told_when_its_turn_comes(clock: C
     shell.handle(NodeLost(NODE_A, "closed", SCHED_ID))
     assert [m.state for m in other.of(SharedStatus)] == ["waiting", "active"]
     assert client.of(ClosedMsg)
+
+
+def _sent_ids(link: FakeNode) -> list[int]:
+    return [j for m in link.of(JobSubmit) for j, _ in m.jobs]
+
+
+def test_a_clean_stop_sends_a_gone_clients_queued_jobs_to_its_nodes_once(
+    clock: Clock, caplog: pytest.LogCaptureFixture
+) -> None:
+    shell, comp, _client, record, links = _setup(clock, nodes=(NODE_A, NODE_B))
+    _submit(shell, comp, [1, 2, 3, 4, 5, 6])
+    # one CPU and one job ahead on each node: four placed, 5 and 6 queued here
+    placed = _sent_ids(links[NODE_A]) + _sent_ids(links[NODE_B])
+    assert sorted(placed) == [1, 2, 3, 4]
+    comp.client = None  # killed
+    caplog.set_level("INFO", logger="dispy_scheduler")
+    shell.hand_over_queued()
+    a, b = _sent_ids(links[NODE_A]), _sent_ids(links[NODE_B])
+    assert sorted(a + b) == [1, 2, 3, 4, 5, 6]  # each job on one node, once
+    assert len(a) == len(b) == 3  # spread by load
+    handed = [link.conn.sent[-1] for link in links.values()]
+    assert all(isinstance(m, JobSubmit) and m.notify == [] for m, _ in handed)
+    assert all(m.comp_id == SCHED_ID for m, _ in handed)
+    assert sorted(b"".join(p) for _, p in handed) == [b"args5", b"args6"]
+    assert caplog.text.count("queued here sent to node") == 2
+    # A place frees up during the stop (job 1 ends): nothing is sent again.
+    holder = NODE_A if 1 in _sent_ids(links[NODE_A])[:2] else NODE_B
+    msg, payload = _done([1])
+    shell.results(links[holder], msg, payload)  # type: ignore[arg-type]
+    assert sorted(_sent_ids(links[NODE_A]) + _sent_ids(links[NODE_B])) == [1, 2, 3, 4, 5, 6]
+    assert record.kept == [([1], b"r01")]  # the gone client's result is stored as ever
+    assert not any(m.job_ids for m in links[holder].of(SharedEnded))
+
+
+def test_a_clean_stop_leaves_a_connected_clients_queued_jobs(clock: Clock) -> None:
+    shell, comp, _client, _record, links = _setup(clock)
+    _submit(shell, comp, [1, 2, 3])
+    shell.hand_over_queued()
+    assert _sent_ids(links[NODE_A]) == [1, 2]  # the client is told they end Abandoned
+
+
+def test_a_clean_stop_keeps_pins_and_logs_what_no_node_can_take(
+    clock: Clock, caplog: pytest.LogCaptureFixture
+) -> None:
+    shell, comp, _client, _record, links = _setup(clock, nodes=(NODE_A, NODE_B))
+    _submit(shell, comp, [1, 2, 3, 4])  # both nodes full
+    for job_id, node in ((5, NODE_A), (6, NODE_B)):
+        comp.args[job_id] = f"args{job_id}".encode()
+        comp.pinned[job_id] = node
+        shell.handle(JobsSubmitted(SCHED_ID, (JobSpec(job_id, 5, node),)))
+    del shell.nodes[NODE_B]  # its connection ended as the stop began
+    comp.client = None
+    shell.hand_over_queued()
+    assert 5 in _sent_ids(links[NODE_A])
+    assert 6 not in _sent_ids(links[NODE_A]) + _sent_ids(links[NODE_B])
+    assert "1 job(s) of its gone client queued here are lost at the stop (6)" in caplog.text
+
+
+def test_a_clean_stop_without_a_node_ready_logs_the_lost_jobs(
+    clock: Clock, caplog: pytest.LogCaptureFixture
+) -> None:
+    shell, comp, _client, _record, links = _setup(clock)
+    _submit(shell, comp, [1, 2, 3])
+    del shell.nodes[NODE_A]  # its connection ended before the stop
+    comp.client = None
+    shell.hand_over_queued()
+    assert _sent_ids(links[NODE_A]) == [1, 2]
+    assert "1 job(s) of its gone client queued here are lost at the stop (3)" in caplog.text

@@ -425,7 +425,8 @@ async def _recover(
             job.exception = (
                 f"scheduler {host}:{port} does not have this job (it never reached a node: the "
                 "client stopped before sending it, or the scheduler was killed before placing "
-                "it; or the scheduler was started with --clean)"
+                "it, or stopped when no node was set up for it; or the scheduler was started "
+                "with --clean)"
             )
         elif uid in plan.where:
             node = plan.where[uid]

@@ -375,7 +375,10 @@ def _submit(
             continue
         comp.args[job_id] = view[at : at + size]
         at += size
-        specs.append(JobSpec(job_id, size, pinned.get(job_id)))
+        node = pinned.get(job_id)
+        if node is not None:
+            comp.pinned[job_id] = node
+        specs.append(JobSpec(job_id, size, node))
     if ended:
         link.send(SharedEnded(comp_id=comp.comp_id, jobs=ended))  # type: ignore[arg-type]
     try:

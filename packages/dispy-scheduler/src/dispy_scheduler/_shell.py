@@ -24,6 +24,10 @@ While a computation's client is gone its results are written to the store and th
 acknowledged. A computation ends (closed on its nodes, dropped from the engine, its record
 closed if nothing is left undelivered) once it is closing, or its client is gone, and it
 has no job left.
+
+A clean stop (:meth:`Shell.hand_over_queued`, called first by ``Scheduler.stop``) sends the
+jobs of gone clients still queued here to nodes set up for them, where they run orphaned
+and the next run recovers them; from then on nothing more is sent.
 """
 
 from __future__ import annotations
@@ -104,6 +108,9 @@ class Shell:
         self.store = store
         self.nodes: dict[NodeKey, NodeLink] = {}
         self.comps: dict[int, SharedComp] = {}
+        # Set by hand_over_queued (a clean stop): the engine's placements are sent no more,
+        # so no job handed over is sent a second time when a place frees up meanwhile.
+        self.stopping = False
 
     # -- events in, commands out ----------------------------------------------------------
 
@@ -185,24 +192,29 @@ class Shell:
     def _send_jobs(self, cmd: SendJobs) -> None:
         comp = self.comps.get(cmd.comp_id)
         link = self.nodes.get(cmd.node)
-        if comp is None or link is None:
+        if comp is None or link is None or self.stopping:
             return  # the node's loss or the computation's drop follows as an event
+        self._send(comp, link, cmd.job_ids, cmd.ahead)
+
+    def _send(
+        self, comp: SharedComp, link: NodeLink, job_ids: Sequence[int], ahead: frozenset[int]
+    ) -> None:
         spec: list[tuple[int, int]] = []
         parts: list[Payload] = []
         size = 0
         try:
-            for job_id in cmd.job_ids:
+            for job_id in job_ids:
                 for put, data in comp.job_files.get(job_id, ()):
                     link.send(put.model_copy(update={"comp_id": comp.sched_id}), data)
                 args = comp.args.get(job_id, b"")
                 if spec and (len(spec) >= MAX_IDS or size + len(args) > MAX_BYTES_PER_FRAME):
-                    self._submit(link, comp, spec, parts, cmd.ahead)
+                    self._submit(link, comp, spec, parts, ahead)
                     spec, parts, size = [], [], 0
                 spec.append((job_id, len(args)))
                 parts.append(args)
                 size += len(args)
             if spec:
-                self._submit(link, comp, spec, parts, cmd.ahead)
+                self._submit(link, comp, spec, parts, ahead)
         except ConnectionClosed:
             pass  # the link's end is an event of its own: the engine moves these jobs
 
@@ -249,6 +261,7 @@ class Shell:
             return
         for job_id, _, _ in jobs:
             comp.args.pop(job_id, None)
+            comp.pinned.pop(job_id, None)
             comp.job_files.pop(job_id, None)
         if comp.client is not None:
             for chunk in _chunks(jobs, MAX_IDS):
@@ -290,6 +303,7 @@ class Shell:
                     reports.append(report)
                     parts.append(data)
                     comp.args.pop(report.job_id, None)
+                    comp.pinned.pop(report.job_id, None)
                     comp.job_files.pop(report.job_id, None)
             self._deliver(comp, link, reports, parts)
         self.apply(commands)
@@ -361,6 +375,77 @@ class Shell:
             if link is not None and stored:
                 for chunk in _chunks([r.job_id for r, _ in items], MAX_IDS):
                     link.send(JobAck(comp_id=comp.sched_id, job_ids=chunk))
+
+    # -- a clean stop ----------------------------------------------------------------------------
+
+    def hand_over_queued(self) -> None:
+        """A clean stop is coming: send every job of a gone client still queued here to a
+        node set up for its computation, so that nothing such a client submitted is lost.
+
+        The nodes' connections then close without a goodbye (``Scheduler.stop``): each node
+        keeps the computation orphaned, queues these jobs beyond its CPUs, runs them and
+        keeps their results, and the next run recovers them from it with those it was
+        already running (the store lists the node since the computation got ready there).
+        The scheduler's store keeps no job arguments (a ``kill -9`` still loses queued
+        jobs, documented): handing them to a node needs nothing new on disk and no resume
+        logic after a restart. Jobs of clients still connected are left alone: those
+        clients are told their jobs end Abandoned. After this no job is sent any more.
+        """
+        self.stopping = True
+        for comp in list(self.comps.values()):
+            if comp.client is not None or comp.dropped or not comp.opened:
+                continue
+            queued = [
+                job_id
+                for job_id in comp.args
+                if (status := self.engine.job_status(comp.sched_id, job_id)) is not None
+                and status[1] is None
+            ]
+            if queued:
+                self._hand_over(comp, queued)
+
+    def _hand_over(self, comp: SharedComp, queued: list[int]) -> None:
+        # Each job to the node with the fewest jobs per CPU (those placed there counted),
+        # a pinned one only to its own node; only nodes still connected and ready for it.
+        load: dict[NodeKey, list[int]] = {}
+        for key in self.engine.nodes(comp.sched_id):
+            alloc = self.engine.allocation(comp.sched_id, key)
+            if alloc is not None and key in comp.ready and key in self.nodes:
+                load[key] = [len(alloc.placed), max(alloc.cpus, 1)]
+        by_node: dict[NodeKey, list[int]] = defaultdict(list)
+        lost: list[int] = []
+        for job_id in queued:
+            pin = comp.pinned.get(job_id)
+            if pin is not None:
+                target = pin if pin in load else None
+            else:
+                target = min(load, key=lambda k: load[k][0] / load[k][1], default=None)
+            if target is None:
+                lost.append(job_id)
+                continue
+            by_node[target].append(job_id)
+            load[target][0] += 1
+        for key, ids in by_node.items():
+            self._send(comp, self.nodes[key], ids, frozenset())
+            log.info(
+                "computation %s (%d): %d job(s) of its gone client queued here sent to "
+                "node %s:%d at the stop: they run there, the next run recovers them",
+                comp.name,
+                comp.sched_id,
+                len(ids),
+                key[0],
+                key[1],
+            )
+        if lost:
+            log.warning(
+                "computation %s (%d): %d job(s) of its gone client queued here are lost at "
+                "the stop (%s): no node connected is set up for %s",
+                comp.name,
+                comp.sched_id,
+                len(lost),
+                ", ".join(str(j) for j in lost),
+                "them" if len(lost) > 1 else "it",
+            )
 
     # -- the end of a computation -------------------------------------------------------------
 

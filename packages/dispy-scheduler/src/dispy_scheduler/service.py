@@ -17,8 +17,9 @@ then on, like a host in ``--nodes``. A tick every second lets the
 engine declare silent nodes dead. Files that jobs send and that clients send to one node
 are forwarded with their ``req`` renumbered, so acknowledgements find their way back.
 
-SIGINT and SIGTERM stop it: listeners close, clients and nodes are told it is shutting
-down, and every task ends. It never reads stdin.
+SIGINT and SIGTERM stop it: the jobs of gone clients still queued here go to nodes set up
+for them (``Shell.hand_over_queued``), listeners close, clients and nodes are told it is
+shutting down, and every task ends. It never reads stdin.
 """
 
 from __future__ import annotations
@@ -222,6 +223,10 @@ class Scheduler(Shell):
     async def stop(self) -> None:
         log.info("dispy-scheduler shutting down")
         self.closing = True
+        # First, while clients still connected are still told apart from gone ones (a
+        # refused client is gone too once its connection ends): nothing a gone client
+        # submitted stays queued here, to be lost with this process.
+        self.hand_over_queued()
         for server in self._servers:
             server.close()
         for task in self._loops:
