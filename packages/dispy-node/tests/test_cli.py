@@ -265,3 +265,14 @@ def test_relay_is_repeatable_and_defaults_to_none(captured):
 def test_help_documents_relay():
     result = runner.invoke(cli.app, ["run", "--help"])
     assert "--relay" in one_line(result.stdout)
+
+
+def test_dispy_415_spellings_are_accepted(captured):
+    # dispynode.py of 4.15: --host, --ext_host, --scheduler_host, and --daemon (this node
+    # never reads its input, which is all --daemon asked for)
+    args = ["run", "--daemon", "--host", "127.0.0.1", "--ext_host", "10.0.0.9"]
+    result = runner.invoke(cli.app, [*args, "--scheduler_host", "10.0.0.1"])
+    assert result.exit_code == 0, result.output
+    (config,) = captured
+    assert (config.ip_addr, config.ext_ip_addr) == ("127.0.0.1", "10.0.0.9")
+    assert config.scheduler_node == "10.0.0.1"

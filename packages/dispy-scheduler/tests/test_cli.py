@@ -294,3 +294,15 @@ def test_missing_secret_file_exits_2(captured: list[cli.ServeOptions], tmp_path:
     assert result.stderr.strip() == (
         f"dispy-scheduler serve: cannot read --secret-file {path!r}: No such file or directory"
     )
+
+
+def test_serve_accepts_dispy_415_spellings(captured: list[cli.ServeOptions]) -> None:
+    # dispyscheduler.py of 4.15: --node, --host, --ext_host, and --daemon (the scheduler
+    # never reads its input)
+    args = ["serve", "--daemon", "--node", "10.0.0.1", "--host", "127.0.0.1"]
+    result = runner.invoke(cli.app, [*args, "--ext_host", "203.0.113.7"])
+    assert result.exit_code == 0, result.output
+    (options,) = captured
+    assert options.nodes == ("10.0.0.1",)
+    assert options.ip_addrs == ("127.0.0.1",)
+    assert options.ext_ip_addrs == ("203.0.113.7",)

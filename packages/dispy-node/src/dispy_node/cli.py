@@ -61,17 +61,25 @@ def _fail(message: str) -> typer.Exit:
 @app.command()
 def run(
     debug: Annotated[bool, typer.Option("-d", "--debug", help="Log every message.")] = False,
+    daemon: Annotated[
+        bool,
+        typer.Option(
+            "--daemon", help="Accepted as dispy 4.15 had it: this node never reads its input."
+        ),
+    ] = False,
     cpus: Annotated[
         int,
         typer.Option("-c", "--cpus", help="CPUs to use: 0 = all, n > 0 = n, n < 0 = all but |n|."),
     ] = 0,
     ip_addr: Annotated[
         str | None,
-        typer.Option("-i", "--ip_addr", "--ip-addr", help="Address to listen on."),
+        typer.Option("-i", "--ip_addr", "--ip-addr", "--host", help="Address to listen on."),
     ] = None,
     ext_ip_addr: Annotated[
         str | None,
-        typer.Option("--ext_ip_addr", "--ext-ip-addr", help="Address to announce (NAT)."),
+        typer.Option(
+            "--ext_ip_addr", "--ext-ip-addr", "--ext_host", help="Address to announce (NAT)."
+        ),
     ] = None,
     node_port: Annotated[
         int, typer.Option("-p", "--node_port", "--node-port", help="TCP and UDP port.")
@@ -155,6 +163,7 @@ def run(
         typer.Option(
             "--scheduler_node",
             "--scheduler-node",
+            "--scheduler_host",
             help="Client or scheduler to announce this node to while it is free (through NAT).",
         ),
     ] = None,

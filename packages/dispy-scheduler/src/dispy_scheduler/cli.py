@@ -101,10 +101,20 @@ def root(
 def serve(
     *,
     debug: Annotated[bool, typer.Option("--debug", "-d", help="Log a trace of execution.")] = False,
+    daemon: Annotated[
+        bool,
+        typer.Option(
+            "--daemon", help="Accepted as dispy 4.15 had it: the scheduler never reads its input."
+        ),
+    ] = False,
     nodes: Annotated[
         list[str] | None,
         typer.Option(
-            "--nodes", "-n", help="Node to contact at start-up (repeatable).", show_default=False
+            "--nodes",
+            "-n",
+            "--node",
+            help="Node to contact at start-up (repeatable).",
+            show_default=False,
         ),
     ] = None,
     ip_addrs: Annotated[
@@ -112,6 +122,7 @@ def serve(
         typer.Option(
             "--ip-addr",
             "-i",
+            "--host",
             help="Local address to use instead of the host name's (repeatable).",
             show_default=False,
         ),
@@ -120,6 +131,7 @@ def serve(
         list[str] | None,
         typer.Option(
             "--ext-ip-addr",
+            "--ext-host",
             help="Address to announce when behind NAT (repeatable, pairs with --ip-addr).",
             show_default=False,
         ),
