@@ -158,7 +158,7 @@ class NodeFactory:
             started.append(node.start(wait=False))
         if wait:
             for node in started:
-                node.wait_ready()
+                node.wait_started()
         return started
 
     def one(self, **kwargs: Any) -> NodeProcess:

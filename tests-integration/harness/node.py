@@ -25,7 +25,7 @@ from harness.ports import LOOPBACK, free_port
 # Rich wraps log lines at the terminal width (80 columns when not a terminal); a wide
 # virtual terminal keeps each record on one line so the log can be searched.
 _WIDE = "400"
-_PORT_TAKEN = "cannot listen on port"
+_PORT_TAKEN = "address already in use"  # the OS's words, in the node's "cannot listen" line
 
 
 class NodeStartError(RuntimeError):
@@ -153,24 +153,27 @@ class NodeProcess:
     # -- lifecycle ------------------------------------------------------------------------
 
     def start(self, *, wait: bool = True, timeout: float = 20.0, retries: int = 3) -> NodeProcess:
-        """Start the node (and by default wait until it serves).
+        """Start the node (and by default wait until it serves: :meth:`wait_started`)."""
+        self._spawn()
+        if wait:
+            self.wait_started(timeout, retries)
+        return self
 
-        If the port was taken meanwhile (another test won the race), start again on a new
-        free port, up to ``retries`` times.
-        """
+    def wait_started(self, timeout: float = 20.0, retries: int = 3) -> None:
+        """Wait until the node serves. If its port was taken meanwhile (a free port is only
+        free until someone binds it: another test won the race), start it again on a new
+        free port, up to ``retries`` times."""
         for attempt in range(retries + 1):
-            self._spawn()
-            if not wait:
-                return self
             try:
                 self.wait_ready(timeout)
-                return self
+                return
             except NodeStartError:
-                taken = self.exited() and _PORT_TAKEN in self.log_text()
+                last_start = self.log_text().rsplit("===== start #", 1)[-1]
+                taken = self.exited() and _PORT_TAKEN in last_start
                 if not taken or self._fixed_port or attempt == retries:
                     raise
                 self.port = free_port()
-        raise AssertionError("unreachable")
+                self._spawn()
 
     def _spawn(self) -> None:
         assert self.proc is None or self.proc.poll() is not None, "node already running"

@@ -58,14 +58,16 @@ reported = threading.Semaphore(0)
 
 
 def on_done(job):
-    record = {"n": job.id, "status": int(job.status), "result": job.result, "ip": job.ip_addr}
+    record = {"n": job.args[0], "status": int(job.status), "result": job.result, "ip": job.ip_addr}
     say("done " + json.dumps(record))
     reported.release()
 
 
 def on_status(status, node, job):
     if job is not None and status == dispy.DispyJob.Running:
-        say(f"running {job.id} {node.ip_addr if node is not None else None}")
+        # job.args[0], not job.id: the program sets job.id after submit(), and a job may
+        # start (this callback run) before that, with its default id
+        say(f"running {job.args[0]} {node.ip_addr if node is not None else None}")
     elif job is None and node is not None and status != dispy.DispyNode.AvailInfo:
         say(f"node {int(status)} {node.ip_addr}")
 
