@@ -182,6 +182,27 @@ def test_pinned_to_a_node_not_in_the_cluster_is_cancelled():
     ]
 
 
+def test_pinned_waiting_lists_jobs_of_that_node_not_started_and_job_pin_names_it():
+    eng = engine()
+    eng.handle(NodeReady(A, COMP, cpus=4), 0)
+    eng.handle(NodeReady(B, COMP, cpus=1), 0)
+    submit(eng, range(4), pinned=B)  # 0 runs (once started), 1 sent ahead, 2 and 3 wait
+    submit(eng, [10])  # not pinned: never listed
+    eng.handle(JobsStarted(B, COMP, (0,)), 0)
+    assert sorted(eng.pinned_waiting(COMP, B)) == [1, 2, 3]
+    assert eng.pinned_waiting(COMP, A) == []
+    assert eng.pinned_waiting(COMP, C) == []  # not a node of the computation
+    assert (eng.job_pin(COMP, 2), eng.job_pin(COMP, 10), eng.job_pin(COMP, 99)) == (B, None, None)
+
+
+def test_cancel_with_a_reason_ends_waiting_jobs_with_it_and_names_their_node():
+    eng = engine()
+    eng.handle(NodeReady(B, COMP, cpus=1), 0)
+    submit(eng, range(3), pinned=B)  # 0 and 1 placed, 2 waits
+    cmds = eng.handle(CancelRequested(COMP, (2,), "Cancelled: node closed"), 1)
+    assert cmds == [JobEnded(COMP, 2, JobStatus.Cancelled, "Cancelled: node closed", B)]
+
+
 # --- cancel ----------------------------------------------------------------------------
 
 

@@ -318,7 +318,6 @@ def test_a_clean_stop_keeps_pins_and_logs_what_no_node_can_take(
     _submit(shell, comp, [1, 2, 3, 4])  # both nodes full
     for job_id, node in ((5, NODE_A), (6, NODE_B)):
         comp.args[job_id] = f"args{job_id}".encode()
-        comp.pinned[job_id] = node
         shell.handle(JobsSubmitted(SCHED_ID, (JobSpec(job_id, 5, node),)))
     del shell.nodes[NODE_B]  # its connection ended as the stop began
     comp.client = None

@@ -375,10 +375,7 @@ def _submit(
             continue
         comp.args[job_id] = view[at : at + size]
         at += size
-        node = pinned.get(job_id)
-        if node is not None:
-            comp.pinned[job_id] = node
-        specs.append(JobSpec(job_id, size, node))
+        specs.append(JobSpec(job_id, size, pinned.get(job_id)))
     if ended:
         link.send(SharedEnded(comp_id=comp.comp_id, jobs=ended))  # type: ignore[arg-type]
     try:

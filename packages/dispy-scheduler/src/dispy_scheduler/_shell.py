@@ -261,7 +261,6 @@ class Shell:
             return
         for job_id, _, _ in jobs:
             comp.args.pop(job_id, None)
-            comp.pinned.pop(job_id, None)
             comp.job_files.pop(job_id, None)
         if comp.client is not None:
             for chunk in _chunks(jobs, MAX_IDS):
@@ -303,7 +302,6 @@ class Shell:
                     reports.append(report)
                     parts.append(data)
                     comp.args.pop(report.job_id, None)
-                    comp.pinned.pop(report.job_id, None)
                     comp.job_files.pop(report.job_id, None)
             self._deliver(comp, link, reports, parts)
         self.apply(commands)
@@ -415,7 +413,7 @@ class Shell:
         by_node: dict[NodeKey, list[int]] = defaultdict(list)
         lost: list[int] = []
         for job_id in queued:
-            pin = comp.pinned.get(job_id)
+            pin = self.engine.job_pin(comp.sched_id, job_id)
             if pin is not None:
                 target = pin if pin in load else None
             else:

@@ -118,9 +118,6 @@ class SharedComp:
     opened: bool = False  # in the engine
     # each job's arguments: a view of the sched.submit payload they came in (not copied)
     args: dict[int, Payload] = field(default_factory=dict)
-    # the node each pinned job (not ended yet) must run on: a clean stop hands queued jobs
-    # of a gone client to nodes itself (Shell.hand_over_queued) and must keep to it
-    pinned: dict[int, NodeKey] = field(default_factory=dict)
     job_files: dict[int, list[tuple[FilePut, bytes]]] = field(default_factory=dict)
     # why a job's own file was refused (--max_file_size): the job ends Terminated at submit
     refused_files: dict[int, str] = field(default_factory=dict)

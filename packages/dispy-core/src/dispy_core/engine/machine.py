@@ -141,6 +141,12 @@ class Engine:
         ahead = [j for j in alloc.placed if jobs[j].status is _CREATED and jobs[j].pinned == node]
         return [j for j in alloc.pinned if j in jobs] + ahead
 
+    def job_pin(self, comp_id: int, job_id: int) -> NodeKey | None:
+        """The node a live job was submitted to alone (``submit_node``), if any."""
+        comp = self._comps.get(comp_id)
+        job = comp.jobs.get(job_id) if comp is not None else None
+        return job.pinned if job is not None else None
+
     def job_status(self, comp_id: int, job_id: int) -> tuple[JobStatus, NodeKey | None] | None:
         """A live job's status and node (None: queued), or None once it has ended."""
         comp = self._comps.get(comp_id)
