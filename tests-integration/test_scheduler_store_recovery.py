@@ -129,6 +129,53 @@ def test_recover_from_nodes_stores_every_result_after_a_scheduler_dies(
     assert "Traceback" not in node.log_text()
 
 
+def test_the_nodes_count_as_answered_once_their_stored_results_are_stored(
+    node_factory, secret, tmp_path: Path
+):
+    """A recover_jobs served while the restarted scheduler asks its nodes waits for
+    ``cs.asking``; when it is set every job must be stored here or known to be pending on a
+    node (else that recovery reports it never placed and closes the record, and its result
+    comes too late: seen in CI)."""
+    node = node_factory.one(cpus=2, name="answers")
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    root = tmp_path / "sched-store"
+
+    async def before_the_kill() -> None:
+        store = Store(root)
+        cs = store.open(SCHED_ID, 99, "blocks", "function", "client at 127.0.0.1")
+        conn = await _open_on_node(node.port, secret, cpus=2)
+        cs.node_used(node.address)
+        done_now = {j: _args(str(marks / str(j)), 0.0) for j in range(1, 21)}
+        _submit(conn, done_now)
+        received: set[int] = set()
+        async with asyncio.timeout(30):
+            while received != set(done_now):
+                msg, _ = await conn.recv()
+                if isinstance(msg, JobDone):  # never acknowledged: the node keeps them
+                    received.update(r.job_id for r in msg.jobs)
+        _submit(conn, {21: _args(str(marks / "21"), 2.0)})
+        await asyncio.to_thread(wait_for, (marks / "21").exists, 20, "21 runs")
+        conn._transport.abort()
+
+    asyncio.run(before_the_kill())
+    [cs] = Store(root).found()
+
+    async def recover_and_look() -> set[int]:
+        cs.asking = asyncio.Event()  # as the service marks it before anything listens
+        asking = cs.asking
+
+        async def when_answered() -> set[int]:
+            await asking.wait()
+            return {r.job_id for r, _ in cs.stored()} | set(cs.node_pending)
+
+        look = asyncio.create_task(when_answered())
+        await recover_from_nodes(cs, node_secret=secret, tls=TLSConfig(None), timeout=30)
+        return await look
+
+    assert asyncio.run(recover_and_look()) == set(range(1, 22))
+
+
 def test_jobs_still_running_at_the_timeout_end_cancelled_and_the_node_is_freed(
     node_factory, secret, tmp_path: Path
 ):

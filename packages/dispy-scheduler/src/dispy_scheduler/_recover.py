@@ -157,19 +157,31 @@ async def _recover_node(
     answered: Callable[[], None],
 ) -> int:
     where = f"{node[0]}:{node[1]}"
+    told = [False]
+
+    def tell_answered() -> None:
+        # Once per node: when it cannot be asked, or once the results it had stored are
+        # stored here too. Earlier, a recover_jobs served meanwhile would find those jobs
+        # neither pending nor done, report them never placed and close the record, and
+        # their results would come too late.
+        if not told[0]:
+            told[0] = True
+            answered()
+
     try:
         opened = await _ask_node(cs.sched_id, node, secret, tls)
-        if opened is None:
-            cs.unasked.add(node)
-        else:
-            cs.unasked.discard(node)
-    finally:
-        answered()
+    except BaseException:
+        tell_answered()
+        raise
     if opened is None:
+        cs.unasked.add(node)
+        tell_answered()
         return 0
+    cs.unasked.discard(node)
     conn, status = opened
     sched_id = cs.sched_id
     pending = set(status.pending)
+    running = frozenset(pending)
     cs.node_pending |= pending
     count = 0
 
@@ -187,10 +199,14 @@ async def _recover_node(
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout_at(_loop_time(deadline)):
                 while pending or received < status.stored:
+                    if received >= status.stored:
+                        tell_answered()
                     msg, payload = await conn.recv()
                     if isinstance(msg, JobDone):
-                        received += len(msg.jobs)
+                        # results the node had stored (not those of jobs that end now)
+                        received += sum(1 for r in msg.jobs if r.job_id not in running)
                         await take(msg, payload)
+        tell_answered()
         if pending:
             log.warning(
                 "computation %d: %d job(s) still running on %s after the recovery's "
@@ -220,6 +236,7 @@ async def _recover_node(
     except (ConnectionClosed, ProtocolError) as exc:
         log.warning("recovery of computation %d from node %s: %s", sched_id, where, exc)
     finally:
+        tell_answered()
         cs.node_pending.difference_update(pending)
         await conn.close()
     return count
