@@ -6,6 +6,7 @@ it inside a network namespace: see :mod:`harness.netns`).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -266,8 +267,13 @@ class NodeProcess:
             self.proc.send_signal(sig)
 
     def kill(self, sig: int = signal.SIGKILL) -> None:
-        """Send ``sig`` (SIGKILL by default) without waiting."""
+        """Send ``sig`` (SIGKILL by default). Other signals do not wait; after SIGKILL the
+        process is gone when this returns (it cannot be ignored, but dying takes a moment:
+        a test that restarts the node right after found it still there)."""
         self.send_signal(sig)
+        if sig == signal.SIGKILL and self.proc is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(10)
 
     def wait(self, timeout: float) -> int:
         """Wait for the process to end; return its exit status.

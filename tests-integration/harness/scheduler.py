@@ -8,6 +8,7 @@ on the command line.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -120,9 +121,14 @@ class SchedulerProcess:
         return self.proc is not None and self.proc.poll() is None
 
     def kill(self, sig: int = signal.SIGKILL) -> None:
+        """Send ``sig``; after SIGKILL the process is gone when this returns (as
+        NodeProcess.kill)."""
         if self.running():
             assert self.proc is not None
             self.proc.send_signal(sig)
+            if sig == signal.SIGKILL:
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    self.proc.wait(10)
 
     def stop(self, timeout: float = 15.0) -> int | None:
         """SIGINT, then SIGKILL after ``timeout``; the exit status (None: never started)."""
