@@ -67,6 +67,23 @@ def pick_callback(
     return job_status if job_status is not None else callback
 
 
+def spellings(
+    callback: Callable[..., Any] | None,
+    job_status: Callable[..., Any] | None,
+    ip_addr: Any,
+    host: Any,
+    ext_ip_addr: Any,
+    ext_host: Any,
+) -> tuple[Callable[..., Any] | None, Any, Any]:
+    """``callback``, ``ip_addr`` and ``ext_ip_addr``, each from our spelling or 4.15's
+    (``job_status``, ``host``, ``ext_host``): what both cluster classes accept."""
+    return (
+        pick_callback(callback, job_status),
+        pick(ip_addr, host, "ip_addr", "host"),
+        pick(ext_ip_addr, ext_host, "ext_ip_addr", "ext_host"),
+    )
+
+
 def pick(ours: Any, theirs: Any, ours_name: str, theirs_name: str) -> Any:
     """``ours`` or the 4.15 spelling ``theirs`` of the same option (not both, differing)."""
     if theirs is None:
@@ -105,8 +122,9 @@ def refuse_415_positions(cls: str, misplaced: dict[str, tuple[Any, str]]) -> Non
 
 
 def dispy_port_ports(dispy_port: int | None, port: int, node_port: int) -> tuple[int, int]:
-    """4.15's ``dispy_port`` P: the client listens on P, nodes on P + 1 (its defaults
-    were 9700 / 9701, which ours are too, whatever ``port`` and ``node_port`` say)."""
+    """4.15's ``dispy_port`` P: the client listens on P, nodes on P + 1 (given, it wins
+    over ``port`` and ``node_port``; 4.15's default P was 9700, ours stay the reference's
+    51347 / 51348)."""
     if dispy_port is None:
         return port, node_port
     if not 0 < int(dispy_port) < 65535:

@@ -11,10 +11,9 @@ from dispy._callbacks import CallbackRunner
 from dispy._compat import (
     ComputationName,
     dispy_port_ports,
-    pick,
-    pick_callback,
     refuse_415_positions,
     refuse_unsupported,
+    spellings,
 )
 from dispy._core import ClusterCore, ClusterOptions
 from dispy._facade import (
@@ -116,9 +115,9 @@ class JobCluster(ClusterFacade):
                 "port": (port if isinstance(port, str) else None, "ext_host"),
             },
         )
-        callback = pick_callback(callback, job_status)
-        ip_addr = pick(ip_addr, host, "ip_addr", "host")
-        ext_ip_addr = pick(ext_ip_addr, ext_host, "ext_ip_addr", "ext_host")
+        callback, ip_addr, ext_ip_addr = spellings(
+            callback, job_status, ip_addr, host, ext_ip_addr, ext_host
+        )
         port, node_port = dispy_port_ports(dispy_port, port, node_port)
         setup_logging(loglevel)
         if pulse_interval is not None and not 1 <= pulse_interval <= 600:

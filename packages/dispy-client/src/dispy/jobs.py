@@ -8,7 +8,7 @@ from collections.abc import Callable
 from time import time as _now
 from typing import Any
 
-from dispy_core.protocol.jobs import JobStatus
+from dispy_core.protocol.jobs import TERMINAL, JobStatus
 from dispy_core.serialize import Pickled
 
 
@@ -171,10 +171,5 @@ def _rebuild_job(uid: int, fields: dict[str, Any]) -> DispyJob:
     job._id = fields.pop("id")
     for name, value in fields.items():
         setattr(job, name, value)
-    job._done = job.status in _ENDED
+    job._done = job.status in TERMINAL
     return job
-
-
-_ENDED = frozenset(
-    {JobStatus.Finished, JobStatus.Terminated, JobStatus.Cancelled, JobStatus.Abandoned}
-)

@@ -12,9 +12,9 @@ from dispy._compat import (
     ComputationName,
     dispy_port_ports,
     pick,
-    pick_callback,
     refuse_415_positions,
     refuse_unsupported,
+    spellings,
 )
 from dispy._core import ClusterOptions
 from dispy._facade import (
@@ -163,9 +163,9 @@ class SharedJobCluster(ClusterFacade):
                 "port": (port if callable(port) else None, "cluster_status"),
             },
         )
-        callback = pick_callback(callback, job_status)
-        ip_addr = pick(ip_addr, host, "ip_addr", "host")
-        ext_ip_addr = pick(ext_ip_addr, ext_host, "ext_ip_addr", "ext_host")
+        callback, ip_addr, ext_ip_addr = spellings(
+            callback, job_status, ip_addr, host, ext_ip_addr, ext_host
+        )
         scheduler_node = pick(scheduler_node, scheduler_host, "scheduler_node", "scheduler_host")
         if dispy_port is not None:
             port, node_port = dispy_port_ports(dispy_port, port, node_port)
